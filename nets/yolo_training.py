@@ -1,0 +1,204 @@
+"""YOLOLoss: location, confidence and class terms, with an optional focal reweighting of the confidence BCE.
+
+Conventions
+- ``outputs``: the model's raw head outputs, coarsest level first, each (B, A * (5 + C), H, W) logits.
+- ``targets``: (N, 6) ``[img_idx, cls, x1, y1, x2, y2]``, boxes xyxy in network-input pixels.
+- Assignment: each ground truth goes to the anchor of best shape IoU (anchors listed in no level's
+  mask cannot predict anything and take no part), at cell floor(cx / stride, cy / stride) of that
+  anchor's level; an anchor listed in two masks (YOLOv4-tiny's anchor 3) is positive on both levels.
+  Optionally (``multi_anchor_threshold``) every other anchor with shape IoU above it is positive too.
+- Crowded cells: when two ground truths land on the same image, anchor and cell, both are kept:
+  each contributes its own location and class term against that cell's prediction, and the cell's
+  objectness target is 1. Nothing is overwritten or dropped.
+- Ignore: a negative cell whose decoded box has IoU > ``ignore_threshold`` with any ground truth of
+  its image is left out of the confidence term.
+- Terms (unweighted, summed over levels; per level as ``loss_loc_s32`` etc.):
+  ``loss_loc`` = mean over positives of 1 - CIoU (or DIoU / GIoU);
+  ``loss_cls`` = mean BCE-with-logits over positives x classes, label smoothing moves the targets to
+  1 - eps/2 and eps/2;
+  ``loss_conf`` = BCE-with-logits over kept cells (positives and non-ignored negatives), times
+  alpha_t * (1 - p_t)^gamma with focal loss. ``conf_normalization='mean'`` (default, the reference
+  recipe) averages over kept cells per level; ``'num_pos'`` (the Focal Loss paper) sums and divides
+  by the number of positive cells of the batch.
+- Weights, applied only in ``weighted_total``: box 0.05, class C / 80, objectness
+  5 * (H * W) / 416^2 * balance[stride] (balance 0.4 / 1.0 / 4 for stride 32 / 16 / 8), and
+  ``focal_loss_ratio`` (10) on the confidence term when focal loss is on, which the reference recipe
+  uses to bring the focal term back to the scale of the plain BCE.
+"""
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
+
+from utils.boxes import box_cxcywh_to_xyxy, box_iou_batched, box_xyxy_to_cxcywh, wh_iou
+from utils.decode import decode_level, decode_txywh, level_strides, split_levels
+
+IOU_LOSSES = {"ciou": complete_box_iou_loss, "diou": distance_box_iou_loss, "giou": generalized_box_iou_loss}
+BALANCE_BY_STRIDE = {32: 0.4, 16: 1.0, 8: 4.0}
+
+
+def focal_ratio(logits: Tensor, is_positive: Tensor, *, alpha: float, gamma: float) -> Tensor:
+    """alpha_t * (1 - p_t)^gamma, elementwise, from logits.
+
+    (1 - p_t) is sigmoid(-z_t) with z_t the logit of p_t; raising it to gamma through logsigmoid keeps
+    the value and its gradient finite even where p_t rounds to 1 and gamma < 1.
+    """
+    alpha_t = torch.where(is_positive, alpha, 1.0 - alpha)
+    logit_t = torch.where(is_positive, logits, -logits)
+    return alpha_t * torch.exp(gamma * F.logsigmoid(-logit_t))
+
+
+def pad_per_image(img_idx: Tensor, boxes: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """Regroups (N, 4) boxes of a flat target tensor into (B, M, 4) with M the most boxes in one image.
+
+    Returns the padded boxes and a (B, M) validity mask. Vectorised: rank of each box within its image.
+    """
+    counts = torch.bincount(img_idx, minlength=batch_size)  # (B,)
+    max_boxes = int(counts.max()) if img_idx.numel() else 0
+    order = torch.argsort(img_idx, stable=True)
+    first_of_image = torch.cumsum(counts, 0) - counts  # (B,)
+    rank = torch.arange(img_idx.numel(), device=img_idx.device) - first_of_image[img_idx[order]]
+    padded = boxes.new_zeros(batch_size, max_boxes, 4)
+    valid = torch.zeros(batch_size, max_boxes, dtype=torch.bool, device=boxes.device)
+    padded[img_idx[order], rank] = boxes[order]
+    valid[img_idx[order], rank] = True
+    return padded, valid
+
+
+class YOLOLoss(nn.Module):
+    def __init__(self, *, anchors_px: Tensor, anchors_mask: list[list[int]], num_classes: int,
+                 input_shape: tuple[int, int], label_smoothing: float = 0.0, focal_loss: bool = False,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, focal_loss_ratio: float = 10.0,
+                 conf_normalization: str = "mean", iou_type: str = "ciou", ignore_threshold: float = 0.5,
+                 multi_anchor_threshold: float | None = None, scale_x_y: list[float] | None = None,
+                 box_ratio: float = 0.05, cls_ratio: float | None = None, obj_ratio: float | None = None):
+        super().__init__()
+        if iou_type not in IOU_LOSSES:
+            raise ValueError(f"iou_type must be one of {sorted(IOU_LOSSES)}, got {iou_type!r}")
+        if conf_normalization not in ("mean", "num_pos"):
+            raise ValueError(f"conf_normalization must be 'mean' or 'num_pos', got {conf_normalization!r}")
+        self.register_buffer("anchors_px", torch.as_tensor(anchors_px, dtype=torch.float32).view(-1, 2))
+        self.anchors_mask = [list(mask) for mask in anchors_mask]
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape)
+        self.label_smoothing = label_smoothing
+        self.focal_loss, self.focal_alpha, self.focal_gamma = focal_loss, focal_alpha, focal_gamma
+        self.focal_loss_ratio = focal_loss_ratio
+        self.conf_normalization = conf_normalization
+        self.iou_loss = IOU_LOSSES[iou_type]
+        self.ignore_threshold = ignore_threshold
+        self.multi_anchor_threshold = multi_anchor_threshold
+        self.scale_x_y = list(scale_x_y) if scale_x_y else [1.0] * len(anchors_mask)
+        self.box_ratio = box_ratio
+        self.cls_ratio = num_classes / 80 if cls_ratio is None else cls_ratio
+        self.obj_ratio = 5 * input_shape[0] * input_shape[1] / 416**2 if obj_ratio is None else obj_ratio
+        usable = torch.zeros(len(self.anchors_px), dtype=torch.bool)
+        usable[[a for mask in self.anchors_mask for a in mask]] = True
+        self.register_buffer("usable_anchors", usable)
+        # level_anchor_index[l][k]: position of global anchor k in level l's mask, -1 where absent
+        index = torch.full((len(anchors_mask), len(self.anchors_px)), -1, dtype=torch.long)
+        for level, mask in enumerate(self.anchors_mask):
+            index[level, mask] = torch.arange(len(mask))
+        self.register_buffer("level_anchor_index", index)
+
+    def match_anchors(self, gt_wh_px: Tensor) -> tuple[Tensor, Tensor]:
+        """Positive (ground truth, global anchor) pairs, as two (P,) index tensors."""
+        shape_iou = wh_iou(gt_wh_px, self.anchors_px)  # (N, K)
+        shape_iou = shape_iou.masked_fill(~self.usable_anchors, -1.0)
+        is_pair = torch.zeros_like(shape_iou, dtype=torch.bool)
+        is_pair[torch.arange(len(gt_wh_px), device=gt_wh_px.device), shape_iou.argmax(1)] = True
+        if self.multi_anchor_threshold is not None:
+            is_pair |= shape_iou > self.multi_anchor_threshold
+        gt_index, anchor_index = is_pair.nonzero(as_tuple=True)
+        return gt_index, anchor_index
+
+    def conf_weight(self, stride: float) -> float:
+        focal = self.focal_loss_ratio if self.focal_loss else 1.0
+        return self.obj_ratio * BALANCE_BY_STRIDE.get(round(stride), 1.0) * focal
+
+    def weighted_total(self, terms: dict[str, Tensor], strides: list[float]) -> Tensor:
+        """The one place where the loss weights are applied."""
+        total = 0.0
+        for stride in strides:
+            tag = f"s{round(stride)}"
+            total = total + (self.box_ratio * terms[f"loss_loc_{tag}"] + self.cls_ratio * terms[f"loss_cls_{tag}"]
+                             + self.conf_weight(stride) * terms[f"loss_conf_{tag}"])
+        return total
+
+    def forward(self, outputs: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
+        device = outputs[0].device
+        with torch.autocast(device_type=device.type, enabled=False):
+            return self._forward_fp32([out.float() for out in outputs], targets.to(device=device, dtype=torch.float32))
+
+    def _forward_fp32(self, outputs: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
+        batch_size = outputs[0].shape[0]
+        img_idx, gt_cls = targets[:, 0].long(), targets[:, 1].long()
+        gt_xyxy_px = targets[:, 2:6]
+        gt_cxcywh_px = box_xyxy_to_cxcywh(gt_xyxy_px)
+        pair_gt, pair_anchor = self.match_anchors(gt_cxcywh_px[:, 2:])
+        gt_padded_xyxy_px, gt_valid = pad_per_image(img_idx, gt_xyxy_px, batch_size)  # (B, M, 4), (B, M)
+
+        terms, conf_sums, kept_counts, strides = {}, [], [], []
+        num_pos = outputs[0].new_zeros(())
+        for level_index, raw in enumerate(outputs):
+            mask = self.anchors_mask[level_index]
+            level = split_levels(raw, len(mask))  # (B, A, H, W, 5 + C)
+            height, width = level.shape[2:4]
+            stride_yx = level_strides(feature_hw=(height, width), input_shape=self.input_shape)
+            anchors_px = self.anchors_px[mask]  # (A, 2)
+            tag = f"s{round(stride_yx[0])}"
+            strides.append(stride_yx[0])
+
+            local_anchor = self.level_anchor_index[level_index][pair_anchor]  # (P,)
+            on_level = local_anchor >= 0
+            gt_i, anchor_i = pair_gt[on_level], local_anchor[on_level]  # (P_l,)
+            img_i = img_idx[gt_i]
+            cell_x = (gt_cxcywh_px[gt_i, 0] / stride_yx[1]).floor().long().clamp(0, width - 1)
+            cell_y = (gt_cxcywh_px[gt_i, 1] / stride_yx[0]).floor().long().clamp(0, height - 1)
+
+            pred_pos = level[img_i, anchor_i, cell_y, cell_x]  # (P_l, 5 + C)
+            pred_pos_cxcywh_px = decode_txywh(
+                pred_pos[:, :4], grid_xy=torch.stack([cell_x, cell_y], dim=-1).to(pred_pos),
+                anchor_wh_px=anchors_px[anchor_i], stride_yx=stride_yx, scale_x_y=self.scale_x_y[level_index])
+            if len(gt_i):
+                terms[f"loss_loc_{tag}"] = self.iou_loss(box_cxcywh_to_xyxy(pred_pos_cxcywh_px), gt_xyxy_px[gt_i],
+                                                         reduction="mean")
+                cls_target = F.one_hot(gt_cls[gt_i], self.num_classes).to(pred_pos)
+                cls_target = cls_target * (1.0 - self.label_smoothing) + self.label_smoothing / 2
+                terms[f"loss_cls_{tag}"] = F.binary_cross_entropy_with_logits(pred_pos[:, 5:], cls_target)
+            else:  # keeps the graph connected so DDP and GradScaler see every parameter
+                terms[f"loss_loc_{tag}"] = terms[f"loss_cls_{tag}"] = pred_pos.sum() * 0.0
+
+            is_obj = torch.zeros(level.shape[:4], dtype=torch.bool, device=level.device)  # (B, A, H, W)
+            is_obj[img_i, anchor_i, cell_y, cell_x] = True
+            kept = is_obj | ~self.ignore_mask(level, anchors_px, level_index, gt_padded_xyxy_px, gt_valid)
+            conf_logits = level[..., 4]  # (B, A, H, W)
+            conf_loss = F.binary_cross_entropy_with_logits(conf_logits, is_obj.to(conf_logits), reduction="none")
+            if self.focal_loss:
+                conf_loss = conf_loss * focal_ratio(conf_logits, is_obj, alpha=self.focal_alpha, gamma=self.focal_gamma)
+            conf_sums.append((conf_loss * kept).sum())
+            kept_counts.append(kept.sum())
+            num_pos = num_pos + is_obj.sum()
+
+        for tag_stride, conf_sum, kept_count in zip(strides, conf_sums, kept_counts):
+            norm = kept_count if self.conf_normalization == "mean" else num_pos
+            terms[f"loss_conf_s{round(tag_stride)}"] = conf_sum / norm.clamp(min=1)
+
+        for name in ("loss_loc", "loss_conf", "loss_cls"):
+            terms[name] = sum(terms[f"{name}_s{round(s)}"] for s in strides)
+        terms["loss"] = self.weighted_total(terms, strides)
+        terms["num_pos"] = num_pos.detach()
+        return terms
+
+    @torch.no_grad()
+    def ignore_mask(self, level: Tensor, anchors_px: Tensor, level_index: int, gt_padded_xyxy_px: Tensor,
+                    gt_valid: Tensor) -> Tensor:
+        """(B, A, H, W) True where a cell's decoded box overlaps a ground truth of its image above the threshold."""
+        if gt_valid.shape[1] == 0:
+            return torch.zeros(level.shape[:4], dtype=torch.bool, device=level.device)
+        pred_cxcywh_px = decode_level(level.detach(), anchors_px=anchors_px, input_shape=self.input_shape,
+                                      scale_x_y=self.scale_x_y[level_index])  # (B, A, H, W, 4)
+        pred_xyxy_px = box_cxcywh_to_xyxy(pred_cxcywh_px).flatten(1, 3)  # (B, A*H*W, 4)
+        iou = box_iou_batched(pred_xyxy_px, gt_padded_xyxy_px)  # (B, A*H*W, M)
+        iou = iou.masked_fill(~gt_valid[:, None, :], 0.0)
+        return (iou.amax(dim=2) > self.ignore_threshold).view(level.shape[:4])

@@ -1,0 +1,77 @@
+"""Train YOLOv4 / YOLOv4-tiny on VOC-format data.
+
+    python voc_annotation.py                      # once: VOCdevkit -> 2007_train.txt, 2007_val.txt, ...
+    python train.py                               # the settings below
+    python train.py --focal_loss=True --init_lr=0.02 --config=my_run.toml
+    torchrun --nproc_per_node=2 train.py --distributed=True
+    python train.py --resume=logs/last_epoch_weights.pth
+
+Every setting below can be overridden by ``--key=value`` or a TOML/JSON file (``--config=FILE``);
+unknown keys and wrong types are errors. The resolved config is printed, written to
+``save_dir/config.json`` and stored in every checkpoint, so predict.py and get_map.py need no
+repeated settings. Learning rates are for a batch of 64 and scaled linearly to the batch used.
+"""
+from utils.config import run_cli
+
+seed: int = 11  # seeds model init, data order and augmentation: equal seeds give identical runs
+device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+distributed: bool = False  # multi-GPU DDP; start with torchrun (set automatically when torchrun runs several processes)
+sync_bn: bool = False  # SyncBatchNorm across GPUs under DDP (CUDA only)
+fp16: bool = True  # mixed precision: on CUDA only, unless amp_dtype="bfloat16" (which also runs on CPU)
+amp_dtype: str = "float16"  # "float16" (with a GradScaler) or "bfloat16"
+classes_path: str = "model_data/bccd_classes.txt"  # class names, one per line
+anchors_path: str | None = None  # None: model_data/yolo_anchors.txt (yolov4) or yolo_tiny_anchors.txt (tiny)
+anchors_mask: list[list[int]] | None = None  # anchor indices per level, coarsest first; None: the variant's default
+model: str = "yolov4"  # "yolov4" or "yolov4-tiny"
+model_path: str = ""  # start weights: a checkpoint of this project or a published state_dict; "" = from scratch
+input_shape: list[int] = [416, 416]  # network input (h, w), multiples of 32
+mosaic: bool = True  # Mosaic augmentation
+mosaic_prob: float = 0.5  # probability of a mosaic sample
+mixup: bool = True  # MixUp on top of Mosaic
+mixup_prob: float = 0.5  # probability of MixUp for a mosaic sample
+special_aug_ratio: float = 0.7  # Mosaic/MixUp only during this first fraction of the epochs
+label_smoothing: float = 0.0  # class targets become 1 - eps/2 and eps/2
+init_epoch: int = 0  # first epoch (to continue from model_path without --resume)
+freeze_epoch: int = 50  # epochs with the backbone frozen (when freeze_train)
+freeze_batch_size: int = 8  # batch size while frozen
+unfreeze_epoch: int = 300  # total number of epochs
+unfreeze_batch_size: int = 4  # batch size once unfrozen
+freeze_train: bool = True  # freeze the backbone first (useful with pretrained weights only)
+init_lr: float = 1e-2  # peak learning rate for a batch of 64
+min_lr: float = 1e-4  # final learning rate for a batch of 64
+optimizer_type: str = "sgd"  # "sgd" (Nesterov), "adam" or "adamw"
+momentum: float = 0.937  # SGD momentum / Adam beta1
+weight_decay: float = 5e-4  # on conv weights only (not BatchNorm, not biases)
+lr_decay_type: str = "cos"  # "cos" or "step"
+warmup_epochs: float = 3.0  # linear warmup from 0.1 x lr, in epochs
+focal_loss: bool = False  # reweight the confidence BCE by alpha_t * (1 - p_t)^gamma
+focal_alpha: float = 0.25  # focal alpha on positives (1 - alpha on negatives)
+focal_gamma: float = 2.0  # focal gamma
+focal_loss_ratio: float = 10.0  # extra weight on the focal confidence term (the reference recipe's 10)
+conf_normalization: str = "mean"  # "mean" over kept cells (reference recipe) or "num_pos" (Focal Loss paper)
+iou_type: str = "ciou"  # location loss: "ciou", "diou" or "giou"
+ignore_threshold: float = 0.5  # negatives whose prediction overlaps a ground truth above this are ignored
+multi_anchor_threshold: float | None = None  # also assign anchors with shape IoU above this (YOLOv4 uses 0.213)
+scale_x_y: list[float] | None = None  # grid-sensitivity scale per level, coarsest first (darknet: [1.05, 1.1, 1.2])
+obj_prior: float | None = None  # init objectness bias to -log((1 - p) / p) (Focal Loss paper: 0.01)
+save_period: int = 10  # keep a checkpoint every this many epochs
+save_dir: str = "logs"  # checkpoints, history, curves, config.json
+eval_flag: bool = True  # compute val mAP@0.5 during training (same code and settings as get_map.py)
+eval_period: int = 10  # epochs between mAP evaluations (and always after the last epoch)
+num_workers: int = 2  # DataLoader worker processes
+train_annotation_path: str = "2007_train.txt"  # from voc_annotation.py
+val_annotation_path: str = "2007_val.txt"  # from voc_annotation.py
+on_corrupt: str = "error"  # unreadable image: "error" names the file and stops, "skip" warns and goes on
+resume: str = ""  # a checkpoint written by this script: continue exactly where it stopped
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from utils.config import settings_of
+    from utils.trainer import fit, resolve_training_config
+
+    config = resolve_training_config(settings_of(globals()), argv)
+    return fit(config)
+
+
+if __name__ == "__main__":
+    run_cli(main)

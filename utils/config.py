@@ -1,0 +1,166 @@
+"""Settings as typed module globals, overridable by a config file and by ``--key=value``.
+
+A script declares its settings at the top as annotated globals (``init_lr: float = 1e-2``) and calls
+``resolve_config(settings_of(globals()), argv)``. Precedence: defaults < ``--config=FILE`` (TOML or
+JSON) < ``--key=value``. Unknown keys and values of the wrong type are errors that name the key.
+"""
+import ast
+import difflib
+import json
+import sys
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+TRUE_WORDS, FALSE_WORDS, NONE_WORDS = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}, {"none", "null"}
+
+
+class ConfigError(ValueError):
+    """A bad setting: unknown key, wrong type or unreadable config file."""
+
+
+def settings_of(namespace: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{name: (type, default)} for every annotated global of a script's namespace."""
+    return {name: (kind, namespace[name]) for name, kind in namespace.get("__annotations__", {}).items()
+            if not name.startswith("_")}
+
+
+def _allowed_types(kind: Any) -> tuple[list[Any], bool]:
+    """The concrete types behind an annotation and whether None is allowed."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        args = typing.get_args(kind)
+        return [a for a in args if a is not type(None)], type(None) in args
+    return [kind], False
+
+
+def _check_container(value: Any, kind: Any) -> bool:
+    origin = typing.get_origin(kind) or kind
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        args = [a for a in typing.get_args(kind) if a is not Ellipsis]
+        return not args or all(_matches(item, args[0] if origin is list else args[min(i, len(args) - 1)])
+                               for i, item in enumerate(value))
+    if origin is dict:
+        return isinstance(value, dict)
+    return False
+
+
+def _matches(value: Any, kind: Any) -> bool:
+    kinds, nullable = _allowed_types(kind)
+    if value is None:
+        return nullable
+    for k in kinds:
+        if k is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if k is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if k in (bool, str) and isinstance(value, k):
+            return True
+        if typing.get_origin(k) or k in (list, tuple, dict):
+            if _check_container(value, k):
+                return True
+    return False
+
+
+def parse_value(text: str, kind: Any, *, key: str) -> Any:
+    """Converts a command-line string to the setting's type, or raises ConfigError."""
+    kinds, nullable = _allowed_types(kind)
+    lowered = text.strip().lower()
+    if nullable and lowered in NONE_WORDS:
+        return None
+    for k in kinds:
+        if k is bool:
+            if lowered in TRUE_WORDS | FALSE_WORDS:
+                return lowered in TRUE_WORDS
+        elif k is str:
+            return text
+        elif k in (int, float):
+            try:
+                number = ast.literal_eval(text.strip())
+            except (ValueError, SyntaxError):
+                continue
+            if _matches(number, k):
+                return k(number)
+        else:
+            try:
+                value = ast.literal_eval(text.strip())
+            except (ValueError, SyntaxError):
+                continue
+            if _matches(value, k):
+                return _normalise(value)
+    raise ConfigError(f"--{key}={text}: expected {_type_name(kind)}")
+
+
+def _normalise(value: Any) -> Any:
+    """Tuples become lists so a resolved config survives a JSON round trip unchanged."""
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) if not typing.get_args(kind) else str(kind).replace("typing.", "")
+
+
+def _unknown(key: str, known: dict[str, Any], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ConfigError(f"{where}: unknown setting {key!r}{hint}")
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A TOML (``key = value``) or JSON object of settings."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path}: not found")
+    text = file.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"config file {path}: not valid {'JSON' if file.suffix == '.json' else 'TOML'}: {err}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected an object of settings")
+    return data
+
+
+def resolve_config(settings: dict[str, tuple[Any, Any]], argv: list[str] | None = None) -> dict[str, Any]:
+    """Defaults, then the config file, then ``--key=value`` overrides; returns a plain dict."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config = {name: _normalise(default) for name, (_, default) in settings.items()}
+    overrides: list[tuple[str, str]] = []
+    config_path = None
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"{arg!r}: settings are given as --key=value")
+        key, text = arg[2:].split("=", 1)
+        if key == "config":
+            config_path = text
+        else:
+            overrides.append((key.replace("-", "_"), text))
+    if config_path:
+        for key, value in read_config_file(config_path).items():
+            if key not in settings:
+                raise _unknown(key, settings, f"config file {config_path}")
+            if not _matches(value, settings[key][0]):
+                raise ConfigError(f"config file {config_path}: {key} = {value!r}: expected {_type_name(settings[key][0])}")
+            config[key] = _normalise(value)
+    for key, text in overrides:
+        if key not in settings:
+            raise _unknown(key, settings, f"--{key}")
+        config[key] = parse_value(text, settings[key][0], key=key)
+    return config
+
+
+def print_config(config: dict[str, Any]) -> None:
+    width = max(map(len, config))
+    for key, value in config.items():
+        print(f"  {key:<{width}} = {value!r}")
+
+
+def run_cli(main) -> None:
+    """Runs a script's main(); a bad setting or a missing input file ends it with one clear line."""
+    try:
+        main()
+    except (ConfigError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
