@@ -1,0 +1,213 @@
+"""Turn a VOCdevkit into the annotation files train.py reads.
+
+Writes ``<year>_<set>.txt`` per (year, set): one line per image, ``<absolute image path> x1,y1,x2,y2,class_id ...``
+(boxes xyxy in original-image pixels). Settings below; override any of them with ``--key=value``:
+
+    python voc_annotation.py --annotation_mode=2 --include_difficult=true
+"""
+from __future__ import annotations
+
+import ast
+import os
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from utils.voc import format_annotation_line, index_images, read_voc_xml
+
+annotation_mode: int = 0  # 0: split (if no lists yet) + annotation files, 1: only the split, 2: only annotation files
+classes_path: str = "model_data/bccd_classes.txt"  # class names, one per line; the line order gives the class ids
+trainval_percent: float = 0.9  # share of all images that goes to trainval (the rest is test) when a split is made
+train_percent: float = 0.9  # share of trainval that goes to train (the rest is val)
+VOCdevkit_path: str = "VOCdevkit"  # folder holding VOC<year>/{Annotations,JPEGImages,ImageSets/Main}
+VOCdevkit_sets: list = [("2007", "train"), ("2007", "val"), ("2007", "test")]  # (year, set) pairs to write
+include_difficult: bool = False  # keep objects marked <difficult>1</difficult>
+seed: int = 0  # seed of the split shuffle
+out_dir: str = "."  # folder for the <year>_<set>.txt files
+overwrite_split: bool = False  # annotation_mode 1: rewrite ImageSets/Main lists that already exist
+
+SETTING_NAMES = ("annotation_mode", "classes_path", "trainval_percent", "train_percent", "VOCdevkit_path",
+                 "VOCdevkit_sets", "include_difficult", "seed", "out_dir", "overwrite_split")
+SPLIT_NAMES = ("trainval", "train", "val", "test")
+
+
+def parse_overrides(argv: list[str], defaults: dict) -> dict:
+    """Apply ``--key=value`` arguments to a copy of ``defaults``; each value converts to its default's type.
+
+    bool accepts true/false/1/0; list/tuple/dict values are Python literals. Unknown keys and values that
+    do not convert end the program with a message.
+    """
+    resolved = dict(defaults)
+    for arg in argv:
+        key, sep, text = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if not sep or not key:
+            raise SystemExit(f"bad argument {arg!r}: expected --key=value")
+        if key not in defaults:
+            raise SystemExit(f"unknown setting {key!r}; known settings: {', '.join(defaults)}")
+        default = defaults[key]
+        try:
+            resolved[key] = _convert(text, default)
+        except (ValueError, SyntaxError) as exc:
+            raise SystemExit(f"setting {key!r}: cannot read {text!r} as {type(default).__name__} ({exc})") from exc
+    return resolved
+
+
+def _convert(text: str, default):
+    if isinstance(default, bool):
+        lowered = text.strip().lower()
+        if lowered not in ("true", "false", "1", "0"):
+            raise ValueError("use true/false/1/0")
+        return lowered in ("true", "1")
+    if isinstance(default, (int, float)):
+        return type(default)(text)
+    if isinstance(default, (list, tuple, dict)):
+        value = ast.literal_eval(text)
+        if not isinstance(value, (list, tuple) if isinstance(default, (list, tuple)) else dict):
+            raise ValueError(f"got a {type(value).__name__}")
+        return type(default)(value)
+    return text
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise SystemExit(f"{path}: no class names")
+    return names
+
+
+def ensure_split(*, year_dir: Path, trainval_percent: float, train_percent: float, seed: int, overwrite: bool) -> None:
+    """Write ImageSets/Main/{trainval,train,val,test}.txt from a seeded shuffle, unless lists already exist."""
+    main_dir = year_dir / "ImageSets" / "Main"
+    existing = [name for name in SPLIT_NAMES if (main_dir / f"{name}.txt").exists()]
+    if existing and not overwrite:
+        print(f"{main_dir}: using the existing lists ({', '.join(existing)}); nothing rewritten")
+        return
+    xml_stems = {p.stem for p in (year_dir / "Annotations").glob("*.xml")}
+    ids = sorted(xml_stems | set(index_images(year_dir / "JPEGImages")))
+    if not ids:
+        raise SystemExit(f"{year_dir}: no XML files in Annotations/ and no images in JPEGImages/")
+    rng = random.Random(seed)
+    trainval = set(rng.sample(ids, int(len(ids) * trainval_percent)))
+    train = set(rng.sample(sorted(trainval), int(len(trainval) * train_percent)))
+    members = {"trainval": trainval, "train": train, "val": trainval - train, "test": set(ids) - trainval}
+    main_dir.mkdir(parents=True, exist_ok=True)
+    for name in SPLIT_NAMES:
+        _write_lines(main_dir / f"{name}.txt", [i for i in ids if i in members[name]])
+    print(f"{main_dir}: split {len(ids)} images into train {len(train)}, val {len(trainval - train)},"
+          f" test {len(ids) - len(trainval)}")
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    """Write through a temporary file so an interrupted run never leaves half a file."""
+    tmp_path = path.with_name(path.name + ".tmp")
+    tmp_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp_path, path)
+
+
+def annotate_set(*, year_dir: Path, set_name: str, class_names: list[str], include_difficult: bool,
+                 images_by_stem: dict[str, Path], summary: Counter) -> tuple[list[str], Counter]:
+    """Annotation lines of one ImageSets/Main list and its per-class object counts; problems go to ``summary``."""
+    list_path = year_dir / "ImageSets" / "Main" / f"{set_name}.txt"
+    ids = [line.strip() for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines: list[str] = []
+    class_counts: Counter = Counter({name: 0 for name in class_names})
+    for image_id in ids:
+        xml_path = year_dir / "Annotations" / f"{image_id}.xml"
+        image_path = images_by_stem.get(image_id)
+        if image_path is None:
+            what = "XML" if xml_path.exists() else "listed id"
+            print(f"warning: {xml_path if xml_path.exists() else list_path}: {what} {image_id!r} has no image"
+                  f" in {year_dir / 'JPEGImages'} (any of .jpg/.jpeg/.png/.bmp); skipped")
+            summary["skipped_no_image"] += 1
+            continue
+        abs_image = os.path.abspath(image_path)
+        if not xml_path.exists():
+            print(f"warning: {image_path}: no XML {xml_path.name}; kept as a background image (no boxes)")
+            summary["background_no_xml"] += 1
+            lines.append(format_annotation_line(image_path=abs_image, boxes_xyxy_cls=np.zeros((0, 5))))
+            continue
+        try:
+            record = read_voc_xml(xml_path=xml_path, class_names=class_names, include_difficult=include_difficult,
+                                  image_path=image_path)
+        except ValueError as exc:
+            print(f"error: {exc}; image skipped")
+            summary["skipped_malformed_xml"] += 1
+            continue
+        for message in record.warnings:
+            print(f"warning: {message}")
+        summary.update(record.counts)
+        if record.filename is not None and record.filename != image_path.name:
+            print(f"note: {xml_path}: <filename> says {record.filename!r}; using {image_path.name!r} found by stem")
+            summary["image_name_fixed"] += 1
+        if len(record.boxes_xyxy_cls) == 0:
+            print(f"note: {xml_path}: no usable objects; kept as a background image")
+            summary["background_no_objects"] += 1
+        class_counts.update(class_names[int(c)] for c in record.boxes_xyxy_cls[:, 4])
+        lines.append(format_annotation_line(image_path=abs_image, boxes_xyxy_cls=record.boxes_xyxy_cls))
+    return lines, class_counts
+
+
+def run(*, annotation_mode: int, classes_path: str, trainval_percent: float, train_percent: float,
+        VOCdevkit_path: str, VOCdevkit_sets: list, include_difficult: bool, seed: int, out_dir: str,
+        overwrite_split: bool) -> dict:
+    """Make the split and/or the annotation files. Returns {"files", "lines", "class_counts", "summary"}."""
+    if annotation_mode not in (0, 1, 2):
+        raise SystemExit(f"annotation_mode must be 0, 1 or 2, got {annotation_mode}")
+    sets = [(str(year), str(name)) for year, name in VOCdevkit_sets]
+    years = list(dict.fromkeys(year for year, _ in sets))
+    year_dirs = {year: Path(VOCdevkit_path) / f"VOC{year}" for year in years}
+    for year, year_dir in year_dirs.items():
+        if not (year_dir / "Annotations").is_dir() and not (year_dir / "JPEGImages").is_dir():
+            raise SystemExit(f"{year_dir}: not a VOC folder (no Annotations/ or JPEGImages/)")
+    if annotation_mode in (0, 1):
+        for year_dir in year_dirs.values():
+            ensure_split(year_dir=year_dir, trainval_percent=trainval_percent, train_percent=train_percent,
+                         seed=seed, overwrite=overwrite_split and annotation_mode == 1)
+    result = {"files": {}, "lines": {}, "class_counts": {}, "summary": Counter()}
+    if annotation_mode == 1:
+        return result
+    missing = [str(year_dirs[y] / "ImageSets" / "Main" / f"{s}.txt") for y, s in sets
+               if not (year_dirs[y] / "ImageSets" / "Main" / f"{s}.txt").exists()]
+    if missing:
+        raise SystemExit(f"missing image lists: {', '.join(missing)} (annotation_mode 0 or 1 makes a split)")
+    class_names = read_class_names(classes_path)
+    images_by_year = {year: index_images(year_dir / "JPEGImages") for year, year_dir in year_dirs.items()}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    summary = result["summary"]
+    for year, set_name in sets:
+        lines, class_counts = annotate_set(year_dir=year_dirs[year], set_name=set_name, class_names=class_names,
+                                           include_difficult=include_difficult, images_by_stem=images_by_year[year],
+                                           summary=summary)
+        out_path = Path(out_dir) / f"{year}_{set_name}.txt"
+        _write_lines(out_path, lines)
+        result["files"][(year, set_name)] = out_path
+        result["lines"][(year, set_name)] = len(lines)
+        result["class_counts"][(year, set_name)] = class_counts
+        per_class = ", ".join(f"{name} {count}" for name, count in class_counts.items())
+        print(f"{out_path}: {len(lines)} images; objects: {per_class}")
+    labels = {"skipped_no_image": "XML/list entries without an image (skipped)",
+              "skipped_malformed_xml": "malformed XML files (skipped)",
+              "background_no_xml": "images without XML (kept as background)",
+              "background_no_objects": "XML without usable objects (kept as background)",
+              "image_name_fixed": "image found by stem under another name/extension",
+              "unknown_class": "objects of unknown class (skipped)",
+              "difficult_excluded": "difficult objects (excluded)",
+              "dropped_degenerate": "boxes with zero or negative area (dropped)",
+              "dropped_outside": "boxes entirely outside the image (dropped)",
+              "clipped": "boxes clipped to the image"}
+    print("summary: " + ("; ".join(f"{text}: {summary[key]}" for key, text in labels.items() if summary[key])
+                         or "no problems found"))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    defaults = {name: globals()[name] for name in SETTING_NAMES}
+    settings = parse_overrides(sys.argv[1:] if argv is None else argv, defaults)
+    return run(**settings)
+
+
+if __name__ == "__main__":
+    main()
