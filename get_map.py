@@ -1,0 +1,197 @@
+"""Evaluate a trained detector on a VOC image set: VOC mAP (all-point and 11-point) and COCO AP.
+
+Edit the settings below or override them: `python get_map.py --map_mode=3 --MINOVERLAP=0.75`.
+Text files in map_out_path: ground-truth/<id>.txt and detection-results/<id>.txt (pixel xyxy);
+results.json holds the numbers. Modes 1 and 2 write one half of the text files and evaluate
+when the other half is already there.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+map_mode: int = 0  # 0 all; 1 predictions only; 2 ground truth only; 3 VOC AP from files in map_out_path; 4 VOC + COCO AP from them
+model_path: str = "logs/best_epoch_weights.pth"  # checkpoint used by modes 0 and 1
+classes_path: str | None = None  # class list (one per line); None: from the checkpoint (modes 0/1) or the text files (2-4)
+MINOVERLAP: float = 0.5  # IoU threshold of VOC AP: 0.5 gives mAP@0.5
+confidence: float = 0.001  # detector score threshold; keep it low, AP needs the whole PR curve
+nms_iou: float = 0.5  # IoU threshold of non-maximum suppression
+score_threshold: float = 0.5  # operating point for the per-class precision / recall / F1
+map_vis: bool = False  # also save images with gt (green) and detections >= score_threshold (red) drawn
+VOCdevkit_path: str = "VOCdevkit"  # dataset root in VOC layout
+image_set_path: str = "VOC2007/ImageSets/Main/test.txt"  # image ids to evaluate, relative to VOCdevkit_path
+map_out_path: str = "map_out"  # output folder for text files, results.json and plots
+
+SETTING_NAMES = ("map_mode", "model_path", "classes_path", "MINOVERLAP", "confidence", "nms_iou",
+                 "score_threshold", "map_vis", "VOCdevkit_path", "image_set_path", "map_out_path")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _convert(*, key: str, text: str, default):
+    if default is None:
+        return None if text in ("None", "none", "") else text
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in _TRUE + _FALSE:
+                raise ValueError
+            return text.lower() in _TRUE
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError as err:
+        raise ValueError(f"setting '{key}' expects {type(default).__name__}, got {text!r}") from err
+    return text
+
+
+def parse_overrides(argv: list[str], defaults: dict) -> dict:
+    """Settings = defaults updated by `--key=value` arguments, converted to the type of the default."""
+    settings = dict(defaults)
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"argument {arg!r}: expected --key=value")
+        key, text = arg[2:].split("=", 1)
+        if key not in defaults:
+            raise ValueError(f"unknown setting '{key}'; known settings: {', '.join(defaults)}")
+        settings[key] = _convert(key=key, text=text, default=defaults[key])
+    return settings
+
+
+def _read_lines(path: Path, what: str) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: {what} is empty")
+    return lines
+
+
+def _print_table(results: dict) -> None:
+    def fmt(value) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    thr = results["score_threshold"]
+    print(f"{'class':<20} {'AP':>7} {'AP07':>7} {'n_gt':>6} {'n_det':>7} {'P@' + format(thr, 'g'):>7} "
+          f"{'R@' + format(thr, 'g'):>7} {'F1':>7}")
+    for name, s in results["per_class"].items():
+        print(f"{name:<20} {fmt(s['ap']):>7} {fmt(s['ap_voc07']):>7} {s['n_gt']:>6} {s['n_det']:>7} "
+              f"{fmt(s['precision']):>7} {fmt(s['recall']):>7} {fmt(s['f1']):>7}")
+    print(f"mAP@{results['iou_threshold']:g} = {results['map']:.4f} (all-point), "
+          f"{results['map_voc07']:.4f} (VOC2007 11-point)")
+    if "coco" in results:
+        print("COCO: " + ", ".join(f"{k} {v:.4f}" for k, v in results["coco"].items()))
+
+
+def _save_visualisations(*, image_paths: dict, gt: dict, dets: dict, out_dir: Path, min_score: float) -> None:
+    from PIL import Image, ImageDraw
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for image_id, path in image_paths.items():
+        with Image.open(path) as image:
+            canvas = image.convert("RGB")
+        draw = ImageDraw.Draw(canvas)
+        for box in gt.get(image_id, []):
+            draw.rectangle([box.x1, box.y1, box.x2, box.y2], outline=(0, 200, 0), width=2)
+        for box in dets.get(image_id, []):
+            if box.score >= min_score:
+                draw.rectangle([box.x1, box.y1, box.x2, box.y2], outline=(220, 0, 0), width=2)
+                draw.text((box.x1 + 2, box.y1 + 2), f"{box.class_name} {box.score:.2f}", fill=(220, 0, 0))
+        canvas.save(out_dir / f"{image_id}.jpg")
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    """Run the configured mode; returns the results dict (None when nothing could be evaluated)."""
+    from utils.utils_map import (DETECTION_DIR, GROUND_TRUTH_DIR, evaluate_detections, predict_to_dets,
+                                 read_detection_files, read_ground_truth_files, read_voc_ground_truth,
+                                 write_detection_files, write_ground_truth_files, write_results_json)
+
+    cfg = parse_overrides(sys.argv[1:] if argv is None else argv, {k: globals()[k] for k in SETTING_NAMES})
+    mode = cfg["map_mode"]
+    if mode not in (0, 1, 2, 3, 4):
+        raise ValueError(f"map_mode must be 0..4, got {mode}")
+    out_dir = Path(cfg["map_out_path"])
+    class_names = _read_lines(Path(cfg["classes_path"]), "class list") if cfg["classes_path"] else None
+
+    image_paths: dict = {}
+    if mode in (0, 1, 2):
+        set_file = Path(cfg["VOCdevkit_path"]) / cfg["image_set_path"]
+        year_dir = set_file.parents[2]  # <year>/ImageSets/Main/<set>.txt
+        image_ids = _read_lines(set_file, "image set")
+        image_paths = {i: year_dir / "JPEGImages" / f"{i}.jpg" for i in image_ids}
+    dets: dict = {}
+    gt: dict = {}
+    if mode in (0, 1):
+        from yolo import YOLO
+
+        detector = YOLO(model_path=cfg["model_path"], confidence=cfg["confidence"], nms_iou=cfg["nms_iou"])
+        if class_names is not None and list(detector.class_names) != class_names:
+            raise ValueError(f"{cfg['classes_path']}: classes {class_names} differ from the checkpoint's "
+                             f"{list(detector.class_names)}")
+        class_names = list(detector.class_names)
+        dets = predict_to_dets(detector, image_paths)
+        write_detection_files(map_out_path=out_dir, dets=dets)
+        print(f"wrote {sum(map(len, dets.values()))} detections of {len(dets)} images to {out_dir / DETECTION_DIR}")
+    if mode in (0, 2) or (mode == 1 and cfg["map_vis"]):
+        skipped = 0
+        for image_id in image_paths:
+            boxes = read_voc_ground_truth(year_dir / "Annotations" / f"{image_id}.xml")
+            kept = [b for b in boxes if class_names is None or b.class_name in class_names]
+            skipped += len(boxes) - len(kept)
+            gt[image_id] = kept
+        if skipped:
+            print(f"note: {skipped} ground-truth objects of classes outside {class_names} were left out")
+        if mode != 1:
+            write_ground_truth_files(map_out_path=out_dir, gt=gt)
+            print(f"wrote {sum(map(len, gt.values()))} ground-truth objects of {len(gt)} images to "
+                  f"{out_dir / GROUND_TRUTH_DIR}")
+    if cfg["map_vis"] and image_paths:
+        _save_visualisations(image_paths=image_paths, gt=gt, dets=dets, out_dir=out_dir / "images-optional",
+                             min_score=cfg["score_threshold"])
+
+    if mode in (1, 2) and not ((out_dir / GROUND_TRUTH_DIR).is_dir() and (out_dir / DETECTION_DIR).is_dir()):
+        print(f"{out_dir} lacks the {'ground truth' if mode == 1 else 'detections'}; run mode "
+              f"{2 if mode == 1 else 1}, then mode 3 or 4, to get results.json")
+        return None
+    # Always evaluate what the text files hold (read back sorted by image id), so every mode agrees with mode 3.
+    gt_files = read_ground_truth_files(map_out_path=out_dir)
+    det_files = read_detection_files(map_out_path=out_dir)
+    if image_paths:
+        missing = [i for i in image_paths if i not in gt_files]
+        if missing:
+            raise ValueError(f"{out_dir / GROUND_TRUTH_DIR}: no ground-truth file for {len(missing)} images of "
+                             f"the image set, e.g. '{missing[0]}'; run map_mode 2 for this image set")
+        gt_files = {i: boxes for i, boxes in gt_files.items() if i in image_paths}  # keeps sorted order
+    stale = sorted(set(det_files) - set(gt_files))
+    if stale:
+        print(f"note: {len(stale)} detection files are outside the evaluated images and ignored, e.g. {stale[0]}")
+    det_files = {i: det_files.get(i, []) for i in gt_files}
+    if class_names is None:
+        class_names = sorted({b.class_name for boxes in [*gt_files.values(), *det_files.values()] for b in boxes})
+    results = evaluate_detections(gt=gt_files, dets=det_files, class_names=class_names,
+                                  iou_threshold=cfg["MINOVERLAP"], score_threshold=cfg["score_threshold"])
+    if mode in (0, 4):
+        from utils.coco_eval import coco_ap
+
+        results["coco"] = coco_ap(gt=gt_files, dets=det_files, class_names=class_names)
+    if mode == 0:
+        from utils.map_plots import plot_ap_bars, plot_ground_truth_stats, plot_pr_curves
+
+        plot_ap_bars(results=results, out_dir=out_dir)
+        plot_pr_curves(results=results, out_dir=out_dir)
+        plot_ground_truth_stats(gt=gt_files, class_names=class_names, out_dir=out_dir)
+    write_results_json(out_dir / "results.json", results)
+    _print_table(results)
+    print(f"results written to {out_dir / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(__doc__)
+        for name in SETTING_NAMES:
+            print(f"  --{name}={globals()[name]!r}")
+        sys.exit(0)
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"get_map.py: error: {err}")
