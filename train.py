@@ -47,7 +47,7 @@ warmup_epochs: float = 3.0  # linear warmup from 0.1 x lr, in epochs
 focal_loss: bool = False  # reweight the confidence BCE by alpha_t * (1 - p_t)^gamma
 focal_alpha: float = 0.25  # focal alpha on positives (1 - alpha on negatives)
 focal_gamma: float = 2.0  # focal gamma
-focal_loss_ratio: float = 10.0  # extra weight on the focal confidence term (the reference recipe's 10)
+focal_loss_ratio: float = 10.0  # extra weight on the focal confidence term with "mean" normalisation (reference: 10)
 conf_normalization: str = "mean"  # "mean" over kept cells (reference recipe) or "num_pos" (Focal Loss paper)
 iou_type: str = "ciou"  # location loss: "ciou", "diou" or "giou"
 ignore_threshold: float = 0.5  # negatives whose prediction overlaps a ground truth above this are ignored
@@ -65,7 +65,8 @@ on_corrupt: str = "error"  # unreadable image: "error" names the file and stops,
 resume: str = ""  # a checkpoint written by this script: continue exactly where it stopped
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None):
+    """Trains with the settings above (overridden by argv); returns the finished run."""
     from utils.config import settings_of
     from utils.trainer import fit, resolve_training_config
 

@@ -21,9 +21,9 @@ Conventions
   recipe) averages over kept cells per level; ``'num_pos'`` (the Focal Loss paper) sums and divides
   by the number of positive cells of the batch.
 - Weights, applied only in ``weighted_total``: box 0.05, class C / 80, objectness
-  5 * (H * W) / 416^2 * balance[stride] (balance 0.4 / 1.0 / 4 for stride 32 / 16 / 8), and
-  ``focal_loss_ratio`` (10) on the confidence term when focal loss is on, which the reference recipe
-  uses to bring the focal term back to the scale of the plain BCE.
+  5 * (H * W) / 416^2 * balance[stride] (balance 0.4 / 1.0 / 4 for stride 32 / 16 / 8), and, with
+  focal loss and 'mean' normalisation, ``focal_loss_ratio`` (10) on the confidence term, which the
+  reference recipe uses to bring the focal mean back to the scale of the plain BCE mean.
 """
 import torch
 import torch.nn.functional as F
@@ -113,7 +113,7 @@ class YOLOLoss(nn.Module):
         return gt_index, anchor_index
 
     def conf_weight(self, stride: float) -> float:
-        focal = self.focal_loss_ratio if self.focal_loss else 1.0
+        focal = self.focal_loss_ratio if self.focal_loss and self.conf_normalization == "mean" else 1.0
         return self.obj_ratio * BALANCE_BY_STRIDE.get(round(stride), 1.0) * focal
 
     def weighted_total(self, terms: dict[str, Tensor], strides: list[float]) -> Tensor:
@@ -130,55 +130,71 @@ class YOLOLoss(nn.Module):
         with torch.autocast(device_type=device.type, enabled=False):
             return self._forward_fp32([out.float() for out in outputs], targets.to(device=device, dtype=torch.float32))
 
-    def _forward_fp32(self, outputs: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
-        batch_size = outputs[0].shape[0]
-        img_idx, gt_cls = targets[:, 0].long(), targets[:, 1].long()
+    def _prepare_targets(self, targets: Tensor, batch_size: int) -> dict[str, Tensor]:
+        """Target tensors shared by all levels: classes, boxes, positive (gt, anchor) pairs, per-image padding."""
         gt_xyxy_px = targets[:, 2:6]
         gt_cxcywh_px = box_xyxy_to_cxcywh(gt_xyxy_px)
         pair_gt, pair_anchor = self.match_anchors(gt_cxcywh_px[:, 2:])
-        gt_padded_xyxy_px, gt_valid = pad_per_image(img_idx, gt_xyxy_px, batch_size)  # (B, M, 4), (B, M)
+        gt_padded_xyxy_px, gt_valid = pad_per_image(targets[:, 0].long(), gt_xyxy_px, batch_size)  # (B, M, 4), (B, M)
+        return {"img_idx": targets[:, 0].long(), "cls": targets[:, 1].long(), "gt_xyxy_px": gt_xyxy_px,
+                "gt_cxcywh_px": gt_cxcywh_px, "pair_gt": pair_gt, "pair_anchor": pair_anchor,
+                "gt_padded_xyxy_px": gt_padded_xyxy_px, "gt_valid": gt_valid}
 
+    def _assign_level(self, level: Tensor, level_index: int, prepared: dict[str, Tensor]) -> dict:
+        """Positives of one level (as index tensors), its objectness targets and the kept-cell mask.
+
+        level: (B, A, H, W, 5 + C) logits. Returns gt_i, anchor_i, img_i, cell_y, cell_x (each (P_l,)),
+        is_obj and kept ((B, A, H, W) bool), stride_yx and the level's anchors (A, 2).
+        """
+        mask = self.anchors_mask[level_index]
+        height, width = level.shape[2:4]
+        stride_yx = level_strides(feature_hw=(height, width), input_shape=self.input_shape)
+        anchors_px = self.anchors_px[mask]  # (A, 2)
+        local_anchor = self.level_anchor_index[level_index][prepared["pair_anchor"]]  # (P,)
+        on_level = local_anchor >= 0
+        gt_i, anchor_i = prepared["pair_gt"][on_level], local_anchor[on_level]  # (P_l,)
+        img_i = prepared["img_idx"][gt_i]
+        cell_x = (prepared["gt_cxcywh_px"][gt_i, 0] / stride_yx[1]).floor().long().clamp(0, width - 1)
+        cell_y = (prepared["gt_cxcywh_px"][gt_i, 1] / stride_yx[0]).floor().long().clamp(0, height - 1)
+        is_obj = torch.zeros(level.shape[:4], dtype=torch.bool, device=level.device)  # (B, A, H, W)
+        is_obj[img_i, anchor_i, cell_y, cell_x] = True
+        ignored = self.ignore_mask(level, anchors_px, level_index, prepared["gt_padded_xyxy_px"], prepared["gt_valid"])
+        return {"gt_i": gt_i, "anchor_i": anchor_i, "img_i": img_i, "cell_y": cell_y, "cell_x": cell_x,
+                "is_obj": is_obj, "kept": is_obj | ~ignored, "stride_yx": stride_yx, "anchors_px": anchors_px}
+
+    def _forward_fp32(self, outputs: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
+        prepared = self._prepare_targets(targets, outputs[0].shape[0])
         terms, conf_sums, kept_counts, strides = {}, [], [], []
         num_pos = outputs[0].new_zeros(())
         for level_index, raw in enumerate(outputs):
-            mask = self.anchors_mask[level_index]
-            level = split_levels(raw, len(mask))  # (B, A, H, W, 5 + C)
-            height, width = level.shape[2:4]
-            stride_yx = level_strides(feature_hw=(height, width), input_shape=self.input_shape)
-            anchors_px = self.anchors_px[mask]  # (A, 2)
-            tag = f"s{round(stride_yx[0])}"
-            strides.append(stride_yx[0])
+            level = split_levels(raw, len(self.anchors_mask[level_index]))  # (B, A, H, W, 5 + C)
+            a = self._assign_level(level, level_index, prepared)
+            tag = f"s{round(a['stride_yx'][0])}"
+            strides.append(a["stride_yx"][0])
 
-            local_anchor = self.level_anchor_index[level_index][pair_anchor]  # (P,)
-            on_level = local_anchor >= 0
-            gt_i, anchor_i = pair_gt[on_level], local_anchor[on_level]  # (P_l,)
-            img_i = img_idx[gt_i]
-            cell_x = (gt_cxcywh_px[gt_i, 0] / stride_yx[1]).floor().long().clamp(0, width - 1)
-            cell_y = (gt_cxcywh_px[gt_i, 1] / stride_yx[0]).floor().long().clamp(0, height - 1)
-
-            pred_pos = level[img_i, anchor_i, cell_y, cell_x]  # (P_l, 5 + C)
+            pred_pos = level[a["img_i"], a["anchor_i"], a["cell_y"], a["cell_x"]]  # (P_l, 5 + C)
             pred_pos_cxcywh_px = decode_txywh(
-                pred_pos[:, :4], grid_xy=torch.stack([cell_x, cell_y], dim=-1).to(pred_pos),
-                anchor_wh_px=anchors_px[anchor_i], stride_yx=stride_yx, scale_x_y=self.scale_x_y[level_index])
-            if len(gt_i):
-                terms[f"loss_loc_{tag}"] = self.iou_loss(box_cxcywh_to_xyxy(pred_pos_cxcywh_px), gt_xyxy_px[gt_i],
+                pred_pos[:, :4], grid_xy=torch.stack([a["cell_x"], a["cell_y"]], dim=-1).to(pred_pos),
+                anchor_wh_px=a["anchors_px"][a["anchor_i"]], stride_yx=a["stride_yx"],
+                scale_x_y=self.scale_x_y[level_index])
+            if len(a["gt_i"]):
+                gt_pos_xyxy_px = prepared["gt_xyxy_px"][a["gt_i"]]
+                terms[f"loss_loc_{tag}"] = self.iou_loss(box_cxcywh_to_xyxy(pred_pos_cxcywh_px), gt_pos_xyxy_px,
                                                          reduction="mean")
-                cls_target = F.one_hot(gt_cls[gt_i], self.num_classes).to(pred_pos)
+                cls_target = F.one_hot(prepared["cls"][a["gt_i"]], self.num_classes).to(pred_pos)
                 cls_target = cls_target * (1.0 - self.label_smoothing) + self.label_smoothing / 2
                 terms[f"loss_cls_{tag}"] = F.binary_cross_entropy_with_logits(pred_pos[:, 5:], cls_target)
             else:  # keeps the graph connected so DDP and GradScaler see every parameter
                 terms[f"loss_loc_{tag}"] = terms[f"loss_cls_{tag}"] = pred_pos.sum() * 0.0
 
-            is_obj = torch.zeros(level.shape[:4], dtype=torch.bool, device=level.device)  # (B, A, H, W)
-            is_obj[img_i, anchor_i, cell_y, cell_x] = True
-            kept = is_obj | ~self.ignore_mask(level, anchors_px, level_index, gt_padded_xyxy_px, gt_valid)
             conf_logits = level[..., 4]  # (B, A, H, W)
-            conf_loss = F.binary_cross_entropy_with_logits(conf_logits, is_obj.to(conf_logits), reduction="none")
+            conf_loss = F.binary_cross_entropy_with_logits(conf_logits, a["is_obj"].to(conf_logits), reduction="none")
             if self.focal_loss:
-                conf_loss = conf_loss * focal_ratio(conf_logits, is_obj, alpha=self.focal_alpha, gamma=self.focal_gamma)
-            conf_sums.append((conf_loss * kept).sum())
-            kept_counts.append(kept.sum())
-            num_pos = num_pos + is_obj.sum()
+                conf_loss = conf_loss * focal_ratio(conf_logits, a["is_obj"], alpha=self.focal_alpha,
+                                                    gamma=self.focal_gamma)
+            conf_sums.append((conf_loss * a["kept"]).sum())
+            kept_counts.append(a["kept"].sum())
+            num_pos = num_pos + a["is_obj"].sum()
 
         for tag_stride, conf_sum, kept_count in zip(strides, conf_sums, kept_counts):
             norm = kept_count if self.conf_normalization == "mean" else num_pos
@@ -189,6 +205,23 @@ class YOLOLoss(nn.Module):
         terms["loss"] = self.weighted_total(terms, strides)
         terms["num_pos"] = num_pos.detach()
         return terms
+
+    @torch.no_grad()
+    def confidence_samples(self, outputs: list[Tensor], targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Objectness logits of every kept cell and whether it is positive, with the training assignment.
+
+        Returns (K,) logits and (K,) bool over all levels: what the confidence term sums over, for
+        loss-distribution analyses such as the Focal Loss paper's Figure 4.
+        """
+        outputs = [out.float() for out in outputs]
+        prepared = self._prepare_targets(targets.to(outputs[0].device, torch.float32), outputs[0].shape[0])
+        logits, positive = [], []
+        for level_index, raw in enumerate(outputs):
+            level = split_levels(raw, len(self.anchors_mask[level_index]))
+            a = self._assign_level(level, level_index, prepared)
+            logits.append(level[..., 4][a["kept"]])
+            positive.append(a["is_obj"][a["kept"]])
+        return torch.cat(logits), torch.cat(positive)
 
     @torch.no_grad()
     def ignore_mask(self, level: Tensor, anchors_px: Tensor, level_index: int, gt_padded_xyxy_px: Tensor,

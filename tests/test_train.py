@@ -1,0 +1,143 @@
+"""End-to-end training on a few bundled BCCD images: the loss falls, a tiny set is overfitted, resume is exact,
+two DDP processes stay in sync, and bad settings are refused."""
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from utils import trainer
+from utils.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+VOC = REPO / "VOCdevkit" / "VOC2007"
+CLASSES = ["RBC", "WBC", "Platelets"]
+
+
+def annotation_lines(image_ids: list[str]) -> list[str]:
+    """Annotation lines written straight from the XMLs (independent of voc_annotation.py)."""
+    lines = []
+    for image_id in image_ids:
+        root = ET.parse(VOC / "Annotations" / f"{image_id}.xml").getroot()
+        boxes = []
+        for obj in root.iter("object"):
+            b = obj.find("bndbox")
+            x1, y1, x2, y2 = (int(float(b.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
+            if x2 > x1 and y2 > y1:
+                boxes.append(f"{x1},{y1},{x2},{y2},{CLASSES.index(obj.findtext('name'))}")
+        lines.append(" ".join([str(VOC / "JPEGImages" / f"{image_id}.jpg")] + boxes))
+    return lines
+
+
+def write_split(tmp_path: Path, train_ids: list[str], val_ids: list[str]) -> list[str]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "train.txt").write_text("\n".join(annotation_lines(train_ids)) + "\n")
+    (tmp_path / "val.txt").write_text("\n".join(annotation_lines(val_ids)) + "\n")
+    return [f"--train_annotation_path={tmp_path / 'train.txt'}", f"--val_annotation_path={tmp_path / 'val.txt'}"]
+
+
+def ids(split: str, count: int) -> list[str]:
+    return (VOC / "ImageSets" / "Main" / f"{split}.txt").read_text().split()[:count]
+
+
+def small_run(tmp_path: Path, *extra: str) -> list[str]:
+    return [*write_split(tmp_path, ids("train", 4), ids("val", 2)), "--model=yolov4-tiny", "--input_shape=[128,128]",
+            "--freeze_train=False", "--unfreeze_batch_size=2", "--num_workers=0", "--eval_flag=False",
+            "--mosaic=False", "--mixup=False", "--fp16=False", f"--save_dir={tmp_path / 'logs'}", *extra]
+
+
+def test_short_training_lowers_the_loss(tmp_path):
+    run = train.main(small_run(tmp_path, "--unfreeze_epoch=6", "--init_lr=0.64", "--warmup_epochs=1"))
+    rows = run.history.rows
+    assert len(rows) == 6
+    assert rows[-1]["train_loss"] < 0.8 * rows[0]["train_loss"]
+    for name in ("best_epoch_weights.pth", "last_epoch_weights.pth", "history.csv", "loss.png", "config.json"):
+        assert (tmp_path / "logs" / name).is_file(), name
+    saved = torch.load(tmp_path / "logs" / "last_epoch_weights.pth", weights_only=True)
+    assert saved["config"]["class_names"] == CLASSES and saved["config"]["model"] == "yolov4-tiny"
+    assert saved["config"]["input_shape"] == [128, 128]
+
+
+def test_overfits_two_images(tmp_path):
+    split = write_split(tmp_path, ids("train", 2), ids("train", 2))
+    run = train.main([*split, "--model=yolov4-tiny", "--input_shape=[160,224]", "--freeze_train=False",
+                      "--unfreeze_batch_size=2", "--num_workers=0", "--mosaic=False", "--mixup=False", "--fp16=False",
+                      "--unfreeze_epoch=80", "--init_lr=0.3", "--min_lr=0.01", "--warmup_epochs=2",
+                      "--eval_period=80", "--optimizer_type=sgd", "--weight_decay=0", f"--save_dir={tmp_path / 'l'}"])
+    rows = run.history.rows
+    assert rows[-1]["train_loss"] < 0.25 * rows[0]["train_loss"]
+    assert rows[-1]["map"] > 0.5, rows[-1]  # evaluated on the training images themselves
+
+
+def final_weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+    straight = small_run(tmp_path / "a", "--unfreeze_epoch=2", "--mosaic=True", "--mosaic_prob=0.5")
+    train.main(straight)
+    expected = final_weights(tmp_path / "a" / "logs" / "last_epoch_weights.pth")
+
+    # Interrupt in the middle of epoch 2 (after its first iteration), as Ctrl-C would.
+    original = trainer.train_one_epoch
+
+    def interrupted(**kwargs):
+        if kwargs["epoch"] == 1:
+            inner = kwargs["on_iteration_end"]
+
+            def stop_after_first(i):
+                inner(i)
+                raise KeyboardInterrupt
+
+            kwargs["on_iteration_end"] = stop_after_first
+        return original(**kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
+    resumed = small_run(tmp_path / "b", "--unfreeze_epoch=2", "--mosaic=True", "--mosaic_prob=0.5")
+    with pytest.raises(KeyboardInterrupt):
+        train.main(resumed)
+    monkeypatch.setattr(trainer, "train_one_epoch", original)
+    checkpoint = tmp_path / "b" / "logs" / "last_epoch_weights.pth"
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == 1
+    train.main([f"--resume={checkpoint}"])
+    got = final_weights(checkpoint)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_two_ddp_processes_end_with_identical_weights(tmp_path):
+    args = small_run(tmp_path, "--unfreeze_epoch=1", "--unfreeze_batch_size=4")
+    script = tmp_path / "ddp_run.py"
+    script.write_text(
+        "import os, sys, torch\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "import train\n"
+        f"run = train.main({args!r} + ['--distributed=True'])\n"
+        f"torch.save(run.net.state_dict(), os.path.join({str(tmp_path)!r}, f\"rank{{os.environ['RANK']}}.pt\"))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--master_port=29561", str(script)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    saved = torch.load(tmp_path / "logs" / "last_epoch_weights.pth", weights_only=True)["model"]
+    for key in rank0:
+        assert torch.equal(rank0[key], saved[key]), key  # rank 0 checkpointed the weights it ended with
+        assert torch.allclose(rank0[key].float(), rank1[key].float(), atol=1e-6), key
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown setting 'init_lrr'.*init_lr"):
+        train.main(["--init_lrr=0.1"])
+    with pytest.raises(ConfigError, match="unfreeze_epoch.*int"):
+        train.main(["--unfreeze_epoch=ten"])
+    with pytest.raises(ConfigError, match="model="):
+        train.main(["--model=yolov5"])
+    with pytest.raises(FileNotFoundError, match="voc_annotation.py"):
+        train.main(["--train_annotation_path=missing.txt", f"--save_dir={tmp_path}"])
