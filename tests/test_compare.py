@@ -1,0 +1,85 @@
+"""A miniature focal-vs-BCE comparison end to end, and the tool's planning helpers."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import compare_focal
+import train
+from tests.test_train import annotation_lines, ids
+from utils import compare
+from utils.config import ConfigError, settings_of
+
+
+@pytest.fixture(scope="module")
+def mini_comparison(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    for name, split, count in (("train", "train", 4), ("val", "val", 2), ("test", "test", 2)):
+        (tmp / f"{name}.txt").write_text("\n".join(annotation_lines(ids(split, count))) + "\n")
+    argv = [f"--results_dir={tmp / 'out'}", f"--train_annotation_path={tmp / 'train.txt'}",
+            f"--val_annotation_path={tmp / 'val.txt'}", f"--test_annotation_path={tmp / 'test.txt'}",
+            "--unfreeze_epoch=1", "--unfreeze_batch_size=2", "--input_shape=[96,128]", "--num_workers=0"]
+    rows = compare_focal.main(argv)
+    return tmp / "out", argv, rows
+
+
+def test_both_arms_trained_with_their_loss_settings(mini_comparison):
+    out, _, rows = mini_comparison
+    assert [r["arm"] for r in rows] == ["bce", "focal"]
+    for arm, focal in (("bce", False), ("focal", True)):
+        checkpoint = torch.load(out / "runs" / f"{arm}__seed11" / "last_epoch_weights.pth", weights_only=True)
+        config = checkpoint["config"]
+        assert config["focal_loss"] is focal
+        assert (config["focal_alpha"], config["focal_gamma"]) == (0.25, 2.0)
+        assert config["seed"] == 11 and config["input_shape"] == [96, 128] and checkpoint["epoch"] == 1
+        assert len(checkpoint["history"]) == 1
+    bce_hist, focal_hist = (json.loads((out / "runs" / f"{a}__seed11" / "history.json").read_text())
+                            for a in ("bce", "focal"))
+    # identical init, data and schedule; only the confidence loss differs, so its value must differ a lot
+    assert focal_hist[0]["train_loss_conf"] < 0.5 * bce_hist[0]["train_loss_conf"]
+
+
+def test_tables_and_plots_are_written(mini_comparison):
+    out, _, rows = mini_comparison
+    for name in ("summary.md", "summary.csv", "summary.json", "loss_curves.png", "per_class_ap.png", "loss_cdf.png"):
+        assert (out / name).stat().st_size > 0, name
+    table = (out / "summary.md").read_text()
+    assert "mean over kept cells, focal x10" in table and "| bce |" in table
+    assert {"map", "map_voc07", "coco_ap", "ap_RBC", "final_loss_conf", "train_minutes"} <= set(rows[0])
+
+
+def test_cdfs_are_monotone_and_end_at_one(mini_comparison):
+    out, _, _ = mini_comparison
+    for arm in ("bce", "focal"):
+        cdf = json.loads((out / "runs" / f"{arm}__seed11" / "eval.json").read_text())["cdf"]
+        assert set(cdf["curves"]) == {"positive", "negative"} and cdf["num_positive"] > 0
+        for curves in cdf["curves"].values():
+            assert set(curves) == {"0", "0.5", "1", "2"}
+            for values in curves.values():
+                assert np.all(np.diff(values) >= -1e-12)
+                assert values[-1] == pytest.approx(1.0)
+                assert values[0] >= 0
+
+
+def test_second_invocation_skips_finished_runs(mini_comparison, capsys):
+    out, argv, rows = mini_comparison
+    stamp = (out / "runs" / "bce__seed11" / "last_epoch_weights.pth").stat().st_mtime
+    again = compare_focal.main(argv)
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 2
+    assert (out / "runs" / "bce__seed11" / "last_epoch_weights.pth").stat().st_mtime == stamp
+    assert [r["map"] for r in again] == [r["map"] for r in rows]
+
+
+def test_grid_sweep_and_seeds_plan():
+    assert len(compare.grid_arms()) == 1 + 5 * 3
+    sweep = compare.parse_sweep("init_lr=0.001,0.01;input_shape=[320,320],[416,416]", settings_of(vars(train)))
+    assert sweep[0] == {"init_lr": 0.001, "input_shape": [320, 320]} and len(sweep) == 4
+    runs = compare.plan_runs(arms=[{"name": "bce", "focal_loss": False}], sweep=sweep, seeds=[1, 2])
+    assert len(runs) == 8 and len({r.name for r in runs}) == 8
+    assert runs[0].overrides == {"focal_loss": False, "init_lr": 0.001, "input_shape": [320, 320], "seed": 1}
+    with pytest.raises(ConfigError, match="not a train.py setting"):
+        compare.parse_sweep("learning_rate=1", settings_of(vars(train)))
+    with pytest.raises(ConfigError, match="init_lr"):
+        compare.parse_sweep("init_lr=fast", settings_of(vars(train)))

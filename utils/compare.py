@@ -1,0 +1,230 @@
+"""Runs behind compare_focal.py: plan (arms x sweep values x seeds), train (skip / resume), evaluate, summarise.
+
+Each run is an ordinary train.py run in ``<results_dir>/runs/<name>`` with its own checkpoints and logs.
+A run is finished once its ``eval.json`` exists; a run with a checkpoint but no ``eval.json`` is resumed
+(or only evaluated when its training already reached the last epoch).
+"""
+import json
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.checkpoint import read_checkpoint
+from utils.config import ConfigError, parse_value, settings_of
+
+GRID_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)  # the Focal Loss paper's Table 1 ablation
+GRID_ALPHAS = (0.25, 0.5, 0.75)
+CDF_GAMMAS = (0.0, 0.5, 1.0, 2.0)  # the Focal Loss paper's Figure 4
+
+
+@dataclass
+class RunSpec:
+    name: str
+    arm: str
+    seed: int
+    sweep: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)  # train.py settings of this run
+
+
+def grid_arms() -> list[dict]:
+    arms = [{"name": "bce", "focal_loss": False}]
+    arms += [{"name": f"focal_a{a:g}_g{g:g}", "focal_loss": True, "focal_alpha": a, "focal_gamma": g}
+             for g in GRID_GAMMAS for a in GRID_ALPHAS]
+    return arms
+
+
+def parse_sweep(text: str, train_settings: dict) -> list[dict]:
+    """``"init_lr=1e-3,1e-2;input_shape=[320,320]"`` -> the cartesian product as dicts of train.py settings."""
+    combos: list[dict] = [{}]
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, _, values = part.partition("=")
+        if key not in train_settings:
+            raise ConfigError(f"--sweep: {key!r} is not a train.py setting")
+        items = _split_top_level(values)
+        parsed = [parse_value(v, train_settings[key][0], key=key) for v in items]
+        combos = [{**c, key: v} for c in combos for v in parsed]
+    return combos
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Splits on commas outside brackets, so list values such as [320,320] stay whole."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        if char in "[(":
+            depth += 1
+        elif char in "])":
+            depth -= 1
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    return [i.strip() for i in items + [current] if i.strip()]
+
+
+def plan_runs(*, arms: list[dict], sweep: list[dict], seeds: list[int]) -> list[RunSpec]:
+    runs = []
+    for arm in arms:
+        settings = {k: v for k, v in arm.items() if k != "name"}
+        for combo in sweep:
+            for seed in seeds:
+                tag = "".join(f"__{k}={_slug(v)}" for k, v in combo.items())
+                runs.append(RunSpec(name=f"{arm['name']}{tag}__seed{seed}", arm=arm["name"] + tag.replace("__", " "),
+                                    seed=seed, sweep=combo, overrides={**settings, **combo, "seed": seed}))
+    return runs
+
+
+def _slug(value) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", json.dumps(value)).strip("-")
+
+
+def to_argv(settings: dict) -> list[str]:
+    return [f"--{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in settings.items()]
+
+
+class Progress:
+    """One overall line (run, seed, epoch, ETA) printed after every epoch of every run."""
+
+    def __init__(self, runs: list[RunSpec], epochs_per_run: int):
+        self.total_epochs = len(runs) * epochs_per_run
+        self.done_epochs, self.started, self.timed_epochs = 0, time.time(), 0
+
+    def skip(self, epochs: int) -> None:
+        self.done_epochs += epochs
+
+    def epoch_done(self, *, index: int, count: int, run: RunSpec, epoch: int, epochs: int) -> None:
+        self.done_epochs += 1
+        self.timed_epochs += 1
+        per_epoch = (time.time() - self.started) / self.timed_epochs
+        eta = per_epoch * (self.total_epochs - self.done_epochs)
+        print(f"[compare] run {index + 1}/{count} {run.arm} seed {run.seed}: epoch {epoch}/{epochs}, "
+              f"overall {self.done_epochs}/{self.total_epochs} epochs, ETA {eta / 60:.1f} min", flush=True)
+
+
+def train_run(*, run: RunSpec, run_dir: Path, base: dict, on_epoch_end) -> dict:
+    """Trains (or resumes) one run; returns its resolved config."""
+    import train
+    from utils.trainer import fit, resolve_training_config
+
+    settings = settings_of(vars(train))
+    checkpoint = run_dir / "last_epoch_weights.pth"
+    argv = to_argv({**base, **run.overrides, "save_dir": str(run_dir)})
+    if checkpoint.is_file():
+        argv.append(f"--resume={checkpoint}")
+    config = resolve_training_config(settings, argv)
+    fit(config, on_epoch_end=on_epoch_end)
+    return config
+
+
+def epochs_done(run_dir: Path) -> int:
+    checkpoint = run_dir / "last_epoch_weights.pth"
+    return read_checkpoint(checkpoint)["epoch"] if checkpoint.is_file() else 0
+
+
+def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str) -> dict:
+    """mAP (all-point and VOC07), COCO AP and per-class AP of the run's final weights on the test images,
+    with get_map.py's code and settings, plus the confidence-loss CDFs of the Focal Loss paper's Figure 4."""
+    from utils.trainer import line_image_path
+    from utils.utils_map import evaluate_voc_images
+    from yolo import YOLO
+
+    checkpoint = run_dir / "last_epoch_weights.pth"
+    detector = YOLO(model_path=str(checkpoint), confidence=0.001, nms_iou=0.5, device=device)
+    results = evaluate_voc_images(detector=detector, image_paths=[line_image_path(l) for l in test_lines],
+                                  class_names=detector.class_names, coco=True)
+    saved = read_checkpoint(checkpoint)
+    history = saved["history"]
+    last = history[-1] if history else {}
+    evaluation = {
+        "map": results["map"], "map_voc07": results["map_voc07"], "coco_ap": results["coco"]["AP"],
+        "coco_ap50": results["coco"]["AP50"],
+        "per_class_ap": {name: v["ap"] for name, v in results["per_class"].items()},
+        "final_train": {k: last.get(f"train_{k}") for k in ("loss_loc", "loss_conf", "loss_cls")},
+        "train_seconds": round(sum(row.get("seconds", 0.0) for row in history), 1),
+        "config": {k: saved["config"].get(k) for k in ("focal_loss", "focal_alpha", "focal_gamma",
+                                                        "focal_loss_ratio", "conf_normalization", "seed",
+                                                        "init_lr", "unfreeze_epoch", "input_shape", "model")},
+        "cdf": confidence_loss_cdf(detector=detector, config=saved["config"], test_lines=test_lines),
+    }
+    (run_dir / "eval.json").write_text(json.dumps(evaluation, indent=1), encoding="utf-8")
+    return evaluation
+
+
+@torch.no_grad()
+def confidence_loss_cdf(*, detector, config: dict, test_lines: list[str], points: int = 200) -> dict:
+    """Cumulative distribution of the normalised confidence loss over positive and negative cells.
+
+    For gamma in CDF_GAMMAS, each kept cell's loss is FL_gamma = (1 - p_t)^gamma * CE (alpha only scales
+    a whole group, which the normalisation cancels); cells are sorted by loss and the cumulative share of
+    the group's total loss is sampled at ``points`` fractions. Cells and their positive / negative / ignored
+    status come from YOLOLoss's own assignment, over the test images.
+    """
+    from nets.yolo_training import YOLOLoss
+    from utils.dataloader import YoloDataset, yolo_collate
+
+    criterion = YOLOLoss(anchors_px=torch.tensor(config["anchors"]), anchors_mask=config["anchors_mask"],
+                         num_classes=len(config["class_names"]), input_shape=tuple(config["input_shape"]),
+                         ignore_threshold=config["ignore_threshold"],
+                         multi_anchor_threshold=config["multi_anchor_threshold"],
+                         scale_x_y=config["scale_x_y"]).to(detector.device)
+    dataset = YoloDataset(annotation_lines=test_lines, input_shape=tuple(config["input_shape"]), train=False)
+    logits, positive = [], []
+    for start in range(0, len(dataset), 8):
+        images, targets = yolo_collate([dataset[i] for i in range(start, min(start + 8, len(dataset)))])
+        outputs = detector.raw_outputs(images.numpy())
+        batch_logits, batch_positive = criterion.confidence_samples(outputs, targets)
+        logits.append(batch_logits.cpu())
+        positive.append(batch_positive.cpu())
+    logits_all, positive_all = torch.cat(logits), torch.cat(positive)
+    ce = F.binary_cross_entropy_with_logits(logits_all, positive_all.float(), reduction="none")
+    one_minus_pt = torch.sigmoid(torch.where(positive_all, -logits_all, logits_all))
+    fractions = np.linspace(0, 1, points + 1)[1:]
+    curves = {}
+    for group, mask in (("positive", positive_all), ("negative", ~positive_all)):
+        curves[group] = {}
+        for gamma in CDF_GAMMAS:
+            loss = (ce[mask] * one_minus_pt[mask] ** gamma).double().sort().values.numpy()
+            if loss.size == 0 or loss.sum() <= 0:
+                continue
+            cumulative = np.cumsum(loss) / loss.sum()
+            index = np.clip(np.ceil(fractions * loss.size).astype(int) - 1, 0, loss.size - 1)
+            curves[group][f"{gamma:g}"] = cumulative[index].tolist()
+    return {"fractions": fractions.tolist(), "curves": curves, "num_positive": int(positive_all.sum()),
+            "num_negative": int((~positive_all).sum())}
+
+
+def conf_normalization_note(config: dict) -> str:
+    norm = "mean over kept cells" if config["conf_normalization"] == "mean" else "sum / number of positives"
+    if config["focal_loss"] and config["conf_normalization"] == "mean":
+        return f"{norm}, focal x{config['focal_loss_ratio']:g}"
+    return norm
+
+
+def summarise(evaluations: dict[str, dict], runs: list[RunSpec]) -> list[dict]:
+    """One row per arm (seeds aggregated: mean and std of every figure, plus each run's mAP)."""
+    rows = []
+    for arm in dict.fromkeys(r.arm for r in runs):
+        evs = [evaluations[r.name] for r in runs if r.arm == arm]
+        maps = [e["map"] for e in evs]
+        row = {"arm": arm, "runs": len(evs), "map": statistics.fmean(maps),
+               "map_std": statistics.stdev(maps) if len(maps) > 1 else 0.0, "map_runs": maps,
+               "map_voc07": statistics.fmean(e["map_voc07"] for e in evs),
+               "coco_ap": statistics.fmean(e["coco_ap"] for e in evs),
+               "conf_normalization": conf_normalization_note(evs[0]["config"]),
+               "focal": evs[0]["config"]["focal_loss"], "alpha": evs[0]["config"]["focal_alpha"],
+               "gamma": evs[0]["config"]["focal_gamma"],
+               "train_minutes": statistics.fmean(e["train_seconds"] for e in evs) / 60}
+        for name in evs[0]["per_class_ap"]:
+            values = [e["per_class_ap"][name] for e in evs if e["per_class_ap"][name] is not None]
+            row[f"ap_{name}"] = statistics.fmean(values) if values else None
+        for term in ("loss_loc", "loss_conf", "loss_cls"):
+            values = [e["final_train"][term] for e in evs if e["final_train"][term] is not None]
+            row[f"final_{term}"] = statistics.fmean(values) if values else None
+        rows.append(row)
+    return rows
