@@ -28,14 +28,14 @@ def box_iou_batched(boxes1_xyxy: Tensor, boxes2_xyxy: Tensor) -> Tensor:
     boxes1_xyxy: (B, N, 4), boxes2_xyxy: (B, M, 4), same units. Returns (B, N, M).
     torchvision's box_iou is 2-D only; this is its batched twin for the loss's ignore mask.
     """
-    area1 = (boxes1_xyxy[..., 2] - boxes1_xyxy[..., 0]) * (boxes1_xyxy[..., 3] - boxes1_xyxy[..., 1])  # (B, N)
-    area2 = (boxes2_xyxy[..., 2] - boxes2_xyxy[..., 0]) * (boxes2_xyxy[..., 3] - boxes2_xyxy[..., 1])  # (B, M)
-    top_left = torch.max(boxes1_xyxy[:, :, None, :2], boxes2_xyxy[:, None, :, :2])  # (B, N, M, 2)
-    bottom_right = torch.min(boxes1_xyxy[:, :, None, 2:], boxes2_xyxy[:, None, :, 2:])  # (B, N, M, 2)
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]  # (B, N, M)
-    union = area1[:, :, None] + area2[:, None, :] - inter
-    return inter / union.clamp(min=1e-9)
+    x1a, y1a, x2a, y2a = (t[:, :, None] for t in boxes1_xyxy.unbind(-1))  # each (B, N, 1)
+    x1b, y1b, x2b, y2b = (t[:, None, :] for t in boxes2_xyxy.unbind(-1))  # each (B, 1, M)
+    # Width and height of the overlaps as separate (B, N, M) tensors, updated in place: this is the
+    # loss's hottest line (every cell against every ground truth), so no (B, N, M, 2) temporaries.
+    inter = torch.min(x2a, x2b).sub_(torch.max(x1a, x1b)).clamp_(min=0)
+    inter.mul_(torch.min(y2a, y2b).sub_(torch.max(y1a, y1b)).clamp_(min=0))  # (B, N, M)
+    union = ((x2a - x1a) * (y2a - y1a)) + ((x2b - x1b) * (y2b - y1b)) - inter
+    return inter.div_(union.clamp_(min=1e-9))
 
 
 def wh_iou(wh1: Tensor, wh2: Tensor) -> Tensor:

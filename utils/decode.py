@@ -10,8 +10,9 @@ network-input pixels:
 import torch
 from torch import Tensor
 
-# exp(tw) beyond this would give boxes of 22026 anchors and, a little further, inf in fp32;
-# clamping keeps loss and gradients finite for wild logits early in training.
+# exp(tw) beyond +10 gives boxes of 22026 anchors and, a little further, inf in fp32; below -10 a box
+# shrinks under the float resolution of its centre and collapses to zero width (NaN in CIoU).
+# Clamping keeps loss and gradients finite for wild logits early in training.
 MAX_WH_LOGIT = 10.0
 
 
@@ -32,7 +33,7 @@ def decode_txywh(txywh: Tensor, *, grid_xy: Tensor, anchor_wh_px: Tensor, stride
     stride_xy = txywh.new_tensor([stride_yx[1], stride_yx[0]])
     offset_xy = torch.sigmoid(txywh[..., :2]) * scale_x_y - (scale_x_y - 1) / 2
     center_xy = (offset_xy + grid_xy) * stride_xy
-    wh = torch.exp(txywh[..., 2:4].clamp(max=MAX_WH_LOGIT)) * anchor_wh_px
+    wh = torch.exp(txywh[..., 2:4].clamp(-MAX_WH_LOGIT, MAX_WH_LOGIT)) * anchor_wh_px
     return torch.cat([center_xy, wh], dim=-1)
 
 

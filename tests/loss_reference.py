@@ -1,0 +1,166 @@
+"""A slow, plain loop reference of YOLOLoss, written from the semantics stated in the module docstring
+of nets/yolo_training.py, not from its code: one ground truth, one positive and one image at a time.
+
+Everything is computed in float64 from the same raw head outputs, so gradients flow back to them and
+can be compared with the vectorised loss. Only torch, math and torchvision.ops (IoU losses, box_iou)
+are used; nothing is imported from nets/ or utils/.
+
+Head layout (per level): (B, A * (5 + C), H, W), anchor-major, channels per anchor tx, ty, tw, th, obj,
+classes. Decoded box: cx = (sigmoid(tx) * s - (s - 1) / 2 + grid_x) * stride_x, w = anchor_w * exp(tw),
+with tw clamped at 10 from above as the decoder documents.
+"""
+import math
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou, complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
+
+MAX_WH_LOGIT = 10.0
+BALANCE = {32: 0.4, 16: 1.0, 8: 4.0}
+IOU_LOSS = {"ciou": complete_box_iou_loss, "diou": distance_box_iou_loss, "giou": generalized_box_iou_loss}
+
+
+def bce_with_logits(logits: Tensor, target: Tensor) -> Tensor:
+    """Elementwise binary cross-entropy from logits, the usual stable form."""
+    return logits.clamp(min=0) - logits * target + torch.log1p(torch.exp(-logits.abs()))
+
+
+def decode_box_xyxy(txywh: Tensor, *, grid_x, grid_y, anchor_w, anchor_h, stride_x: float, stride_y: float,
+                    scale: float) -> Tensor:
+    """Logits (..., 4) -> pred_xyxy_px (..., 4); grid and anchor arguments broadcast against (...)."""
+    offset_x = torch.sigmoid(txywh[..., 0]) * scale - (scale - 1) / 2
+    offset_y = torch.sigmoid(txywh[..., 1]) * scale - (scale - 1) / 2
+    cx = (offset_x + grid_x) * stride_x
+    cy = (offset_y + grid_y) * stride_y
+    w = torch.exp(txywh[..., 2].clamp(max=MAX_WH_LOGIT)) * anchor_w
+    h = torch.exp(txywh[..., 3].clamp(max=MAX_WH_LOGIT)) * anchor_h
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def shape_iou(w: float, h: float, anchor_w: float, anchor_h: float) -> float:
+    inter = min(w, anchor_w) * min(h, anchor_h)
+    return inter / (w * h + anchor_w * anchor_h - inter)
+
+
+def assign_anchors(gts: list[list[float]], anchors: list[tuple[float, float]], usable: list[int],
+                   multi_anchor_threshold: float | None) -> list[list[int]]:
+    """For each ground truth, the global anchors it is positive for."""
+    assigned = []
+    for _, _, x1, y1, x2, y2 in gts:
+        ious = {k: shape_iou(x2 - x1, y2 - y1, *anchors[k]) for k in usable}
+        best = usable[0]
+        for k in usable:
+            if ious[k] > ious[best]:
+                best = k
+        chosen = {best}
+        if multi_anchor_threshold is not None:
+            chosen |= {k for k in usable if ious[k] > multi_anchor_threshold}
+        assigned.append(sorted(chosen))
+    return assigned
+
+
+def reference_loss(outputs: list[Tensor], targets: Tensor, *, anchors_px, anchors_mask: list[list[int]],
+                   num_classes: int, input_shape: tuple[int, int], label_smoothing: float = 0.0,
+                   focal_loss: bool = False, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                   focal_loss_ratio: float = 10.0, conf_normalization: str = "mean", iou_type: str = "ciou",
+                   ignore_threshold: float = 0.5, multi_anchor_threshold: float | None = None,
+                   scale_x_y: list[float] | None = None, box_ratio: float = 0.05, cls_ratio: float | None = None,
+                   obj_ratio: float | None = None) -> dict[str, Tensor | int]:
+    """Same keys as YOLOLoss's output, plus diagnostics ``num_ignored``, ``num_pairs`` and ``num_crowded``."""
+    anchors = [(float(w), float(h)) for w, h in torch.as_tensor(anchors_px, dtype=torch.float64).view(-1, 2).tolist()]
+    usable = sorted({k for mask in anchors_mask for k in mask})
+    in_h, in_w = input_shape
+    scales = list(scale_x_y) if scale_x_y else [1.0] * len(anchors_mask)
+    cls_ratio = num_classes / 80 if cls_ratio is None else cls_ratio
+    obj_ratio = 5 * in_h * in_w / 416**2 if obj_ratio is None else obj_ratio
+    gts = targets.double().tolist()  # rows [img, cls, x1, y1, x2, y2], xyxy input pixels
+    gt_anchors = assign_anchors(gts, anchors, usable, multi_anchor_threshold)
+    depth = 5 + num_classes
+    zero = outputs[0].new_zeros((), dtype=torch.float64)
+
+    result, conf_sums, kept_counts, strides = {}, [], [], []
+    num_pos = num_ignored = num_pairs = num_crowded = 0
+    for level, (raw, mask) in enumerate(zip(outputs, anchors_mask)):
+        raw = raw.double()
+        batch, _, height, width = raw.shape
+        stride_y, stride_x = in_h / height, in_w / width
+        stride = round(stride_y)
+        strides.append(stride)
+        loc_terms, cls_terms, cell_of_pair = [], [], []
+        for n, (img, cls, x1, y1, x2, y2) in enumerate(gts):
+            for k in gt_anchors[n]:
+                if k not in mask:
+                    continue
+                a = mask.index(k)
+                gx = min(max(math.floor((x1 + x2) / 2 / stride_x), 0), width - 1)
+                gy = min(max(math.floor((y1 + y2) / 2 / stride_y), 0), height - 1)
+                b = int(img)
+                logits = raw[b, a * depth:(a + 1) * depth, gy, gx]  # (5 + C,)
+                pred_xyxy = decode_box_xyxy(logits[:4], grid_x=gx, grid_y=gy, anchor_w=anchors[k][0],
+                                            anchor_h=anchors[k][1], stride_x=stride_x, stride_y=stride_y,
+                                            scale=scales[level])
+                gt_xyxy = torch.tensor([x1, y1, x2, y2], dtype=torch.float64)
+                loc_terms.append(IOU_LOSS[iou_type](pred_xyxy[None], gt_xyxy[None], reduction="sum"))
+                cls_target = torch.full((num_classes,), label_smoothing / 2, dtype=torch.float64)
+                cls_target[int(cls)] = 1.0 - label_smoothing / 2
+                cls_terms.append(bce_with_logits(logits[5:], cls_target).sum())
+                cell_of_pair.append((b, a, gy, gx))
+        num_pairs += len(cell_of_pair)
+        positive_cells = set(cell_of_pair)
+        num_crowded += len(cell_of_pair) - len(positive_cells)
+        num_pos += len(positive_cells)
+        tag = f"s{stride}"
+        result[f"loss_loc_{tag}"] = sum(loc_terms) / len(loc_terms) if loc_terms else zero
+        result[f"loss_cls_{tag}"] = sum(cls_terms) / (len(cls_terms) * num_classes) if cls_terms else zero
+
+        conf_sum, kept_count = zero, 0
+        for b in range(batch):
+            image = raw[b].view(len(mask), depth, height, width)
+            ignored = torch.zeros(len(mask), height, width, dtype=torch.bool)
+            with torch.no_grad():
+                grid_y, grid_x = torch.meshgrid(torch.arange(height, dtype=torch.float64),
+                                                torch.arange(width, dtype=torch.float64), indexing="ij")
+                anchor_wh = torch.tensor([anchors[k] for k in mask], dtype=torch.float64)  # (A, 2)
+                cells_xyxy = decode_box_xyxy(image[:, :4].permute(0, 2, 3, 1), grid_x=grid_x, grid_y=grid_y,
+                                             anchor_w=anchor_wh[:, 0, None, None], anchor_h=anchor_wh[:, 1, None, None],
+                                             stride_x=stride_x, stride_y=stride_y, scale=scales[level])  # (A, H, W, 4)
+                for img, _, x1, y1, x2, y2 in gts:
+                    if int(img) != b:
+                        continue
+                    gt_xyxy = torch.tensor([[x1, y1, x2, y2]], dtype=torch.float64)
+                    iou = box_iou(cells_xyxy.reshape(-1, 4), gt_xyxy).view(len(mask), height, width)
+                    ignored |= iou > ignore_threshold
+            is_obj = torch.zeros(len(mask), height, width, dtype=torch.bool)
+            for cb, a, gy, gx in positive_cells:
+                if cb == b:
+                    is_obj[a, gy, gx] = True
+            kept = is_obj | ~ignored
+            num_ignored += int((~kept).sum())
+            conf_logits = image[:, 4]  # (A, H, W)
+            conf_loss = bce_with_logits(conf_logits, is_obj.double())
+            if focal_loss:
+                alpha_t = torch.where(is_obj, focal_alpha, 1.0 - focal_alpha)
+                one_minus_p_t = torch.where(is_obj, torch.sigmoid(-conf_logits), torch.sigmoid(conf_logits))
+                conf_loss = conf_loss * alpha_t * one_minus_p_t**focal_gamma
+            conf_sum = conf_sum + conf_loss[kept].sum()
+            kept_count += int(kept.sum())
+        conf_sums.append(conf_sum)
+        kept_counts.append(kept_count)
+
+    for stride, conf_sum, kept_count in zip(strides, conf_sums, kept_counts):
+        norm = kept_count if conf_normalization == "mean" else num_pos
+        result[f"loss_conf_s{stride}"] = conf_sum / max(norm, 1)
+
+    total = zero
+    for stride in strides:
+        # focal_loss_ratio rescales the focal *mean* only; a num_pos-normalised focal sum is left as it is
+        focal_weight = focal_loss_ratio if focal_loss and conf_normalization == "mean" else 1.0
+        conf_weight = obj_ratio * BALANCE.get(stride, 1.0) * focal_weight
+        total = total + (box_ratio * result[f"loss_loc_s{stride}"] + cls_ratio * result[f"loss_cls_s{stride}"]
+                         + conf_weight * result[f"loss_conf_s{stride}"])
+    for name in ("loss_loc", "loss_conf", "loss_cls"):
+        result[name] = sum(result[f"{name}_s{stride}"] for stride in strides)
+    result["loss"] = total
+    result["num_pos"] = num_pos
+    result.update(num_ignored=num_ignored, num_pairs=num_pairs, num_crowded=num_crowded)
+    return result
