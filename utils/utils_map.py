@@ -337,11 +337,12 @@ def predict_to_dets(detector, image_paths: dict[str, str | Path], *, progress: b
     """
     from PIL import Image
 
+    from utils.dataloader import read_image_rgb
+
     class_names = list(detector.class_names)
     dets = {}
     for image_id, path in tqdm(image_paths.items(), desc="predict", disable=not progress):
-        with Image.open(path) as image:
-            out = detector.detect(image.convert("RGB"))
+        out = detector.detect(Image.fromarray(read_image_rgb(path)))  # upright, as the dataset reads it
         pred_xyxy = np.asarray(out.boxes_xyxy, dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(out.scores, dtype=np.float64).reshape(-1)
         class_ids = np.asarray(out.class_ids, dtype=np.int64).reshape(-1)

@@ -1,0 +1,275 @@
+"""Run a trained detector: images, a video or camera, FPS, a folder, an objectness heat map, ONNX export and
+inference with the exported ONNX model.
+
+Edit the settings below or override them: ``python predict.py --mode=dir_predict --confidence=0.3``; lists are
+Python literals (``--image_paths="['a.jpg', 'b.jpg']"``); ``--config=FILE`` reads a TOML or JSON file of settings.
+Detector settings left at None come from the checkpoint (published weights: VOC classes, yolov4 anchors, 416).
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from utils.config import print_config, resolve_config, settings_of
+
+mode: str = "predict"  # predict | video | fps | dir_predict | heatmap | export_onnx | predict_onnx
+model_path: str = "logs/best_epoch_weights.pth"  # this project's checkpoint, or a published state_dict
+classes_path: str | None = None  # class names file; None = from the checkpoint (published: model_data/voc_classes.txt)
+anchors_path: str | None = None  # anchors file; None = from the checkpoint (published: model_data/yolo_anchors.txt)
+anchors_mask: list[list[int]] | None = None  # anchor ids per level, coarsest level first; None = from the checkpoint
+input_shape: list[int] | None = None  # network input [h, w], multiples of 32; None = from the checkpoint (else 416)
+model: str | None = None  # yolov4 | yolov4-tiny; None = from the checkpoint (published: yolov4)
+confidence: float = 0.5  # keep boxes whose objectness * class probability is at least this
+nms_iou: float = 0.3  # NMS drops a box overlapping a better box of its class by more than this IoU
+max_det: int = 300  # at most this many detections per image
+nms_type: str = "nms"  # nms | diou (DIoU-NMS)
+letterbox_image: bool = True  # keep the aspect ratio with gray padding, as in validation; False stretches
+device: str = "auto"  # auto | cpu | cuda | cuda:1
+fp16: bool = False  # half-precision autocast, CUDA only
+crop: bool = False  # predict: also save every detection as an image in <save_dir>/crop/<image name>/
+count: bool = False  # predict: print the number of detections per class
+image_paths: list[str] = []  # predict / predict_onnx / heatmap images; empty = ask for file names (terminal only)
+save_dir: str = "img_out"  # predict / predict_onnx: drawn images go here
+video_path: str = "0"  # video: a video file, or a camera index such as "0"
+video_save_path: str = ""  # video: write the drawn video here (.mp4 or .avi); "" = do not save
+video_fps: float = 25.0  # video: frame rate of the saved video
+test_interval: int = 100  # fps: number of timed detections
+fps_image_path: str = "VOCdevkit/VOC2007/JPEGImages/BloodImage_00000.jpg"  # fps image (and heatmap's default)
+dir_origin_path: str = "img/"  # dir_predict: folder of images to detect
+dir_save_path: str = "img_out/"  # dir_predict: drawn images and detections.json go here
+heatmap_save_path: str = "model_data/heatmap_vision.png"  # heatmap: output image
+onnx_save_path: str = "model_data/models.onnx"  # export_onnx writes it, predict_onnx reads it
+onnx_dynamic_batch: bool = False  # export_onnx: dynamic batch dimension
+onnx_opset: int = 12  # export_onnx: ONNX opset version
+onnx_simplify: bool = False  # export_onnx: run onnxsim (needs the onnxsim package)
+
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Upright RGB image (EXIF orientation applied, as for training); clear errors for missing or bad files."""
+    from utils.dataloader import read_image_rgb
+
+    return Image.fromarray(read_image_rgb(str(path)))
+
+
+def build_detector(cfg: dict):
+    from yolo import YOLO
+
+    return YOLO(model_path=cfg["model_path"], classes_path=cfg["classes_path"], anchors_path=cfg["anchors_path"],
+                anchors_mask=cfg["anchors_mask"], input_shape=cfg["input_shape"], model=cfg["model"],
+                confidence=cfg["confidence"], nms_iou=cfg["nms_iou"], max_det=cfg["max_det"],
+                letterbox_image=cfg["letterbox_image"], nms_type=cfg["nms_type"], device=cfg["device"],
+                fp16=cfg["fp16"])
+
+
+def build_onnx_detector(cfg: dict):
+    from yolo import OnnxYOLO
+
+    return OnnxYOLO(onnx_path=cfg["onnx_save_path"], classes_path=cfg["classes_path"], confidence=cfg["confidence"],
+                    nms_iou=cfg["nms_iou"], max_det=cfg["max_det"], letterbox_image=cfg["letterbox_image"],
+                    nms_type=cfg["nms_type"], device=cfg["device"])
+
+
+def _predict_one(detector, path: str, cfg: dict) -> dict:
+    image = load_image(path)
+    detections = detector.detect(image)
+    save_dir = Path(cfg["save_dir"])
+    drawn = detector.render(image, detections, crop=cfg["crop"], count=cfg["count"],
+                            crop_dir=save_dir / "crop" / Path(path).stem)
+    out_path = save_dir / f"{Path(path).stem}.png"
+    drawn.save(out_path)
+    print(f"{path}: {len(detections)} detections -> {out_path}")
+    for record in detections.to_dicts():
+        print(f"  {record['class_name']} {record['score']:.3f} {record['box_xyxy']}")
+    return {"image": str(path), "output": str(out_path), "detections": detections}
+
+
+def run_predict(cfg: dict, detector=None) -> list[dict]:
+    """Detects each of image_paths (or file names typed at a terminal prompt) and saves the drawn images."""
+    paths = list(cfg["image_paths"])
+    if not paths and not sys.stdin.isatty():
+        raise ValueError("no images to predict: set --image_paths=\"['img/street.jpg']\" "
+                         "(or run in a terminal to be asked for file names)")
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"image file not found: {', '.join(missing)}")
+    detector = detector or build_detector(cfg)
+    Path(cfg["save_dir"]).mkdir(parents=True, exist_ok=True)
+    if paths:
+        return [_predict_one(detector, path, cfg) for path in paths]
+    results = []
+    while True:
+        try:
+            path = input("Input image filename (empty to quit): ").strip()
+        except EOFError:
+            break
+        if not path:
+            break
+        try:
+            results.append(_predict_one(detector, path, cfg))
+        except (FileNotFoundError, ValueError) as err:
+            print(f"{err}; try again")
+    return results
+
+
+def display_available() -> bool:
+    """A window can only open where a display server is reachable; on Linux that needs DISPLAY or WAYLAND_DISPLAY."""
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+def _open_window(name: str) -> bool:
+    try:
+        cv2.namedWindow(name, cv2.WINDOW_NORMAL)
+        return True
+    except cv2.error:
+        print("note: this OpenCV build cannot open windows (headless); frames are not shown")
+        return False
+
+
+def run_video(cfg: dict) -> int:
+    """Detects every frame of a video file or camera; shows it when a display exists, writes it when asked."""
+    from utils.draw import put_fps
+
+    source = cfg["video_path"].strip()
+    is_camera = source.isdigit()
+    if not is_camera and not Path(source).is_file():
+        raise FileNotFoundError(f"video file not found: {source}")
+    detector = build_detector(cfg)
+    capture = cv2.VideoCapture(int(source) if is_camera else source)
+    writer, window, frames, fps = None, None, 0, 0.0
+    try:
+        if not capture.isOpened():
+            raise ValueError(f"cannot open {'camera ' + source if is_camera else 'video file ' + source}")
+        ok, frame = capture.read()
+        if not ok:
+            raise ValueError(f"{'camera ' + source if is_camera else 'video file ' + source}: no frame could be read")
+        if cfg["video_save_path"]:
+            save_path = Path(cfg["video_save_path"])
+            save_path.parent.mkdir(parents=True, exist_ok=True)
+            fourcc = cv2.VideoWriter_fourcc(*("XVID" if save_path.suffix.lower() == ".avi" else "mp4v"))
+            writer = cv2.VideoWriter(str(save_path), fourcc, cfg["video_fps"], (frame.shape[1], frame.shape[0]))
+            if not writer.isOpened():
+                raise ValueError(f"cannot write video {save_path} (use a .mp4 or .avi name)")
+        if display_available() and _open_window("video"):
+            window = "video"
+        while ok:
+            start = time.perf_counter()
+            drawn = detector.detect_image(Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
+            frame_bgr = cv2.cvtColor(np.asarray(drawn), cv2.COLOR_RGB2BGR)
+            fps = (fps + 1.0 / max(time.perf_counter() - start, 1e-9)) / 2  # smoothed, as the reference repos show it
+            put_fps(frame_bgr, fps)
+            if writer is not None:
+                writer.write(frame_bgr)
+            frames += 1
+            if window is not None:
+                cv2.imshow(window, frame_bgr)
+                if cv2.waitKey(1) & 0xFF in (27, ord("q")):
+                    break
+            ok, frame = capture.read()
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+        if window is not None:
+            cv2.destroyAllWindows()
+    saved = f", saved to {cfg['video_save_path']}" if writer is not None else ""
+    print(f"video done: {frames} frames, {fps:.2f} FPS{saved}")
+    return frames
+
+
+def run_fps(cfg: dict) -> dict:
+    image = load_image(cfg["fps_image_path"])
+    stats = build_detector(cfg).get_fps(image, n=cfg["test_interval"])
+    print(f"{cfg['fps_image_path']}, {cfg['test_interval']} runs, batch 1: preprocess {stats['preprocess_ms']:.2f} ms, "
+          f"forward {stats['forward_ms']:.2f} ms, postprocess {stats['postprocess_ms']:.2f} ms; "
+          f"{stats['total_ms']:.2f} ms per image, {stats['fps']:.2f} FPS")
+    return stats
+
+
+def run_dir_predict(cfg: dict) -> dict:
+    """Every image of dir_origin_path: drawn copies and detections.json in dir_save_path. An unreadable image is
+    reported and skipped; the others are still processed."""
+    from tqdm import tqdm
+
+    origin = Path(cfg["dir_origin_path"])
+    if not origin.is_dir():
+        raise FileNotFoundError(f"image folder not found: {origin}")
+    paths = sorted(p for p in origin.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"image folder {origin}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    detector = build_detector(cfg)
+    out_dir = Path(cfg["dir_save_path"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images, skipped = {}, {}
+    for path in tqdm(paths, desc="dir_predict"):
+        try:
+            image = load_image(path)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"skipped: {err}")
+            skipped[path.name] = str(err)
+            continue
+        detections = detector.detect(image)
+        detector.render(image, detections).save(out_dir / f"{path.stem}.png")
+        images[path.name] = detections.to_dicts()
+    report = {"class_names": detector.class_names, "images": images, "skipped": skipped}
+    json_path = out_dir / "detections.json"
+    json_path.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    print(f"{len(images)} images, {sum(map(len, images.values()))} detections -> {out_dir} and {json_path}"
+          + (f"; {len(skipped)} unreadable images skipped" if skipped else ""))
+    return report
+
+
+def run_heatmap(cfg: dict) -> Path:
+    from utils.draw import overlay_heatmap
+
+    path = cfg["image_paths"][0] if cfg["image_paths"] else cfg["fps_image_path"]
+    image = load_image(path)
+    heat = build_detector(cfg).heatmap(image)
+    out_path = Path(cfg["heatmap_save_path"])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    overlay_heatmap(image, heat).save(out_path)
+    print(f"{path}: objectness heat map -> {out_path}")
+    return out_path
+
+
+def run_export_onnx(cfg: dict) -> float:
+    max_diff = build_detector(cfg).export_onnx(cfg["onnx_save_path"], opset=cfg["onnx_opset"],
+                                               dynamic_batch=cfg["onnx_dynamic_batch"], simplify=cfg["onnx_simplify"])
+    print(f"wrote {cfg['onnx_save_path']}; onnxruntime matches PyTorch (max abs difference {max_diff:.2e})")
+    return max_diff
+
+
+def run_predict_onnx(cfg: dict) -> list[dict]:
+    if not Path(cfg["onnx_save_path"]).is_file():
+        raise FileNotFoundError(f"ONNX model not found: {cfg['onnx_save_path']} (run --mode=export_onnx first)")
+    return run_predict(cfg, detector=build_onnx_detector(cfg))
+
+
+MODES = {"predict": run_predict, "video": run_video, "fps": run_fps, "dir_predict": run_dir_predict,
+         "heatmap": run_heatmap, "export_onnx": run_export_onnx, "predict_onnx": run_predict_onnx}
+
+
+def main(argv: list[str] | None = None):
+    """Runs the configured mode and returns its result. Bad settings or missing/unreadable inputs end the
+    program with a one-line message naming the file (SystemExit, exit code 1) instead of a traceback."""
+    try:
+        cfg = resolve_config(settings_of(globals()), argv)
+        if cfg["mode"] not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {cfg['mode']!r}")
+        print_config(cfg)
+        return MODES[cfg["mode"]](cfg)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"predict.py: {err}") from None
+
+
+if __name__ == "__main__":
+    main()
