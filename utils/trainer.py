@@ -97,7 +97,8 @@ class Run:
             focal_alpha=config["focal_alpha"], focal_gamma=config["focal_gamma"],
             focal_loss_ratio=config["focal_loss_ratio"], conf_normalization=config["conf_normalization"],
             iou_type=config["iou_type"], ignore_threshold=config["ignore_threshold"],
-            multi_anchor_threshold=config["multi_anchor_threshold"], scale_x_y=config["scale_x_y"]).to(device)
+            multi_anchor_threshold=config["multi_anchor_threshold"], scale_x_y=config["scale_x_y"],
+            box_ratio=config["box_ratio"], cls_ratio=config["cls_ratio"], obj_ratio=config["obj_ratio"]).to(device)
         self.optimizer = build_optimizer(self.net, optimizer_type=config["optimizer_type"], lr=config["init_lr"],
                                          momentum=config["momentum"], weight_decay=config["weight_decay"])
         use_fp16 = config["fp16"] and config["amp_dtype"] == "float16" and device.type == "cuda"
