@@ -1,14 +1,17 @@
 """Evaluate a trained detector on a VOC image set: VOC mAP (all-point and 11-point) and COCO AP.
 
-Edit the settings below or override them: `python get_map.py --map_mode=3 --MINOVERLAP=0.75`.
+Edit the settings below or override them (``--config=FILE``, ``--key=value``):
+`python get_map.py --map_mode=3 --MINOVERLAP=0.75`.
 Text files in map_out_path: ground-truth/<id>.txt and detection-results/<id>.txt (pixel xyxy);
 results.json holds the numbers. Modes 1 and 2 write one half of the text files and evaluate
 when the other half is already there.
 """
-from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+from utils.config import ConfigError, print_config, resolve_config, run_cli, settings_of
+from utils.voc import IMAGE_EXTENSIONS, index_images
 
 map_mode: int = 0  # 0 all; 1 predictions only; 2 ground truth only; 3 VOC AP from files in map_out_path; 4 VOC + COCO AP from them
 model_path: str = "logs/best_epoch_weights.pth"  # checkpoint used by modes 0 and 1
@@ -16,45 +19,16 @@ classes_path: str | None = None  # class list (one per line); None: from the che
 MINOVERLAP: float = 0.5  # IoU threshold of VOC AP: 0.5 gives mAP@0.5
 confidence: float = 0.001  # detector score threshold; keep it low, AP needs the whole PR curve
 nms_iou: float = 0.5  # IoU threshold of non-maximum suppression
+nms_type: str = "nms"  # "nms" (IoU) or "diou" (DIoU-NMS)
+multi_label: bool = False  # a box may be reported once per class whose obj x class score passes confidence
+input_shape: list[int] | None = None  # network input (h, w), multiples of 32; None: from the checkpoint
+letterbox_image: bool = True  # resize keeping the aspect ratio and pad, as in training
+device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
 score_threshold: float = 0.5  # operating point for the per-class precision / recall / F1
 map_vis: bool = False  # also save images with gt (green) and detections >= score_threshold (red) drawn
 VOCdevkit_path: str = "VOCdevkit"  # dataset root in VOC layout
 image_set_path: str = "VOC2007/ImageSets/Main/test.txt"  # image ids to evaluate, relative to VOCdevkit_path
 map_out_path: str = "map_out"  # output folder for text files, results.json and plots
-
-SETTING_NAMES = ("map_mode", "model_path", "classes_path", "MINOVERLAP", "confidence", "nms_iou",
-                 "score_threshold", "map_vis", "VOCdevkit_path", "image_set_path", "map_out_path")
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-
-
-def _convert(*, key: str, text: str, default):
-    if default is None:
-        return None if text in ("None", "none", "") else text
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in _TRUE + _FALSE:
-                raise ValueError
-            return text.lower() in _TRUE
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-    except ValueError as err:
-        raise ValueError(f"setting '{key}' expects {type(default).__name__}, got {text!r}") from err
-    return text
-
-
-def parse_overrides(argv: list[str], defaults: dict) -> dict:
-    """Settings = defaults updated by `--key=value` arguments, converted to the type of the default."""
-    settings = dict(defaults)
-    for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
-            raise ValueError(f"argument {arg!r}: expected --key=value")
-        key, text = arg[2:].split("=", 1)
-        if key not in defaults:
-            raise ValueError(f"unknown setting '{key}'; known settings: {', '.join(defaults)}")
-        settings[key] = _convert(key=key, text=text, default=defaults[key])
-    return settings
 
 
 def _read_lines(path: Path, what: str) -> list[str]:
@@ -99,41 +73,65 @@ def _save_visualisations(*, image_paths: dict, gt: dict, dets: dict, out_dir: Pa
         canvas.save(out_dir / f"{image_id}.jpg")
 
 
+def _image_paths(*, set_file: Path, image_ids: list[str]) -> dict[str, Path]:
+    """image id -> its file in <year>/JPEGImages, any extension of IMAGE_EXTENSIONS in any case."""
+    image_dir = set_file.parents[2] / "JPEGImages"  # <year>/ImageSets/Main/<set>.txt
+    images = index_images(image_dir)
+    missing = [i for i in image_ids if i not in images]
+    if missing:
+        raise FileNotFoundError(f"{set_file}: image id '{missing[0]}' ({len(missing)} of {len(image_ids)} ids) has "
+                                f"no image in {image_dir} (any of {'/'.join(IMAGE_EXTENSIONS)})")
+    return {i: images[i] for i in image_ids}
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     """Run the configured mode; returns the results dict (None when nothing could be evaluated)."""
     from utils.utils_map import (DETECTION_DIR, GROUND_TRUTH_DIR, evaluate_detections, predict_to_dets,
                                  read_detection_files, read_ground_truth_files, read_voc_ground_truth,
                                  write_detection_files, write_ground_truth_files, write_results_json)
 
-    cfg = parse_overrides(sys.argv[1:] if argv is None else argv, {k: globals()[k] for k in SETTING_NAMES})
+    cfg = resolve_config(settings_of(globals()), argv)
     mode = cfg["map_mode"]
     if mode not in (0, 1, 2, 3, 4):
-        raise ValueError(f"map_mode must be 0..4, got {mode}")
-    out_dir = Path(cfg["map_out_path"])
-    class_names = _read_lines(Path(cfg["classes_path"]), "class list") if cfg["classes_path"] else None
+        raise ConfigError(f"map_mode must be 0..4, got {mode}")
+    if mode in (0, 1):
+        from utils.postprocess import NMS_TYPES
 
+        if cfg["nms_type"] not in NMS_TYPES:
+            raise ConfigError(f"nms_type must be one of {NMS_TYPES}, got {cfg['nms_type']!r}")
+    out_dir = Path(cfg["map_out_path"])
+    class_names = None
+    if cfg["classes_path"]:
+        from utils.utils import get_classes
+
+        class_names = get_classes(cfg["classes_path"])
+
+    image_ids: list[str] = []
     image_paths: dict = {}
     if mode in (0, 1, 2):
         set_file = Path(cfg["VOCdevkit_path"]) / cfg["image_set_path"]
         year_dir = set_file.parents[2]  # <year>/ImageSets/Main/<set>.txt
         image_ids = _read_lines(set_file, "image set")
-        image_paths = {i: year_dir / "JPEGImages" / f"{i}.jpg" for i in image_ids}
+        if mode in (0, 1) or cfg["map_vis"]:
+            image_paths = _image_paths(set_file=set_file, image_ids=image_ids)
     dets: dict = {}
     gt: dict = {}
     if mode in (0, 1):
         from yolo import YOLO
 
-        detector = YOLO(model_path=cfg["model_path"], confidence=cfg["confidence"], nms_iou=cfg["nms_iou"])
+        detector = YOLO(model_path=cfg["model_path"], confidence=cfg["confidence"], nms_iou=cfg["nms_iou"],
+                        nms_type=cfg["nms_type"], multi_label=cfg["multi_label"], input_shape=cfg["input_shape"],
+                        letterbox_image=cfg["letterbox_image"], device=cfg["device"])
         if class_names is not None and list(detector.class_names) != class_names:
-            raise ValueError(f"{cfg['classes_path']}: classes {class_names} differ from the checkpoint's "
-                             f"{list(detector.class_names)}")
+            raise ConfigError(f"classes_path {cfg['classes_path']}: classes {class_names} differ from the "
+                              f"checkpoint's {list(detector.class_names)}")
         class_names = list(detector.class_names)
         dets = predict_to_dets(detector, image_paths)
         write_detection_files(map_out_path=out_dir, dets=dets)
         print(f"wrote {sum(map(len, dets.values()))} detections of {len(dets)} images to {out_dir / DETECTION_DIR}")
     if mode in (0, 2) or (mode == 1 and cfg["map_vis"]):
         skipped = 0
-        for image_id in image_paths:
+        for image_id in image_ids:
             boxes = read_voc_ground_truth(year_dir / "Annotations" / f"{image_id}.xml")
             kept = [b for b in boxes if class_names is None or b.class_name in class_names]
             skipped += len(boxes) - len(kept)
@@ -155,12 +153,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     # Always evaluate what the text files hold (read back sorted by image id), so every mode agrees with mode 3.
     gt_files = read_ground_truth_files(map_out_path=out_dir)
     det_files = read_detection_files(map_out_path=out_dir)
-    if image_paths:
-        missing = [i for i in image_paths if i not in gt_files]
+    if image_ids:
+        missing = [i for i in image_ids if i not in gt_files]
         if missing:
             raise ValueError(f"{out_dir / GROUND_TRUTH_DIR}: no ground-truth file for {len(missing)} images of "
                              f"the image set, e.g. '{missing[0]}'; run map_mode 2 for this image set")
-        gt_files = {i: boxes for i, boxes in gt_files.items() if i in image_paths}  # keeps sorted order
+        wanted = set(image_ids)
+        gt_files = {i: boxes for i, boxes in gt_files.items() if i in wanted}  # keeps sorted order
     stale = sorted(set(det_files) - set(gt_files))
     if stale:
         print(f"note: {len(stale)} detection files are outside the evaluated images and ignored, e.g. {stale[0]}")
@@ -186,12 +185,11 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+    if {"-h", "--help"} & set(sys.argv[1:]):
         print(__doc__)
-        for name in SETTING_NAMES:
-            print(f"  --{name}={globals()[name]!r}")
+        print_config({name: default for name, (_, default) in settings_of(globals()).items()})
         sys.exit(0)
     try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"get_map.py: error: {err}")
+        run_cli(main)
+    except ValueError as err:  # a malformed or empty input file: one line naming it, not a traceback
+        sys.exit(f"error: {err}")

@@ -1,21 +1,20 @@
 """Turn a VOCdevkit into the annotation files train.py reads.
 
 Writes ``<year>_<set>.txt`` per (year, set): one line per image, ``<absolute image path> x1,y1,x2,y2,class_id ...``
-(boxes xyxy in original-image pixels). Settings below; override any of them with ``--key=value``:
+(boxes xyxy in original-image pixels). Settings below; override them with ``--config=FILE`` or ``--key=value``:
 
     python voc_annotation.py --annotation_mode=2 --include_difficult=true
 """
-from __future__ import annotations
 
-import ast
 import os
 import random
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from utils.config import ConfigError, resolve_config, run_cli, settings_of
+from utils.utils import get_classes
 from utils.voc import format_annotation_line, index_images, read_voc_xml
 
 annotation_mode: int = 0  # 0: split (if no lists yet) + annotation files, 1: only the split, 2: only annotation files
@@ -23,59 +22,13 @@ classes_path: str = "model_data/bccd_classes.txt"  # class names, one per line; 
 trainval_percent: float = 0.9  # share of all images that goes to trainval (the rest is test) when a split is made
 train_percent: float = 0.9  # share of trainval that goes to train (the rest is val)
 VOCdevkit_path: str = "VOCdevkit"  # folder holding VOC<year>/{Annotations,JPEGImages,ImageSets/Main}
-VOCdevkit_sets: list = [("2007", "train"), ("2007", "val"), ("2007", "test")]  # (year, set) pairs to write
+VOCdevkit_sets: list[list[str]] = [["2007", "train"], ["2007", "val"], ["2007", "test"]]  # [year, set] pairs to write
 include_difficult: bool = False  # keep objects marked <difficult>1</difficult>
 seed: int = 0  # seed of the split shuffle
 out_dir: str = "."  # folder for the <year>_<set>.txt files
 overwrite_split: bool = False  # annotation_mode 1: rewrite ImageSets/Main lists that already exist
 
-SETTING_NAMES = ("annotation_mode", "classes_path", "trainval_percent", "train_percent", "VOCdevkit_path",
-                 "VOCdevkit_sets", "include_difficult", "seed", "out_dir", "overwrite_split")
 SPLIT_NAMES = ("trainval", "train", "val", "test")
-
-
-def parse_overrides(argv: list[str], defaults: dict) -> dict:
-    """Apply ``--key=value`` arguments to a copy of ``defaults``; each value converts to its default's type.
-
-    bool accepts true/false/1/0; list/tuple/dict values are Python literals. Unknown keys and values that
-    do not convert end the program with a message.
-    """
-    resolved = dict(defaults)
-    for arg in argv:
-        key, sep, text = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if not sep or not key:
-            raise SystemExit(f"bad argument {arg!r}: expected --key=value")
-        if key not in defaults:
-            raise SystemExit(f"unknown setting {key!r}; known settings: {', '.join(defaults)}")
-        default = defaults[key]
-        try:
-            resolved[key] = _convert(text, default)
-        except (ValueError, SyntaxError) as exc:
-            raise SystemExit(f"setting {key!r}: cannot read {text!r} as {type(default).__name__} ({exc})") from exc
-    return resolved
-
-
-def _convert(text: str, default):
-    if isinstance(default, bool):
-        lowered = text.strip().lower()
-        if lowered not in ("true", "false", "1", "0"):
-            raise ValueError("use true/false/1/0")
-        return lowered in ("true", "1")
-    if isinstance(default, (int, float)):
-        return type(default)(text)
-    if isinstance(default, (list, tuple, dict)):
-        value = ast.literal_eval(text)
-        if not isinstance(value, (list, tuple) if isinstance(default, (list, tuple)) else dict):
-            raise ValueError(f"got a {type(value).__name__}")
-        return type(default)(value)
-    return text
-
-
-def read_class_names(path: str | os.PathLike) -> list[str]:
-    names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not names:
-        raise SystemExit(f"{path}: no class names")
-    return names
 
 
 def ensure_split(*, year_dir: Path, trainval_percent: float, train_percent: float, seed: int, overwrite: bool) -> None:
@@ -88,7 +41,7 @@ def ensure_split(*, year_dir: Path, trainval_percent: float, train_percent: floa
     xml_stems = {p.stem for p in (year_dir / "Annotations").glob("*.xml")}
     ids = sorted(xml_stems | set(index_images(year_dir / "JPEGImages")))
     if not ids:
-        raise SystemExit(f"{year_dir}: no XML files in Annotations/ and no images in JPEGImages/")
+        raise FileNotFoundError(f"{year_dir}: no XML files in Annotations/ and no images in JPEGImages/")
     rng = random.Random(seed)
     trainval = set(rng.sample(ids, int(len(ids) * trainval_percent)))
     train = set(rng.sample(sorted(trainval), int(len(trainval) * train_percent)))
@@ -151,17 +104,33 @@ def annotate_set(*, year_dir: Path, set_name: str, class_names: list[str], inclu
 
 
 def run(*, annotation_mode: int, classes_path: str, trainval_percent: float, train_percent: float,
-        VOCdevkit_path: str, VOCdevkit_sets: list, include_difficult: bool, seed: int, out_dir: str,
-        overwrite_split: bool) -> dict:
-    """Make the split and/or the annotation files. Returns {"files", "lines", "class_counts", "summary"}."""
+        VOCdevkit_path: str, VOCdevkit_sets: list[list[str] | tuple[str, str]], include_difficult: bool, seed: int,
+        out_dir: str, overwrite_split: bool) -> dict:
+    """Make the split and/or the annotation files. Returns {"files", "lines", "class_counts", "summary"}.
+
+    VOCdevkit_sets holds (year, set) pairs as lists or tuples. Bad settings raise ConfigError (checked before the
+    split is made); missing VOC folders or image lists raise FileNotFoundError.
+    """
     if annotation_mode not in (0, 1, 2):
-        raise SystemExit(f"annotation_mode must be 0, 1 or 2, got {annotation_mode}")
+        raise ConfigError(f"annotation_mode must be 0, 1 or 2, got {annotation_mode}")
+    for name, value in (("trainval_percent", trainval_percent), ("train_percent", train_percent)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+    if any(len(pair) != 2 for pair in VOCdevkit_sets):
+        raise ConfigError(f"VOCdevkit_sets must hold [year, set] pairs, got {VOCdevkit_sets!r}")
     sets = [(str(year), str(name)) for year, name in VOCdevkit_sets]
     years = list(dict.fromkeys(year for year, _ in sets))
     year_dirs = {year: Path(VOCdevkit_path) / f"VOC{year}" for year in years}
     for year, year_dir in year_dirs.items():
         if not (year_dir / "Annotations").is_dir() and not (year_dir / "JPEGImages").is_dir():
-            raise SystemExit(f"{year_dir}: not a VOC folder (no Annotations/ or JPEGImages/)")
+            raise FileNotFoundError(f"{year_dir}: not a VOC folder (no Annotations/ or JPEGImages/); "
+                                    f"check VOCdevkit_path and VOCdevkit_sets")
+    class_names: list[str] = []
+    if annotation_mode != 1:  # read before the split is made, so a bad classes file stops the run up front
+        try:
+            class_names = get_classes(classes_path)
+        except ValueError as exc:
+            raise ConfigError(f"classes_path: {exc}") from exc
     if annotation_mode in (0, 1):
         for year_dir in year_dirs.values():
             ensure_split(year_dir=year_dir, trainval_percent=trainval_percent, train_percent=train_percent,
@@ -172,8 +141,7 @@ def run(*, annotation_mode: int, classes_path: str, trainval_percent: float, tra
     missing = [str(year_dirs[y] / "ImageSets" / "Main" / f"{s}.txt") for y, s in sets
                if not (year_dirs[y] / "ImageSets" / "Main" / f"{s}.txt").exists()]
     if missing:
-        raise SystemExit(f"missing image lists: {', '.join(missing)} (annotation_mode 0 or 1 makes a split)")
-    class_names = read_class_names(classes_path)
+        raise FileNotFoundError(f"missing image lists: {', '.join(missing)} (annotation_mode 0 or 1 makes a split)")
     images_by_year = {year: index_images(year_dir / "JPEGImages") for year, year_dir in year_dirs.items()}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     summary = result["summary"]
@@ -204,10 +172,9 @@ def run(*, annotation_mode: int, classes_path: str, trainval_percent: float, tra
 
 
 def main(argv: list[str] | None = None) -> dict:
-    defaults = {name: globals()[name] for name in SETTING_NAMES}
-    settings = parse_overrides(sys.argv[1:] if argv is None else argv, defaults)
-    return run(**settings)
+    config = resolve_config(settings_of(globals()), argv)
+    return run(**config)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import get_map  # noqa: E402
+from utils.config import ConfigError  # noqa: E402
 from utils.coco_eval import coco_ap  # noqa: E402
 from utils.utils_map import (DetBox, GTBox, evaluate_detections, predict_to_dets,  # noqa: E402
                              read_detection_files, read_ground_truth_files, read_voc_ground_truth, voc_ap,
@@ -299,38 +300,55 @@ def test_get_map_mode3_and_mode4_from_text_files(tmp_path, capsys):
     assert [saved["coco"][k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")] == pytest.approx(expected, abs=1e-12)
 
 
-def test_parse_overrides():
-    defaults = {"map_mode": 0, "MINOVERLAP": 0.5, "map_vis": False, "classes_path": None, "map_out_path": "m"}
-    cfg = get_map.parse_overrides(["--map_mode=3", "--MINOVERLAP=0.75", "--map_vis=true", "--classes_path=c.txt"],
-                                  defaults)
-    assert cfg == {"map_mode": 3, "MINOVERLAP": 0.75, "map_vis": True, "classes_path": "c.txt", "map_out_path": "m"}
-    for bad, message in [(["--mapmode=1"], "unknown setting"), (["--map_mode=0.5"], "expects int"),
-                         (["--map_vis=maybe"], "expects bool"), (["map_mode=1"], "--key=value")]:
-        with pytest.raises(ValueError, match=message):
-            get_map.parse_overrides(bad, defaults)
+def test_settings_types_and_errors(tmp_path):
+    map_out = tmp_path / "map_out"
+    write_golden_map_out(map_out)
+    # Typed overrides: int, float and bool words convert; the result matches the golden AP at IoU 0.1.
+    results = get_map.main(["--map_mode=3", f"--map_out_path={map_out}", "--MINOVERLAP=0.1", "--map_vis=no",
+                            "--classes_path=none"])
+    assert_truncated_equal(results["map"], GOLDEN_AP[0.1][1])
+    with pytest.raises(ConfigError, match="unknown setting 'unknown_key'"):
+        get_map.main(["--unknown_key=1", f"--map_out_path={map_out}"])
+    with pytest.raises(ConfigError, match=r"did you mean map_mode"):
+        get_map.main(["--mapmode=1"])
+    for bad, key in [("--map_mode=0.5", "map_mode"), ("--map_vis=maybe", "map_vis"),
+                     ("--MINOVERLAP=high", "MINOVERLAP"), ("--input_shape=416", "input_shape"),
+                     ("--input_shape=[416.5,416]", "input_shape")]:
+        with pytest.raises(ConfigError, match=f"--{key}=.*: expected"):
+            get_map.main([bad, "--map_mode=3", f"--map_out_path={map_out}"])
+    with pytest.raises(ConfigError, match="--key=value"):
+        get_map.main(["map_mode=1"])
+    for mode in (-1, 5):
+        with pytest.raises(ConfigError, match=f"map_mode must be 0..4, got {mode}"):
+            get_map.main([f"--map_mode={mode}", f"--map_out_path={map_out}"])
 
 
 class FakeDetector:
     """Stands in for yolo.YOLO: one fixed box for every image."""
 
     class_names = ["RBC", "WBC"]
+    instances: list = []
 
     def __init__(self, **kwargs):
         self.kwargs = kwargs
+        self.seen_sizes = []
+        FakeDetector.instances.append(self)
 
     def detect(self, image):
         assert image.mode == "RGB"
+        self.seen_sizes.append(image.size)
         return types.SimpleNamespace(boxes_xyxy=np.array([[10.0, 10.0, 29.0, 29.0]]), scores=np.array([0.9]),
                                      class_ids=np.array([0]))
 
 
-def make_voc(root: Path) -> None:
+def make_voc(root: Path, extensions: tuple[str, str] = (".jpg", ".jpg")) -> None:
     year = root / "VOC2007"
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (year / sub).mkdir(parents=True)
     (year / "ImageSets/Main/test.txt").write_text("img_b\nimg_a\n")
-    for image_id, (x1, y1) in {"img_a": (10, 10), "img_b": (40, 40)}.items():
-        Image.new("RGB", (64, 64)).save(year / "JPEGImages" / f"{image_id}.jpg")
+    for ext, (image_id, (x1, y1)) in zip(extensions, {"img_a": (10, 10), "img_b": (40, 40)}.items()):
+        Image.new("RGB", (64, 64)).save(year / "JPEGImages" / f"{image_id}{ext}",
+                                        format="PNG" if ext.lower() == ".png" else "JPEG")
         (year / "Annotations" / f"{image_id}.xml").write_text(
             f"<annotation><object><name>RBC</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
             f"<xmax>{x1 + 19}</xmax><ymax>{y1 + 19}</ymax></bndbox></object></annotation>")
@@ -346,9 +364,14 @@ def test_predict_to_dets_uses_detector_interface(tmp_path):
 def test_get_map_mode0_with_stub_detector(tmp_path, monkeypatch):
     make_voc(tmp_path / "VOCdevkit")
     monkeypatch.setitem(sys.modules, "yolo", types.SimpleNamespace(YOLO=FakeDetector))
+    monkeypatch.setattr(FakeDetector, "instances", [])
     map_out = tmp_path / "map_out"
     results = get_map.main(["--map_mode=0", f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}",
                             f"--map_out_path={map_out}"])
+    # Defaults reach the detector: settings from the checkpoint, current post-processing.
+    assert FakeDetector.instances[0].kwargs == {
+        "model_path": "logs/best_epoch_weights.pth", "confidence": 0.001, "nms_iou": 0.5, "nms_type": "nms",
+        "multi_label": False, "input_shape": None, "letterbox_image": True, "device": "auto"}
     # The same-score tie is ranked in sorted image order: img_a TP, img_b FP -> recall 1/2, precision 1 then 1/2.
     assert results["map"] == pytest.approx(0.5) and results["map_voc07"] == pytest.approx(6 / 11)
     saved = json.loads((map_out / "results.json").read_text())
@@ -357,3 +380,42 @@ def test_get_map_mode0_with_stub_detector(tmp_path, monkeypatch):
     assert saved["coco"]["AP50"] == pytest.approx(51 / 101)  # 101-point recall grid: 0 .. 0.5 at precision 1
     for png in ("ap_per_class.png", "pr_curves/pr_RBC.png", "ground_truth_stats.png"):
         assert (map_out / png).stat().st_size > 0
+
+
+def test_get_map_detector_settings_and_image_extensions(tmp_path, monkeypatch):
+    make_voc(tmp_path / "VOCdevkit", extensions=(".JPG", ".png"))
+    monkeypatch.setitem(sys.modules, "yolo", types.SimpleNamespace(YOLO=FakeDetector))
+    monkeypatch.setattr(FakeDetector, "instances", [])
+    map_out = tmp_path / "map_out"
+    results = get_map.main(["--map_mode=0", f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}", f"--map_out_path={map_out}",
+                            "--input_shape=[320,288]", "--letterbox_image=false", "--multi_label=true",
+                            "--nms_type=diou", "--device=cpu", "--confidence=0.25", "--nms_iou=0.45"])
+    kwargs = FakeDetector.instances[0].kwargs
+    assert kwargs["input_shape"] == [320, 288] and kwargs["letterbox_image"] is False
+    assert kwargs["multi_label"] is True and kwargs["nms_type"] == "diou" and kwargs["device"] == "cpu"
+    assert kwargs["confidence"] == 0.25 and kwargs["nms_iou"] == 0.45
+    assert FakeDetector.instances[0].seen_sizes == [(64, 64), (64, 64)]  # img_b.png and img_a.JPG were both read
+    assert results["map"] == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="nms_type must be one of .*got 'soft'"):
+        get_map.main(["--map_mode=1", f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}", "--nms_type=soft",
+                      f"--map_out_path={map_out}"])
+
+    (tmp_path / "VOCdevkit" / "VOC2007" / "JPEGImages" / "img_b.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"test\.txt: image id 'img_b' \(1 of 2 ids\) has no image"):
+        get_map.main(["--map_mode=1", f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}", f"--map_out_path={tmp_path / 'x'}"])
+    assert len(FakeDetector.instances) == 1  # the missing image is found before a detector is built
+    # Mode 2 reads only the XMLs, so a missing image does not stop it.
+    get_map.main(["--map_mode=2", f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}", f"--map_out_path={tmp_path / 'gt'}"])
+    assert sorted(p.name for p in (tmp_path / "gt" / "ground-truth").iterdir()) == ["img_a.txt", "img_b.txt"]
+
+
+def test_plots_survive_a_class_with_ground_truth_but_no_detections(tmp_path):
+    from utils.map_plots import plot_ap_bars, plot_pr_curves
+
+    gt = {"a": [GTBox("cat", 0, 0, 9, 9), GTBox("dog", 20, 20, 29, 29)]}
+    dets = {"a": [DetBox("cat", 0.9, 0, 0, 9, 9)]}
+    results = evaluate_detections(gt=gt, dets=dets, class_names=["cat", "dog"])
+    assert results["per_class"]["dog"]["ap"] == 0.0
+    paths = plot_pr_curves(results=results, out_dir=tmp_path)
+    assert sorted(p.name for p in paths) == ["pr_cat.png", "pr_dog.png"]
+    plot_ap_bars(results=results, out_dir=tmp_path)

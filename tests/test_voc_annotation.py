@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 import voc_annotation
+from utils.config import ConfigError
 from utils.voc import format_annotation_line, load_voc_objects, parse_annotation_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,26 +161,42 @@ def test_seeded_split_two_years_and_no_overwrite(tmp_path):
 
 def test_mode_2_without_lists_is_a_clear_error(tmp_path):
     _build_voc(tmp_path / "data #1", "2007", {"a_plain": MESSY["a_plain"]})
-    with pytest.raises(SystemExit, match="missing image lists: .*train.txt"):
+    with pytest.raises(FileNotFoundError, match="missing image lists: .*train.txt"):
         _run(tmp_path, "--annotation_mode=2")
+    assert not (tmp_path / "out").exists()
 
 
-def test_parse_overrides_types_and_errors():
-    defaults = {"flag": False, "n": 1, "ratio": 0.5, "name": "x", "sets": [("2007", "train")]}
-    got = voc_annotation.parse_overrides(["--flag=1", "--n=4", "--ratio=0.25", "--name=a b", "--sets=[('2012','val')]"],
-                                         defaults)
-    assert got == {"flag": True, "n": 4, "ratio": 0.25, "name": "a b", "sets": [("2012", "val")]}
-    assert voc_annotation.parse_overrides(["--flag=False"], defaults)["flag"] is False
-    with pytest.raises(SystemExit, match="unknown setting 'nope'"):
-        voc_annotation.parse_overrides(["--nope=1"], defaults)
-    with pytest.raises(SystemExit, match="setting 'n'"):
-        voc_annotation.parse_overrides(["--n=1.5"], defaults)
-    with pytest.raises(SystemExit, match="setting 'flag'"):
-        voc_annotation.parse_overrides(["--flag=yes"], defaults)
-    with pytest.raises(SystemExit, match="setting 'sets'"):
-        voc_annotation.parse_overrides(["--sets=3"], defaults)
-    with pytest.raises(SystemExit, match="expected --key=value"):
-        voc_annotation.parse_overrides(["n=3"], defaults)
+def test_settings_types_and_errors(tmp_path):
+    year_dir = _build_voc(tmp_path / "data #1", "2007", {"m_difficult": MESSY["m_difficult"]})
+    (year_dir / "ImageSets" / "Main").mkdir(parents=True)
+    (year_dir / "ImageSets" / "Main" / "val.txt").write_text("m_difficult\n")
+    # Tuples and lists both name (year, set) pairs; bool words and ints convert.
+    result, out_dir = _run(tmp_path, "--VOCdevkit_sets=[('2007', 'val')]", "--include_difficult=yes", "--seed=5")
+    assert result["lines"] == {("2007", "val"): 1}
+    assert (out_dir / "2007_val.txt").read_text().split()[-2:] == ["4,4,20,20,1", "21,21,40,40,0"]
+    with pytest.raises(ConfigError, match="unknown setting 'unknown_key'"):
+        _run(tmp_path, "--unknown_key=1")
+    for bad, key in [("--seed=1.5", "seed"), ("--include_difficult=maybe", "include_difficult"),
+                     ("--VOCdevkit_sets=3", "VOCdevkit_sets"), ("--VOCdevkit_sets=[[2007, 'val']]", "VOCdevkit_sets"),
+                     ("--annotation_mode=x", "annotation_mode")]:
+        with pytest.raises(ConfigError, match=f"--{key}=.*: expected"):
+            _run(tmp_path, bad)
+    with pytest.raises(ConfigError, match="--key=value"):
+        voc_annotation.main(["annotation_mode=2"])
+    with pytest.raises(ConfigError, match="annotation_mode must be 0, 1 or 2, got 3"):
+        _run(tmp_path, "--annotation_mode=3")
+    with pytest.raises(ConfigError, match="trainval_percent must be between 0 and 1, got 1.5"):
+        _run(tmp_path, "--trainval_percent=1.5")
+    with pytest.raises(ConfigError, match=r"VOCdevkit_sets must hold \[year, set\] pairs"):
+        _run(tmp_path, "--VOCdevkit_sets=[['2007', 'val', 'x']]")
+    (tmp_path / "empty_classes.txt").write_text("\n\n")
+    with pytest.raises(ConfigError, match="empty_classes.txt: holds no class names"):
+        voc_annotation.main([f"--VOCdevkit_path={tmp_path / 'data #1' / 'VOCdevkit'}",
+                             f"--classes_path={tmp_path / 'empty_classes.txt'}", "--annotation_mode=0",
+                             f"--out_dir={tmp_path / 'out2'}"])
+    assert not (year_dir / "ImageSets" / "Main" / "trainval.txt").exists()  # stopped before making a split
+    with pytest.raises(FileNotFoundError, match="VOC2012: not a VOC folder"):
+        _run(tmp_path, "--VOCdevkit_sets=[['2012', 'val']]")
 
 
 def test_load_voc_objects_keeps_difficult_and_unknown(tmp_path):

@@ -47,6 +47,8 @@ def plot_pr_curves(*, results: dict, out_dir: str | Path) -> list[Path]:
             continue
         recall = np.asarray(stats["recall_curve"], dtype=np.float64)
         precision = np.asarray(stats["precision_curve"], dtype=np.float64)
+        if recall.size == 0:  # ground truth but no detections: a flat curve at zero
+            recall, precision = np.zeros(1), np.zeros(1)
         fig = Figure(figsize=(5, 4.5), layout="constrained")
         ax = fig.add_subplot()
         ax.plot(np.concatenate(([0.0], recall)), np.concatenate((precision[:1], precision)),
