@@ -27,6 +27,7 @@ seed: int = 11  # first seed
 sweep: str = ""  # "key=v1,v2;key2=v3,v4": every arm at every combination of these train.py settings
 test_annotation_path: str = "2007_test.txt"  # images the runs are scored on (VOC layout: XMLs beside them)
 eval_device: str = "auto"  # device of the evaluation passes
+parallel: int = 2  # runs trained at once as separate train.py processes sharing the CPU threads; 1 = in this process
 recipe: dict = {  # train.py settings of the bundled BCCD job (2-core CPU, about 20 minutes for both arms)
     "model": "yolov4-tiny", "input_shape": [288, 384], "anchors_path": "model_data/bccd_tiny_anchors.txt",
     "anchors_mask": [[3, 4, 5], [0, 1, 2]], "classes_path": "model_data/bccd_classes.txt",
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     own_settings, train_settings = settings_of(globals()), settings_of(vars(train))
     mine, train_overrides = split_argv(argv, own_settings, train_settings)
     config = resolve_config(own_settings, mine)
-    if config["seeds"] < 1:
-        raise ConfigError("--seeds needs at least 1")
+    if config["seeds"] < 1 or config["parallel"] < 1:
+        raise ConfigError("--seeds and --parallel need at least 1")
     for arm in config["arms"]:
         unknown = [k for k in arm if k != "name" and k not in train_settings]
         if "name" not in arm or unknown:
@@ -107,20 +108,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     epochs = int(base.get("unfreeze_epoch", train.unfreeze_epoch))
     progress = compare.Progress(runs, epochs)
     test_lines = [l for l in Path(config["test_annotation_path"]).read_text(encoding="utf-8").splitlines() if l.strip()]
-    evaluations = {}
-    for index, run in enumerate(runs):
+    evaluations, to_evaluate, to_train = {}, [], []
+    for run in runs:
         run_dir = out_dir / "runs" / run.name
         if (run_dir / "eval.json").is_file():
-            print(f"[compare] run {index + 1}/{len(runs)} {run.name}: finished earlier, skipped")
-            progress.skip(epochs)
+            print(f"[compare] {run.name}: finished earlier, skipped")
             evaluations[run.name] = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+            progress.set_done(run.name, epochs, timed=False)
             continue
-        progress.skip(compare.epochs_done(run_dir))
-        compare.train_run(run=run, run_dir=run_dir, base=base, on_epoch_end=lambda row, i=index, r=run:
-                          progress.epoch_done(index=i, count=len(runs), run=r, epoch=row["epoch"], epochs=epochs))
+        done = compare.epochs_done(run_dir)
+        progress.set_done(run.name, done, timed=False)
+        to_evaluate.append((run, run_dir))
+        if done < epochs:
+            to_train.append((run, run_dir))
+    if config["parallel"] > 1 and len(to_train) > 1:
+        compare.train_in_subprocesses(jobs=to_train, base=base, parallel=config["parallel"], progress=progress)
+    else:
+        for run, run_dir in to_train:
+            compare.train_in_process(run=run, run_dir=run_dir, base=base, progress=progress)
+    for run, run_dir in to_evaluate:
         evaluations[run.name] = compare.evaluate_run(run_dir=run_dir, test_lines=test_lines,
                                                      device=config["eval_device"])
-        print(f"[compare] run {index + 1}/{len(runs)} {run.name}: test mAP@0.5 {evaluations[run.name]['map']:.4f}")
+        print(f"[compare] {run.name}: test mAP@0.5 {evaluations[run.name]['map']:.4f}")
     rows = compare.summarise(evaluations, runs)
     class_names = list(next(iter(evaluations.values()))["per_class_ap"])
     histories = {r.name: json.loads((out_dir / "runs" / r.name / "history.json").read_text(encoding="utf-8"))

@@ -5,8 +5,12 @@ A run is finished once its ``eval.json`` exists; a run with a checkpoint but no 
 (or only evaluated when its training already reached the last epoch).
 """
 import json
+import os
 import re
+import signal
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +25,7 @@ from utils.config import ConfigError, parse_value, settings_of
 GRID_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)  # the Focal Loss paper's Table 1 ablation
 GRID_ALPHAS = (0.25, 0.5, 0.75)
 CDF_GAMMAS = (0.0, 0.5, 1.0, 2.0)  # the Focal Loss paper's Figure 4
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -89,37 +94,87 @@ def to_argv(settings: dict) -> list[str]:
 
 
 class Progress:
-    """One overall line (run, seed, epoch, ETA) printed after every epoch of every run."""
+    """One overall line (run, seed, epoch, ETA) printed whenever a run finishes an epoch."""
 
     def __init__(self, runs: list[RunSpec], epochs_per_run: int):
-        self.total_epochs = len(runs) * epochs_per_run
-        self.done_epochs, self.started, self.timed_epochs = 0, time.time(), 0
+        self.runs, self.epochs_per_run = {r.name: r for r in runs}, epochs_per_run
+        self.done = {r.name: 0 for r in runs}
+        self.started, self.counted = time.time(), 0
 
-    def skip(self, epochs: int) -> None:
-        self.done_epochs += epochs
+    def set_done(self, name: str, epochs: int, *, timed: bool = True) -> None:
+        """Records that run ``name`` has finished ``epochs`` epochs; ``timed`` epochs count towards the ETA."""
+        new = epochs - self.done[name]
+        if new <= 0:
+            return
+        self.done[name] = epochs
+        if not timed:
+            return
+        self.counted += new
+        total = len(self.runs) * self.epochs_per_run
+        finished = sum(self.done.values())
+        eta = (time.time() - self.started) / self.counted * (total - finished)
+        run = self.runs[name]
+        print(f"[compare] {run.arm} seed {run.seed}: epoch {epochs}/{self.epochs_per_run} | "
+              f"all runs {finished}/{total} epochs | ETA {eta / 60:.1f} min", flush=True)
 
-    def epoch_done(self, *, index: int, count: int, run: RunSpec, epoch: int, epochs: int) -> None:
-        self.done_epochs += 1
-        self.timed_epochs += 1
-        per_epoch = (time.time() - self.started) / self.timed_epochs
-        eta = per_epoch * (self.total_epochs - self.done_epochs)
-        print(f"[compare] run {index + 1}/{count} {run.arm} seed {run.seed}: epoch {epoch}/{epochs}, "
-              f"overall {self.done_epochs}/{self.total_epochs} epochs, ETA {eta / 60:.1f} min", flush=True)
+
+def run_argv(*, run: RunSpec, run_dir: Path, base: dict) -> list[str]:
+    """train.py arguments of a run; resumes from its last checkpoint when there is one."""
+    argv = to_argv({**base, **run.overrides, "save_dir": str(run_dir)})
+    checkpoint = run_dir / "last_epoch_weights.pth"
+    if checkpoint.is_file():
+        argv.append(f"--resume={checkpoint}")
+    return argv
 
 
-def train_run(*, run: RunSpec, run_dir: Path, base: dict, on_epoch_end) -> dict:
-    """Trains (or resumes) one run; returns its resolved config."""
+def train_in_process(*, run: RunSpec, run_dir: Path, base: dict, progress: Progress) -> None:
+    """Trains one run in this process, with train.py's own progress bars."""
     import train
     from utils.trainer import fit, resolve_training_config
 
-    settings = settings_of(vars(train))
-    checkpoint = run_dir / "last_epoch_weights.pth"
-    argv = to_argv({**base, **run.overrides, "save_dir": str(run_dir)})
-    if checkpoint.is_file():
-        argv.append(f"--resume={checkpoint}")
-    config = resolve_training_config(settings, argv)
-    fit(config, on_epoch_end=on_epoch_end)
-    return config
+    config = resolve_training_config(settings_of(vars(train)), run_argv(run=run, run_dir=run_dir, base=base))
+    fit(config, on_epoch_end=lambda row: progress.set_done(run.name, row["epoch"]))
+
+
+def train_in_subprocesses(*, jobs: list[tuple[RunSpec, Path]], base: dict, parallel: int, progress: Progress,
+                          poll_seconds: float = 2.0) -> None:
+    """Trains runs as ``python train.py`` processes, ``parallel`` at a time, each with an equal share of the
+    CPU threads (on a CPU, two single-threaded runs beat one run after the other with two threads).
+    Each run's output goes to ``<run_dir>/train.log``."""
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    pending, active = list(jobs), []
+    try:
+        while pending or active:
+            while pending and len(active) < parallel:
+                run, run_dir = pending.pop(0)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                log = open(run_dir / "train.log", "a", encoding="utf-8")
+                command = [sys.executable, str(REPO / "train.py"), *run_argv(run=run, run_dir=run_dir, base=base)]
+                active.append((run, run_dir, log, subprocess.Popen(command, cwd=os.getcwd(), env=env, stdout=log,
+                                                                   stderr=subprocess.STDOUT)))
+            time.sleep(poll_seconds)
+            for job in list(active):
+                run, run_dir, log, process = job
+                progress.set_done(run.name, _history_epochs(run_dir))
+                if process.poll() is not None:
+                    log.close()
+                    active.remove(job)
+                    if process.returncode != 0:
+                        raise RuntimeError(f"run {run.name} failed (exit code {process.returncode}); "
+                                           f"see {run_dir / 'train.log'}")
+    finally:
+        for _, _, log, process in active:  # interrupted or failed: stop the others the way Ctrl-C would,
+            process.send_signal(signal.SIGINT)  # so each writes a resumable checkpoint
+            process.wait()
+            log.close()
+
+
+def _history_epochs(run_dir: Path) -> int:
+    try:
+        return len(json.loads((run_dir / "history.json").read_text(encoding="utf-8")))
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or caught mid-write
+        return 0
 
 
 def epochs_done(run_dir: Path) -> int:
