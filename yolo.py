@@ -27,7 +27,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from nets.yolo import MODELS, build_model
-from utils.checkpoint import load_weights, saved_config
+from utils.checkpoint import is_project_checkpoint, load_weights, read_checkpoint
 from utils.decode import decode_outputs, split_levels
 from utils.draw import draw_detections, save_crops
 from utils.postprocess import NMS_TYPES, LetterboxInfo, boxes_to_original, non_max_suppression, preprocess_image
@@ -160,7 +160,8 @@ class YOLO(_Detector):
                  model: str | None = None, confidence: float = 0.5, nms_iou: float = 0.3, max_det: int = 300,
                  letterbox_image: bool = True, nms_type: str = "nms", device: str = "auto", fp16: bool = False,
                  strict: bool = True, multi_label: bool = False):
-        config = saved_config(model_path) or {}
+        checkpoint = read_checkpoint(model_path)
+        config = checkpoint["config"] if is_project_checkpoint(checkpoint) else {}
         model_name = model or config.get("model") or "yolov4"
         if model_name not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {model_name!r}")
@@ -170,7 +171,7 @@ class YOLO(_Detector):
                    else config.get("anchors") or get_anchors(DEFAULT_ANCHORS_PATH[model_name]))
         anchors_mask = anchors_mask or config.get("anchors_mask") or DEFAULT_ANCHORS_MASK[model_name]
         net = build_model(model=model_name, num_classes=len(class_names), anchors_per_level=len(anchors_mask[0]))
-        load_weights(net, model_path, model=model_name, strict=strict)
+        load_weights(net, model_path, model=model_name, strict=strict, checkpoint=checkpoint)
         self.model_path = str(model_path)
         self._setup(net, model_name=model_name, class_names=class_names, anchors=anchors, anchors_mask=anchors_mask,
                     input_shape=input_shape or config.get("input_shape") or DEFAULT_INPUT_SHAPE,

@@ -54,12 +54,14 @@ def saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
     return checkpoint["config"] if is_project_checkpoint(checkpoint) else None
 
 
-def load_weights(net: nn.Module, path: str | os.PathLike, *, model: str, strict: bool = True) -> LoadReport:
+def load_weights(net: nn.Module, path: str | os.PathLike, *, model: str, strict: bool = True,
+                 checkpoint: dict[str, Any] | None = None) -> LoadReport:
     """Loads this project's checkpoint or a published (bubbliiiing-layout) state_dict into ``net``.
 
-    ``model`` is the variant ('yolov4' or 'yolov4-tiny') that selects the published key table.
+    ``model`` is the variant ('yolov4' or 'yolov4-tiny') that selects the published key table;
+    ``checkpoint``, when the caller has already read ``path``, saves reading it again.
     """
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
     if is_project_checkpoint(checkpoint):
         state_dict = checkpoint["model"]
         saved_variant = checkpoint["config"].get("model")
