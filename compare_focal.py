@@ -29,11 +29,12 @@ test_annotation_path: str = "2007_test.txt"  # images the runs are scored on (VO
 eval_device: str = "auto"  # device of the evaluation passes
 parallel: int = 2  # runs trained at once as separate train.py processes sharing the CPU threads; 1 = in this process
 recipe: dict = {  # train.py settings of the bundled BCCD job (2-core CPU, about 20 minutes for both arms)
-    "model": "yolov4-tiny", "input_shape": [288, 384], "anchors_path": "model_data/bccd_tiny_anchors.txt",
+    "model": "yolov4-tiny", "input_shape": [352, 480], "anchors_path": "model_data/bccd_tiny_anchors.txt",
     "anchors_mask": [[3, 4, 5], [0, 1, 2]], "classes_path": "model_data/bccd_classes.txt",
-    "freeze_train": False, "unfreeze_epoch": 30, "unfreeze_batch_size": 8, "init_lr": 0.1, "min_lr": 0.001,
-    "optimizer_type": "sgd", "warmup_epochs": 2.0, "mosaic": False, "mixup": False,
-    "fp16": True, "amp_dtype": "bfloat16", "eval_flag": False, "save_period": 1000, "num_workers": 2,
+    "freeze_train": False, "unfreeze_epoch": 45, "unfreeze_batch_size": 8, "init_lr": 0.1, "min_lr": 0.001,
+    "optimizer_type": "sgd", "warmup_epochs": 2.0, "mosaic": False, "mixup": False, "cls_ratio": 0.5,
+    "obj_prior": 0.01, "multi_anchor_threshold": 0.213, "fp16": True, "amp_dtype": "bfloat16",
+    "eval_flag": False, "save_period": 1000, "num_workers": 1,
 }
 
 

@@ -165,3 +165,24 @@ def test_bad_settings_are_refused(tmp_path):
         train.main(["--model=yolov5"])
     with pytest.raises(FileNotFoundError, match="voc_annotation.py"):
         train.main(["--train_annotation_path=missing.txt", f"--save_dir={tmp_path}"])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from nets.yolo_training import YOLOLoss
+    from utils.engine import NonFiniteLossError
+
+    original = YOLOLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, outputs, targets):
+        terms = original(self, outputs, targets)
+        calls["n"] += 1
+        if calls["n"] > 3:  # epoch 1: 2 train + 1 val call; then NaN from epoch 2 on
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(YOLOLoss, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="epoch 2, iteration 1"):
+        train.main(small_run(tmp_path, "--unfreeze_epoch=3"))
+    checkpoint = torch.load(tmp_path / "logs" / "last_epoch_weights.pth", weights_only=True)
+    assert checkpoint["epoch"] == 1 and all(torch.isfinite(v.float()).all() for v in checkpoint["model"].values())

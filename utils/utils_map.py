@@ -7,7 +7,6 @@ classic VOC devkit and the get_map.py of the well-known YOLO repositories.
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import NamedTuple
 
@@ -210,26 +209,12 @@ def write_results_json(path: str | Path, results: dict, *, include_curves: bool 
 
 
 def read_voc_ground_truth(xml_path: str | Path) -> list[GTBox]:
-    """Objects of one VOC XML annotation as GTBox (pixel `xyxy`, as written in the XML)."""
-    xml_path = Path(xml_path)
-    try:
-        root = ET.parse(xml_path).getroot()
-    except ET.ParseError as err:
-        raise ValueError(f"{xml_path}: not valid XML ({err})") from err
-    boxes = []
-    for k, obj in enumerate(root.iter("object")):
-        name = (obj.findtext("name") or "").strip()
-        bndbox = obj.find("bndbox")
-        if not name or bndbox is None:
-            raise ValueError(f"{xml_path}: object #{k + 1} lacks <name> or <bndbox>")
-        try:
-            coords = [float(bndbox.findtext(tag)) for tag in ("xmin", "ymin", "xmax", "ymax")]
-            difficult = int(float(obj.findtext("difficult") or 0)) == 1
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{xml_path}: object #{k + 1} ('{name}') has a missing or non-numeric "
-                             f"bndbox/difficult value") from err
-        boxes.append(GTBox(name, *coords, difficult=difficult))
-    return boxes
+    """Objects of one VOC XML annotation as GTBox (pixel `xyxy`, as written in the XML), via the project's
+    one VOC XML reader."""
+    from utils.voc import load_voc_objects
+
+    return [GTBox(o["name"], o["xmin"], o["ymin"], o["xmax"], o["ymax"], difficult=o["difficult"])
+            for o in load_voc_objects(xml_path)]
 
 
 def _fmt(value: float) -> str:

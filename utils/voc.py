@@ -51,15 +51,15 @@ def _parse_voc_xml(xml_path: str | os.PathLike) -> tuple[str | None, tuple[int, 
         if width > 0 and height > 0:
             size = (width, height)
     objects = []
-    for obj_idx, obj in enumerate(root.iter("object")):
+    for obj_number, obj in enumerate(root.iter("object"), start=1):
         name = (obj.findtext("name") or "").strip()
         box_node = obj.find("bndbox")
         if not name or box_node is None:
-            raise ValueError(f"{xml_path}: object #{obj_idx} has no <name> or no <bndbox>")
+            raise ValueError(f"{xml_path}: object #{obj_number} has no <name> or no <bndbox>")
         try:
             coords = {key: float(box_node.findtext(key)) for key in ("xmin", "ymin", "xmax", "ymax")}
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{xml_path}: object #{obj_idx} ('{name}') has a missing or non-numeric coordinate"
+            raise ValueError(f"{xml_path}: object #{obj_number} ('{name}') has a missing or non-numeric coordinate"
                              ) from exc
         difficult_text = (obj.findtext("difficult") or "0").strip().lower()
         objects.append({"name": name, **coords, "difficult": difficult_text in ("1", "true")})

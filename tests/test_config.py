@@ -1,0 +1,65 @@
+"""Typed settings: command line, config files, and the errors a user sees."""
+import pytest
+
+from utils.config import ConfigError, parse_value, resolve_config
+
+SETTINGS = {
+    "lr": (float, 0.01),
+    "epochs": (int, 10),
+    "flag": (bool, False),
+    "name": (str, "x"),
+    "shape": (list[int], [416, 416]),
+    "mask": (list[list[int]] | None, None),
+    "ratio": (float | None, None),
+}
+
+
+def test_defaults_then_file_then_command_line(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('lr = 0.5\nshape = [320, 480]\nname = "from-file"\n')
+    config = resolve_config(SETTINGS, [f"--config={toml}", "--lr=0.25", "--flag=true"])
+    assert config == {"lr": 0.25, "epochs": 10, "flag": True, "name": "from-file", "shape": [320, 480],
+                      "mask": None, "ratio": None}
+    json_file = tmp_path / "run.json"
+    json_file.write_text('{"mask": [[3, 4, 5], [0, 1, 2]], "ratio": 2}')
+    assert resolve_config(SETTINGS, [f"--config={json_file}"])["mask"] == [[3, 4, 5], [0, 1, 2]]
+
+
+@pytest.mark.parametrize("text, kind, expected", [
+    ("3", int, 3), ("1e-3", float, 0.001), ("4", float, 4.0), ("False", bool, False), ("yes", bool, True),
+    ("[1, 2]", list[int], [1, 2]), ("None", float | None, None), ("0.5", float | None, 0.5),
+    ("[[1,2],[3]]", list[list[int]] | None, [[1, 2], [3]]), ("a b", str, "a b"),
+])
+def test_values_are_parsed_to_the_declared_type(text, kind, expected):
+    value = parse_value(text, kind, key="k")
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochz=3"], "unknown setting 'epochz'.*did you mean epochs"),
+    (["--epochs=3.5"], "--epochs=3.5: expected int"),
+    (["--flag=maybe"], "--flag=maybe: expected bool"),
+    (["--lr=fast"], "--lr=fast: expected float"),
+    (["--shape=[1.5, 2]"], "expected list"),
+    (["--epochs"], "--key=value"),
+    (["epochs=3"], "--key=value"),
+    (["--mask=None", "--config=missing.toml"], "missing.toml: not found"),
+])
+def test_bad_command_lines_name_the_setting(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(SETTINGS, argv)
+
+
+def test_bad_config_files_name_the_file_and_key(tmp_path):
+    unknown = tmp_path / "a.toml"
+    unknown.write_text("learning_rate = 1\n")
+    with pytest.raises(ConfigError, match="a.toml: unknown setting 'learning_rate'"):
+        resolve_config(SETTINGS, [f"--config={unknown}"])
+    wrong = tmp_path / "b.json"
+    wrong.write_text('{"epochs": "ten"}')
+    with pytest.raises(ConfigError, match="b.json: epochs = 'ten': expected int"):
+        resolve_config(SETTINGS, [f"--config={wrong}"])
+    broken = tmp_path / "c.toml"
+    broken.write_text("epochs = = 3\n")
+    with pytest.raises(ConfigError, match="c.toml: not valid TOML"):
+        resolve_config(SETTINGS, [f"--config={broken}"])
