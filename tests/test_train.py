@@ -186,3 +186,30 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         train.main(small_run(tmp_path, "--unfreeze_epoch=3"))
     checkpoint = torch.load(tmp_path / "logs" / "last_epoch_weights.pth", weights_only=True)
     assert checkpoint["epoch"] == 1 and all(torch.isfinite(v.float()).all() for v in checkpoint["model"].values())
+
+
+def test_frozen_backbone_stays_fixed_then_trains(tmp_path, monkeypatch):
+    snapshots = []
+    original = trainer.run_epoch
+
+    def recording(run, epoch, state):
+        row = original(run, epoch, state)
+        snapshots.append({k: v.detach().clone() for k, v in run.net.named_parameters()})
+        return row
+
+    monkeypatch.setattr(trainer, "run_epoch", recording)
+    run = train.main(small_run(tmp_path, "--unfreeze_epoch=2", "--freeze_train=True", "--freeze_epoch=1",
+                               "--freeze_batch_size=4", "--init_lr=0.64"))
+    assert [row["frozen"] for row in run.history.rows] == [True, False]
+    after_frozen, after_unfrozen = snapshots
+    from nets.yolo import build_model, init_weights
+
+    torch.manual_seed(11)  # train.py's default seed: rebuild the initial weights to compare against
+    fresh = build_model(model="yolov4-tiny", num_classes=3)
+    init_weights(fresh)
+    start = dict(fresh.named_parameters())
+    backbone = [k for k in start if k.startswith("backbone.")]
+    heads = [k for k in start if k.startswith("heads.")]
+    assert all(torch.equal(after_frozen[k], start[k]) for k in backbone)
+    assert any(not torch.equal(after_frozen[k], start[k]) for k in heads)
+    assert any(not torch.equal(after_unfrozen[k], after_frozen[k]) for k in backbone)

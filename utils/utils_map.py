@@ -234,18 +234,21 @@ def _check_image_id(image_id: str) -> None:
         raise ValueError(f"image id {image_id!r} cannot be used as a file name")
 
 
-def write_ground_truth_files(*, map_out_path: str | Path, gt: dict[str, list[GTBox]]) -> None:
-    """One `ground-truth/<image_id>.txt` per image: `<class> <left> <top> <right> <bottom>[ difficult]`."""
-    folder = Path(map_out_path) / GROUND_TRUTH_DIR
+def _write_box_files(*, folder: Path, records: dict[str, list], format_line) -> None:
+    """One ``<image_id>.txt`` per image in ``folder``, a line per box; an image without boxes gets an empty file."""
     folder.mkdir(parents=True, exist_ok=True)
-    for image_id, boxes in gt.items():
+    for image_id, boxes in records.items():
         _check_image_id(image_id)
-        lines = []
         for box in boxes:
             _check_name(name=box.class_name, image_id=image_id)
-            coords = " ".join(_fmt(v) for v in (box.x1, box.y1, box.x2, box.y2))
-            lines.append(f"{box.class_name} {coords}{' difficult' if box.difficult else ''}\n")
-        (folder / f"{image_id}.txt").write_text("".join(lines), encoding="utf-8")
+        (folder / f"{image_id}.txt").write_text("".join(format_line(box) + "\n" for box in boxes), encoding="utf-8")
+
+
+def write_ground_truth_files(*, map_out_path: str | Path, gt: dict[str, list[GTBox]]) -> None:
+    """One `ground-truth/<image_id>.txt` per image: `<class> <left> <top> <right> <bottom>[ difficult]`."""
+    _write_box_files(folder=Path(map_out_path) / GROUND_TRUTH_DIR, records=gt, format_line=lambda box: (
+        f"{box.class_name} {' '.join(_fmt(v) for v in (box.x1, box.y1, box.x2, box.y2))}"
+        f"{' difficult' if box.difficult else ''}"))
 
 
 def write_detection_files(*, map_out_path: str | Path, dets: dict[str, list[DetBox]]) -> None:
@@ -253,16 +256,8 @@ def write_detection_files(*, map_out_path: str | Path, dets: dict[str, list[DetB
 
     Images without detections get an empty file, so a stale file from an earlier run never survives.
     """
-    folder = Path(map_out_path) / DETECTION_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    for image_id, boxes in dets.items():
-        _check_image_id(image_id)
-        lines = []
-        for box in boxes:
-            _check_name(name=box.class_name, image_id=image_id)
-            values = " ".join(_fmt(v) for v in (box.score, box.x1, box.y1, box.x2, box.y2))
-            lines.append(f"{box.class_name} {values}\n")
-        (folder / f"{image_id}.txt").write_text("".join(lines), encoding="utf-8")
+    _write_box_files(folder=Path(map_out_path) / DETECTION_DIR, records=dets, format_line=lambda box: (
+        f"{box.class_name} {' '.join(_fmt(v) for v in (box.score, box.x1, box.y1, box.x2, box.y2))}"))
 
 
 def _parse_floats(*, tokens: list[str], path: Path, lineno: int) -> list[float]:
