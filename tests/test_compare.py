@@ -83,3 +83,33 @@ def test_grid_sweep_and_seeds_plan():
         compare.parse_sweep("learning_rate=1", settings_of(vars(train)))
     with pytest.raises(ConfigError, match="init_lr"):
         compare.parse_sweep("init_lr=fast", settings_of(vars(train)))
+
+
+def fake_evaluation(map_value: float, *, focal: bool, alpha: float = 0.25, gamma: float = 2.0) -> dict:
+    return {"map": map_value, "map_voc07": map_value - 0.01, "coco_ap": map_value / 2,
+            "per_class_ap": {"RBC": map_value, "WBC": None}, "train_seconds": 120.0,
+            "final_train": {"loss_loc": 0.5, "loss_conf": 0.1, "loss_cls": 0.05},
+            "config": {"focal_loss": focal, "focal_alpha": alpha, "focal_gamma": gamma, "focal_loss_ratio": 10.0,
+                       "conf_normalization": "mean"}}
+
+
+def test_seeds_are_aggregated_as_mean_and_sample_std():
+    runs = compare.plan_runs(arms=[{"name": "bce", "focal_loss": False}], sweep=[{}], seeds=[1, 2, 3])
+    evaluations = {r.name: fake_evaluation(m, focal=False) for r, m in zip(runs, (0.6, 0.7, 0.8))}
+    (row,) = compare.summarise(evaluations, runs)
+    assert row["runs"] == 3 and row["map"] == pytest.approx(0.7) and row["map_std"] == pytest.approx(0.1)
+    assert row["map_runs"] == [0.6, 0.7, 0.8] and row["ap_RBC"] == pytest.approx(0.7) and row["ap_WBC"] is None
+    assert row["train_minutes"] == pytest.approx(2.0)
+
+
+def test_grid_heatmap_is_drawn(tmp_path):
+    from utils.compare_plots import plot_grid_heatmap
+
+    arms = compare.grid_arms()
+    runs = compare.plan_runs(arms=arms, sweep=[{}], seeds=[0])
+    evaluations = {r.name: fake_evaluation(0.5 + 0.01 * i, focal=arm.get("focal_loss", False),
+                                           alpha=arm.get("focal_alpha", 0.25), gamma=arm.get("focal_gamma", 2.0))
+                   for i, (r, arm) in enumerate(zip(runs, arms))}
+    rows = compare.summarise(evaluations, runs)
+    plot_grid_heatmap(rows=rows, out_path=tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").stat().st_size > 0
