@@ -121,7 +121,7 @@ def run(*, annotation_mode: int, classes_path: str, trainval_percent: float, tra
     sets = [(str(year), str(name)) for year, name in VOCdevkit_sets]
     years = list(dict.fromkeys(year for year, _ in sets))
     year_dirs = {year: Path(VOCdevkit_path) / f"VOC{year}" for year in years}
-    for year, year_dir in year_dirs.items():
+    for year_dir in year_dirs.values():
         if not (year_dir / "Annotations").is_dir() and not (year_dir / "JPEGImages").is_dir():
             raise FileNotFoundError(f"{year_dir}: not a VOC folder (no Annotations/ or JPEGImages/); "
                                     f"check VOCdevkit_path and VOCdevkit_sets")

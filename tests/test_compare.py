@@ -1,6 +1,5 @@
 """A miniature focal-vs-BCE comparison end to end, and the tool's planning helpers."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

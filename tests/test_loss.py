@@ -323,7 +323,7 @@ def test_bf16_autocast_outputs():
     assert terms["loss"].dtype == torch.float32 and torch.isfinite(terms["loss"])
     ref = reference_loss([out.float() for out in outputs_bf16], targets, **geometry, focal_loss=True)
     torch.testing.assert_close(terms["loss"].double(), ref["loss"].detach(), rtol=1e-4, atol=0)
-    for raw, grad in zip(outputs_bf16, torch.autograd.grad(terms["loss"], outputs_bf16)):
+    for grad in torch.autograd.grad(terms["loss"], outputs_bf16):
         assert grad.dtype == torch.bfloat16 and torch.isfinite(grad).all()
 
 

@@ -118,7 +118,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     try:
         data = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"config file {path}: not valid {'JSON' if file.suffix == '.json' else 'TOML'}: {err}")
+        raise ConfigError(f"config file {path}: not valid {'JSON' if file.suffix == '.json' else 'TOML'}: {err}"
+                          ) from err
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected an object of settings")
     return data
