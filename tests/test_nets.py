@@ -32,20 +32,21 @@ def test_parameter_count(model):
     assert sum(p.numel() for p in net.parameters()) == PUBLISHED_PARAMS[model]
 
 
-@pytest.fixture(scope="module")
-def yolov4():
+def seeded_net(model: str):
     torch.manual_seed(0)
-    net = build_model(model="yolov4", num_classes=20)
+    net = build_model(model=model, num_classes=20)
     init_weights(net, obj_prior=0.01)
     return net.eval()
+
+
+@pytest.fixture(scope="module")
+def yolov4():
+    return seeded_net("yolov4")
 
 
 @pytest.fixture(scope="module")
 def yolov4_tiny():
-    torch.manual_seed(0)
-    net = build_model(model="yolov4-tiny", num_classes=20)
-    init_weights(net, obj_prior=0.01)
-    return net.eval()
+    return seeded_net("yolov4-tiny")
 
 
 @pytest.mark.parametrize("hw", [(416, 416), (320, 416)])
