@@ -31,11 +31,10 @@ from utils.checkpoint import is_project_checkpoint, load_weights, read_checkpoin
 from utils.decode import decode_outputs, split_levels
 from utils.draw import draw_detections, save_crops
 from utils.postprocess import NMS_TYPES, LetterboxInfo, boxes_to_original, non_max_suppression, preprocess_image
-from utils.utils import DEFAULT_ANCHORS_MASK, check_anchors_mask, get_anchors, get_classes, resolve_device
+from utils.utils import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, MODEL_DATA, check_anchors_mask, get_anchors,
+                         get_classes, resolve_device)
 
-MODEL_DATA = Path(__file__).resolve().parent / "model_data"
 DEFAULT_CLASSES_PATH = MODEL_DATA / "voc_classes.txt"
-DEFAULT_ANCHORS_PATH = {"yolov4": MODEL_DATA / "yolo_anchors.txt", "yolov4-tiny": MODEL_DATA / "yolo_tiny_anchors.txt"}
 DEFAULT_INPUT_SHAPE = [416, 416]
 ONNX_TOLERANCE = 1e-4
 REQUIRED_CONFIG = ("class_names", "anchors", "anchors_mask", "input_shape")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from nets.yolo import build_model, init_weights  # noqa: E402
 from utils.config import resolve_config, settings_of  # noqa: E402
 from utils.postprocess import non_max_suppression, preprocess_image  # noqa: E402
-from utils.utils import DEFAULT_ANCHORS_MASK, get_anchors, get_classes  # noqa: E402
+from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors, get_classes  # noqa: E402
 from yolo import YOLO  # noqa: E402
 
 input_size: int = 416  # square network input
@@ -96,8 +96,7 @@ def set_head_bias(net: torch.nn.Module, *, obj_bias: float) -> None:
 
 def bench_model(model: str, *, image: Image.Image, cfg: dict) -> list[dict]:
     class_names = get_classes(str(REPO / "model_data" / "bccd_classes.txt"))
-    anchors_file = "yolo_tiny_anchors.txt" if model == "yolov4-tiny" else "yolo_anchors.txt"
-    anchors = get_anchors(str(REPO / "model_data" / anchors_file))
+    anchors = get_anchors(str(DEFAULT_ANCHORS_PATH[model]))
     config = {"model": model, "class_names": class_names, "anchors": anchors,
               "anchors_mask": DEFAULT_ANCHORS_MASK[model], "input_shape": [cfg["input_size"]] * 2, "scale_x_y": None}
     torch.manual_seed(0)

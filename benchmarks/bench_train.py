@@ -23,8 +23,7 @@ from nets.yolo_training import YOLOLoss  # noqa: E402
 from utils.config import resolve_config, run_cli, settings_of  # noqa: E402
 from utils.dataloader import YoloDataset, yolo_collate  # noqa: E402
 from utils.optim import build_optimizer  # noqa: E402
-from utils.trainer import DEFAULT_ANCHORS_PATH  # noqa: E402
-from utils.utils import DEFAULT_ANCHORS_MASK, get_anchors  # noqa: E402
+from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
 
 model: str = ""  # "" runs both variants, each in a subprocess
 steps: int = 5  # timed steps after 2 warm-up steps (median reported)
@@ -44,7 +43,7 @@ def bench_one(config: dict) -> None:
     net = build_model(model=config["model"], num_classes=3)
     init_weights(net)
     net.train()
-    criterion = YOLOLoss(anchors_px=torch.tensor(get_anchors(str(REPO / DEFAULT_ANCHORS_PATH[config["model"]]))),
+    criterion = YOLOLoss(anchors_px=torch.tensor(get_anchors(str(DEFAULT_ANCHORS_PATH[config["model"]]))),
                          anchors_mask=DEFAULT_ANCHORS_MASK[config["model"]], num_classes=3, input_shape=shape)
     optimizer = build_optimizer(net, optimizer_type="sgd", lr=1e-3, momentum=0.937, weight_decay=5e-4)
     use_amp = config["amp_dtype"] == "bfloat16"

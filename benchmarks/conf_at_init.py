@@ -18,8 +18,7 @@ from nets.yolo import build_model, init_weights  # noqa: E402
 from nets.yolo_training import YOLOLoss  # noqa: E402
 from utils.config import resolve_config, run_cli, settings_of  # noqa: E402
 from utils.dataloader import YoloDataset, yolo_collate  # noqa: E402
-from utils.trainer import DEFAULT_ANCHORS_PATH  # noqa: E402
-from utils.utils import DEFAULT_ANCHORS_MASK, get_anchors  # noqa: E402
+from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
 
 model: str = "yolov4-tiny"  # "yolov4" or "yolov4-tiny"
 batch_size: int = 8  # images of the first training batch
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = Path(config["annotation_path"]).read_text(encoding="utf-8").splitlines()[:config["batch_size"]]
     dataset = YoloDataset(annotation_lines=lines, input_shape=tuple(config["input_shape"]), train=False)
     images, targets = yolo_collate([dataset[i] for i in range(len(dataset))])
-    anchors = torch.tensor(get_anchors(DEFAULT_ANCHORS_PATH[config["model"]]))
+    anchors = torch.tensor(get_anchors(str(DEFAULT_ANCHORS_PATH[config["model"]])))
     print(f"{config['model']} at {config['input_shape']}, {len(lines)} BCCD images, {len(targets)} objects")
     print(f"{'obj init':<12}{'loss':<7}{'normalisation':<15}{'loss_conf':>10}{'weighted':>10}")
     for prior in (None, 0.01):

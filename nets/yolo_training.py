@@ -132,11 +132,11 @@ class YOLOLoss(nn.Module):
 
     def _prepare_targets(self, targets: Tensor, batch_size: int) -> dict[str, Tensor]:
         """Target tensors shared by all levels: classes, boxes, positive (gt, anchor) pairs, per-image padding."""
-        gt_xyxy_px = targets[:, 2:6]
+        img_idx, gt_xyxy_px = targets[:, 0].long(), targets[:, 2:6]
         gt_cxcywh_px = box_xyxy_to_cxcywh(gt_xyxy_px)
         pair_gt, pair_anchor = self.match_anchors(gt_cxcywh_px[:, 2:])
-        gt_padded_xyxy_px, gt_valid = pad_per_image(targets[:, 0].long(), gt_xyxy_px, batch_size)  # (B, M, 4), (B, M)
-        return {"img_idx": targets[:, 0].long(), "cls": targets[:, 1].long(), "gt_xyxy_px": gt_xyxy_px,
+        gt_padded_xyxy_px, gt_valid = pad_per_image(img_idx, gt_xyxy_px, batch_size)  # (B, M, 4), (B, M)
+        return {"img_idx": img_idx, "cls": targets[:, 1].long(), "gt_xyxy_px": gt_xyxy_px,
                 "gt_cxcywh_px": gt_cxcywh_px, "pair_gt": pair_gt, "pair_anchor": pair_anchor,
                 "gt_padded_xyxy_px": gt_padded_xyxy_px, "gt_valid": gt_valid}
 

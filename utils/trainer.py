@@ -17,10 +17,9 @@ from utils.dataloader import YoloDataset, yolo_collate
 from utils.distributed import EpochSampler, cleanup_distributed, init_distributed, sync_buffers
 from utils.engine import AmpSettings, NonFiniteLossError, train_one_epoch, validation_loss
 from utils.optim import build_optimizer, lr_at, scaled_lr, set_lr
-from utils.utils import DEFAULT_ANCHORS_MASK, check_anchors_mask, get_anchors, get_classes, resolve_device
+from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, check_anchors_mask, get_anchors, get_classes, resolve_device
 from utils.utils_map import evaluate_voc_images
 
-DEFAULT_ANCHORS_PATH = {"yolov4": "model_data/yolo_anchors.txt", "yolov4-tiny": "model_data/yolo_tiny_anchors.txt"}
 CHOICES = {"model": ("yolov4", "yolov4-tiny"), "optimizer_type": ("sgd", "adam", "adamw"),
            "lr_decay_type": ("cos", "step"), "amp_dtype": ("float16", "bfloat16"), "iou_type": ("ciou", "diou", "giou"),
            "conf_normalization": ("mean", "num_pos"), "on_corrupt": ("error", "skip")}
@@ -45,7 +44,7 @@ def resolve_training_config(settings: dict, argv: list[str] | None) -> dict:
 
 def model_spec(config: dict) -> dict:
     """Classes, anchors and masks resolved from the config's paths; stored in every checkpoint."""
-    anchors_path = config["anchors_path"] or DEFAULT_ANCHORS_PATH[config["model"]]
+    anchors_path = config["anchors_path"] or str(DEFAULT_ANCHORS_PATH[config["model"]])
     anchors = get_anchors(anchors_path)
     anchors_mask = config["anchors_mask"] or DEFAULT_ANCHORS_MASK[config["model"]]
     check_anchors_mask(anchors_mask, num_anchors=len(anchors), num_levels=len(DEFAULT_ANCHORS_MASK[config["model"]]),

@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+MODEL_DATA = Path(__file__).resolve().parents[1] / "model_data"
+DEFAULT_ANCHORS_PATH = {"yolov4": MODEL_DATA / "yolo_anchors.txt", "yolov4-tiny": MODEL_DATA / "yolo_tiny_anchors.txt"}
 DEFAULT_ANCHORS_MASK = {"yolov4": [[6, 7, 8], [3, 4, 5], [0, 1, 2]], "yolov4-tiny": [[3, 4, 5], [1, 2, 3]]}
 
 
