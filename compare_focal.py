@@ -40,13 +40,13 @@ recipe: dict = {  # train.py settings of the bundled BCCD job (2-core CPU, about
 
 def split_argv(argv: list[str], own: dict, train_settings: dict) -> tuple[list[str], dict]:
     """This script's own --key=value arguments, and train.py overrides (type-checked) for every arm."""
-    mine, for_train = [], []
-    for arg in argv:
-        key = arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else ""
-        (for_train if key in train_settings and key not in own else mine).append(arg)
+    def key_of(arg: str) -> str:
+        return arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else ""
+
+    mine = [arg for arg in argv if key_of(arg) not in train_settings or key_of(arg) in own]
+    for_train = [arg for arg in argv if arg not in mine]
     overrides = resolve_config(train_settings, for_train)
-    explicit = {arg[2:].split("=", 1)[0].replace("-", "_") for arg in for_train}
-    return mine, {k: overrides[k] for k in explicit}
+    return mine, {k: overrides[k] for k in map(key_of, for_train)}
 
 
 def ensure_annotations(paths: list[str]) -> None:
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     import train
     from utils import compare, compare_plots
+    from utils.trainer import read_annotation_lines
 
     argv = sys.argv[1:] if argv is None else list(argv)
     own_settings, train_settings = settings_of(globals()), settings_of(vars(train))
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out_dir = Path(config["results_dir"])
     epochs = int(base.get("unfreeze_epoch", train.unfreeze_epoch))
     progress = compare.Progress(runs, epochs)
-    test_lines = [l for l in Path(config["test_annotation_path"]).read_text(encoding="utf-8").splitlines() if l.strip()]
+    test_lines = read_annotation_lines(config["test_annotation_path"])
     evaluations, to_evaluate, to_train = {}, [], []
     for run in runs:
         run_dir = out_dir / "runs" / run.name

@@ -33,8 +33,7 @@ class RunSpec:
     name: str
     arm: str
     seed: int
-    sweep: dict = field(default_factory=dict)
-    overrides: dict = field(default_factory=dict)  # train.py settings of this run
+    overrides: dict = field(default_factory=dict)  # train.py settings of this run (arm, sweep values, seed)
 
 
 def grid_arms() -> list[dict]:
@@ -81,7 +80,7 @@ def plan_runs(*, arms: list[dict], sweep: list[dict], seeds: list[int]) -> list[
             for seed in seeds:
                 tag = "".join(f"__{k}={_slug(v)}" for k, v in combo.items())
                 runs.append(RunSpec(name=f"{arm['name']}{tag}__seed{seed}", arm=arm["name"] + tag.replace("__", " "),
-                                    seed=seed, sweep=combo, overrides={**settings, **combo, "seed": seed}))
+                                    seed=seed, overrides={**settings, **combo, "seed": seed}))
     return runs
 
 

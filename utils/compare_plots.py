@@ -10,6 +10,12 @@ import numpy as np  # noqa: E402
 TERMS = ("loss", "loss_loc", "loss_conf", "loss_cls")
 
 
+def _save(fig, out_path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+
+
 def plot_loss_curves(*, histories: dict[str, list[dict]], out_path: Path) -> None:
     """Rows: train, val; columns: total and the three terms; one line per run."""
     fig, axes = plt.subplots(2, len(TERMS), figsize=(4 * len(TERMS), 7), squeeze=False)
@@ -24,9 +30,7 @@ def plot_loss_curves(*, histories: dict[str, list[dict]], out_path: Path) -> Non
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
+    _save(fig, out_path)
 
 
 def plot_per_class_ap(*, rows: list[dict], class_names: list[str], out_path: Path) -> None:
@@ -43,9 +47,7 @@ def plot_per_class_ap(*, rows: list[dict], class_names: list[str], out_path: Pat
     ax.set_ylabel("AP@0.5 (test)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
+    _save(fig, out_path)
 
 
 def plot_cdfs(*, cdfs: dict[str, dict], out_path: Path) -> None:
@@ -64,9 +66,7 @@ def plot_cdfs(*, cdfs: dict[str, dict], out_path: Path) -> None:
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
+    _save(fig, out_path)
 
 
 def plot_grid_heatmap(*, rows: list[dict], out_path: Path) -> None:
@@ -89,6 +89,4 @@ def plot_grid_heatmap(*, rows: list[dict], out_path: Path) -> None:
     baseline = [r["map"] for r in rows if not r["focal"]]
     ax.set_title("mAP@0.5" + (f" (plain BCE: {baseline[0]:.3f})" if baseline else ""))
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
+    _save(fig, out_path)

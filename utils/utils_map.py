@@ -267,44 +267,44 @@ def _parse_floats(*, tokens: list[str], path: Path, lineno: int) -> list[float]:
         raise ValueError(f"{path}:{lineno}: non-numeric value in {tokens}") from err
 
 
+def _read_box_files(folder: Path, parse_tokens) -> dict[str, list]:
+    """``<image_id>.txt`` files of ``folder`` sorted by image id -> {image_id: [parse_tokens(tokens, where)]}."""
+    records = {}
+    for path in sorted(folder.glob("*.txt")):
+        records[path.stem] = [parse_tokens(line.split(), (path, lineno, line.strip()))
+                              for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+                              if line.split()]
+    return records
+
+
+def _ground_truth_box(tokens: list[str], where: tuple[Path, int, str]) -> GTBox:
+    path, lineno, line = where
+    difficult = len(tokens) == 6 and tokens[5] == "difficult"
+    if len(tokens) != 5 and not difficult:
+        raise ValueError(f"{path}:{lineno}: expected '<class> <left> <top> <right> <bottom> [difficult]', got {line!r}")
+    return GTBox(tokens[0], *_parse_floats(tokens=tokens[1:5], path=path, lineno=lineno), difficult=difficult)
+
+
+def _detection_box(tokens: list[str], where: tuple[Path, int, str]) -> DetBox:
+    path, lineno, line = where
+    if len(tokens) != 6:
+        raise ValueError(f"{path}:{lineno}: expected '<class> <confidence> <left> <top> <right> <bottom>', "
+                         f"got {line!r}")
+    return DetBox(tokens[0], *_parse_floats(tokens=tokens[1:], path=path, lineno=lineno))
+
+
 def read_ground_truth_files(*, map_out_path: str | Path) -> dict[str, list[GTBox]]:
     """All `ground-truth/*.txt` files (sorted by image id); they define the evaluated image set."""
     folder = Path(map_out_path) / GROUND_TRUTH_DIR
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no ground-truth folder (run get_map.py with map_mode 0 or 2 first)")
-    gt = {}
-    for path in sorted(folder.glob("*.txt")):
-        boxes = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            difficult = len(tokens) == 6 and tokens[5] == "difficult"
-            if len(tokens) != 5 and not difficult:
-                raise ValueError(f"{path}:{lineno}: expected '<class> <left> <top> <right> <bottom> "
-                                 f"[difficult]', got {line.strip()!r}")
-            boxes.append(GTBox(tokens[0], *_parse_floats(tokens=tokens[1:5], path=path, lineno=lineno),
-                               difficult=difficult))
-        gt[path.stem] = boxes
-    return gt
+    return _read_box_files(folder, _ground_truth_box)
 
 
 def read_detection_files(*, map_out_path: str | Path) -> dict[str, list[DetBox]]:
     """All `detection-results/*.txt` files (sorted by image id); a missing folder means no detections."""
     folder = Path(map_out_path) / DETECTION_DIR
-    dets = {}
-    for path in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
-        boxes = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            if len(tokens) != 6:
-                raise ValueError(f"{path}:{lineno}: expected '<class> <confidence> <left> <top> <right> "
-                                 f"<bottom>', got {line.strip()!r}")
-            boxes.append(DetBox(tokens[0], *_parse_floats(tokens=tokens[1:], path=path, lineno=lineno)))
-        dets[path.stem] = boxes
-    return dets
+    return _read_box_files(folder, _detection_box) if folder.is_dir() else {}
 
 
 def predict_to_dets(detector, image_paths: dict[str, str | Path], *, progress: bool = True
