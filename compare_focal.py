@@ -127,10 +127,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         compare.train_in_subprocesses(jobs=to_train, base=base, parallel=config["parallel"], progress=progress)
     else:
         for run, run_dir in to_train:
-            compare.train_in_process(run=run, run_dir=run_dir, base=base, progress=progress)
+            compare.train_in_process(run=run, run_dir=run_dir, base=base, progress=progress,
+                                     config_class=train.TrainConfig)
     for run, run_dir in to_evaluate:
         evaluations[run.name] = compare.evaluate_run(run_dir=run_dir, test_lines=test_lines,
-                                                     device=config["eval_device"])
+                                                     device=config["eval_device"], config_class=train.TrainConfig)
         print(f"[compare] {run.name}: test mAP@0.5 {evaluations[run.name]['map']:.4f}")
     rows = compare.summarise(evaluations, runs)
     class_names = list(next(iter(evaluations.values()))["per_class_ap"])

@@ -11,7 +11,7 @@ unknown keys and wrong types are errors. The resolved config is printed, written
 ``save_dir/config.json`` and stored in every checkpoint, so predict.py and get_map.py need no
 repeated settings. Learning rates are for a batch of 64 and scaled linearly to the batch used.
 """
-from utils.config import run_cli
+from utils.config import run_cli, settings_dataclass
 
 seed: int = 11  # seeds model init, data order and augmentation: equal seeds give identical runs
 device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
@@ -67,14 +67,14 @@ val_annotation_path: str = "2007_val.txt"  # from voc_annotation.py
 on_corrupt: str = "error"  # unreadable image: "error" names the file and stops, "skip" warns and goes on
 resume: str = ""  # a checkpoint written by this script: continue exactly where it stopped
 
+TrainConfig = settings_dataclass(globals(), name="TrainConfig")  # the settings above as one typed, frozen object
+
 
 def main(argv: list[str] | None = None):
     """Trains with the settings above (overridden by argv); returns the finished run."""
-    from utils.config import settings_of
     from utils.trainer import fit, resolve_training_config
 
-    config = resolve_training_config(settings_of(globals()), argv)
-    return fit(config)
+    return fit(resolve_training_config(TrainConfig, argv))
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import train  # noqa: E402
 from nets.yolo import build_model, init_weights  # noqa: E402
-from nets.yolo_training import YOLOLoss  # noqa: E402
+from nets.yolo_training import build_loss  # noqa: E402
 from utils.config import resolve_config, run_cli, settings_of  # noqa: E402
 from utils.dataloader import YoloDataset, yolo_collate  # noqa: E402
-from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
+from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, ModelSpec, get_anchors  # noqa: E402
 
 model: str = "yolov4-tiny"  # "yolov4" or "yolov4-tiny"
 batch_size: int = 8  # images of the first training batch
@@ -31,7 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     lines = Path(config["annotation_path"]).read_text(encoding="utf-8").splitlines()[:config["batch_size"]]
     dataset = YoloDataset(annotation_lines=lines, input_shape=tuple(config["input_shape"]), train=False)
     images, targets = yolo_collate([dataset[i] for i in range(len(dataset))])
-    anchors = torch.tensor(get_anchors(str(DEFAULT_ANCHORS_PATH[config["model"]])))
+    anchors_path = str(DEFAULT_ANCHORS_PATH[config["model"]])
+    spec = ModelSpec(class_names=["RBC", "WBC", "Platelets"], anchors=get_anchors(anchors_path),
+                     anchors_mask=DEFAULT_ANCHORS_MASK[config["model"]], anchors_path=anchors_path)
     print(f"{config['model']} at {config['input_shape']}, {len(lines)} BCCD images, {len(targets)} objects")
     print(f"{'obj init':<12}{'loss':<7}{'normalisation':<15}{'loss_conf':>10}{'weighted':>10}")
     for prior in (None, 0.01):
@@ -42,9 +45,9 @@ def main(argv: list[str] | None = None) -> None:
             outputs = net.eval()(images)
         for focal in (False, True):
             for norm in ("mean", "num_pos"):
-                criterion = YOLOLoss(anchors_px=anchors, anchors_mask=DEFAULT_ANCHORS_MASK[config["model"]],
-                                     num_classes=3, input_shape=tuple(config["input_shape"]), focal_loss=focal,
-                                     conf_normalization=norm)
+                settings = train.TrainConfig(model=config["model"], input_shape=config["input_shape"],
+                                             focal_loss=focal, conf_normalization=norm)
+                criterion = build_loss(config=settings, spec=spec)
                 terms = criterion(outputs, targets)
                 strides = [config["input_shape"][0] / o.shape[2] for o in outputs]
                 weighted = sum(criterion.conf_weight(s) * terms[f"loss_conf_s{round(s)}"] for s in strides)

@@ -235,3 +235,15 @@ class YOLOLoss(nn.Module):
         iou = box_iou_batched(pred_xyxy_px, gt_padded_xyxy_px)  # (B, A*H*W, M)
         iou = iou.masked_fill(~gt_valid[:, None, :], 0.0)
         return (iou.amax(dim=2) > self.ignore_threshold).view(level.shape[:4])
+
+
+def build_loss(*, config, spec) -> YOLOLoss:
+    """The one place a YOLOLoss is made from training settings (a train.TrainConfig) and a utils.utils.ModelSpec."""
+    return YOLOLoss(anchors_px=torch.tensor(spec.anchors), anchors_mask=spec.anchors_mask,
+                    num_classes=len(spec.class_names), input_shape=tuple(config.input_shape),
+                    label_smoothing=config.label_smoothing, focal_loss=config.focal_loss,
+                    focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
+                    focal_loss_ratio=config.focal_loss_ratio, conf_normalization=config.conf_normalization,
+                    iou_type=config.iou_type, ignore_threshold=config.ignore_threshold,
+                    multi_anchor_threshold=config.multi_anchor_threshold, scale_x_y=config.scale_x_y,
+                    box_ratio=config.box_ratio, cls_ratio=config.cls_ratio, obj_ratio=config.obj_ratio)

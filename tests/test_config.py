@@ -1,7 +1,7 @@
 """Typed settings: command line, config files, and the errors a user sees."""
 import pytest
 
-from utils.config import ConfigError, parse_value, resolve_config
+from utils.config import ConfigError, parse_value, resolve_config, resolve_settings
 
 SETTINGS = {
     "lr": (float, 0.01),
@@ -63,3 +63,21 @@ def test_bad_config_files_name_the_file_and_key(tmp_path):
     broken.write_text("epochs = = 3\n")
     with pytest.raises(ConfigError, match="c.toml: not valid TOML"):
         resolve_config(SETTINGS, [f"--config={broken}"])
+
+
+def test_train_settings_are_one_frozen_typed_object(tmp_path):
+    import dataclasses
+
+    import train
+
+    names = [f.name for f in dataclasses.fields(train.TrainConfig)]
+    assert names == list(train.__annotations__)  # every setting at the top of train.py, in order
+    config_file = tmp_path / "recipe.toml"
+    config_file.write_text('init_lr = 0.05\nunfreeze_epoch = 7\n', encoding="utf-8")
+    config = resolve_settings(train.TrainConfig, [f"--config={config_file}", "--unfreeze_epoch=9"])
+    assert (config.init_lr, config.unfreeze_epoch, config.min_lr) == (0.05, 9, train.min_lr)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.init_lr = 1.0
+    other = train.TrainConfig()
+    other.input_shape.append(3)  # defaults are copies: one instance cannot change another's
+    assert train.TrainConfig().input_shape == [416, 416]

@@ -1,6 +1,7 @@
 """End-to-end training on a few bundled BCCD images: the loss falls, a tiny set is overfitted, resume is exact,
 two DDP processes stay in sync, and bad settings are refused."""
 import os
+import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -134,6 +135,13 @@ def test_resume_is_exact(tmp_path, monkeypatch):
         assert torch.equal(got[key], expected[key]), key
 
 
+def free_port() -> int:
+    """A port no other process listens on now (a fixed port collides with a concurrent test run)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_ddp_processes_end_with_identical_weights(tmp_path):
     args = small_run(tmp_path, "--unfreeze_epoch=1", "--unfreeze_batch_size=4")
     script = tmp_path / "ddp_run.py"
@@ -145,7 +153,7 @@ def test_two_ddp_processes_end_with_identical_weights(tmp_path):
         f"torch.save(run.net.state_dict(), os.path.join({str(tmp_path)!r}, f\"rank{{os.environ['RANK']}}.pt\"))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             "--master_port=29561", str(script)], cwd=REPO, env=env, capture_output=True,
+                             f"--master_port={free_port()}", str(script)], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

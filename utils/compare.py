@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.checkpoint import read_checkpoint
-from utils.config import ConfigError, parse_value, settings_of
+from utils.config import ConfigError, parse_value
 
 GRID_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)  # the Focal Loss paper's Table 1 ablation
 GRID_ALPHAS = (0.25, 0.5, 0.75)
@@ -126,12 +126,11 @@ def run_argv(*, run: RunSpec, run_dir: Path, base: dict) -> list[str]:
     return argv
 
 
-def train_in_process(*, run: RunSpec, run_dir: Path, base: dict, progress: Progress) -> None:
-    """Trains one run in this process, with train.py's own progress bars."""
-    import train
+def train_in_process(*, run: RunSpec, run_dir: Path, base: dict, progress: Progress, config_class: type) -> None:
+    """Trains one run in this process, with train.py's own progress bars; ``config_class`` is train.TrainConfig."""
     from utils.trainer import fit, resolve_training_config
 
-    config = resolve_training_config(settings_of(vars(train)), run_argv(run=run, run_dir=run_dir, base=base))
+    config = resolve_training_config(config_class, run_argv(run=run, run_dir=run_dir, base=base))
     fit(config, on_epoch_end=lambda row: progress.set_done(run.name, row["epoch"]))
 
 
@@ -181,7 +180,7 @@ def epochs_done(run_dir: Path) -> int:
     return read_checkpoint(checkpoint)["epoch"] if checkpoint.is_file() else 0
 
 
-def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str) -> dict:
+def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_class: type) -> dict:
     """mAP (all-point and VOC07), COCO AP and per-class AP of the run's final weights on the test images,
     with get_map.py's code and settings, plus the confidence-loss CDFs of the Focal Loss paper's Figure 4."""
     from utils.trainer import line_image_path
@@ -204,29 +203,30 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str) -> dict:
         "config": {k: saved["config"].get(k) for k in ("focal_loss", "focal_alpha", "focal_gamma",
                                                         "focal_loss_ratio", "conf_normalization", "seed",
                                                         "init_lr", "unfreeze_epoch", "input_shape", "model")},
-        "cdf": confidence_loss_cdf(detector=detector, config=saved["config"], test_lines=test_lines),
+        "cdf": confidence_loss_cdf(detector=detector, config=saved["config"], test_lines=test_lines,
+                                   config_class=config_class),
     }
     (run_dir / "eval.json").write_text(json.dumps(evaluation, indent=1), encoding="utf-8")
     return evaluation
 
 
 @torch.no_grad()
-def confidence_loss_cdf(*, detector, config: dict, test_lines: list[str], points: int = 200) -> dict:
+def confidence_loss_cdf(*, detector, config: dict, test_lines: list[str], config_class: type,
+                        points: int = 200) -> dict:
     """Cumulative distribution of the normalised confidence loss over positive and negative cells.
 
     For gamma in CDF_GAMMAS, each kept cell's loss is FL_gamma = (1 - p_t)^gamma * CE (alpha only scales
     a whole group, which the normalisation cancels); cells are sorted by loss and the cumulative share of
     the group's total loss is sampled at ``points`` fractions. Cells and their positive / negative / ignored
-    status come from YOLOLoss's own assignment, over the test images.
+    status come from YOLOLoss's own assignment, over the test images. ``config`` is the checkpoint's
+    stored config, ``config_class`` train.TrainConfig.
     """
-    from nets.yolo_training import YOLOLoss
+    from nets.yolo_training import build_loss
     from utils.dataloader import YoloDataset, yolo_collate
+    from utils.trainer import settings_from_saved
 
-    criterion = YOLOLoss(anchors_px=torch.tensor(config["anchors"]), anchors_mask=config["anchors_mask"],
-                         num_classes=len(config["class_names"]), input_shape=tuple(config["input_shape"]),
-                         ignore_threshold=config["ignore_threshold"],
-                         multi_anchor_threshold=config["multi_anchor_threshold"],
-                         scale_x_y=config["scale_x_y"]).to(detector.device)
+    train_config, spec = settings_from_saved(config, config_class)
+    criterion = build_loss(config=train_config, spec=spec).to(detector.device)
     dataset = YoloDataset(annotation_lines=test_lines, input_shape=tuple(config["input_shape"]), train=False)
     logits, positive = [], []
     for start in range(0, len(dataset), 8):

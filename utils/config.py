@@ -5,7 +5,10 @@ A script declares its settings at the top as annotated globals (``init_lr: float
 JSON) < ``--key=value``. Unknown keys and values of the wrong type are errors that name the key.
 """
 import ast
+import copy
+import dataclasses
 import difflib
+import functools
 import json
 import sys
 import tomllib
@@ -25,6 +28,29 @@ def settings_of(namespace: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{name: (type, default)} for every annotated global of a script's namespace."""
     return {name: (kind, namespace[name]) for name, kind in namespace.get("__annotations__", {}).items()
             if not name.startswith("_")}
+
+
+def settings_dataclass(namespace: dict[str, Any], *, name: str) -> type:
+    """A frozen dataclass whose fields are a script's annotated globals, with their types, defaults and order.
+
+    The script's top stays the one place a setting is declared; code below it receives an instance.
+    """
+    fields = [(key, kind, dataclasses.field(default_factory=functools.partial(copy.deepcopy, _normalise(default))))
+              for key, (kind, default) in settings_of(namespace).items()]
+    return dataclasses.make_dataclass(name, fields, frozen=True)
+
+
+def settings_of_class(config_class: type) -> dict[str, tuple[Any, Any]]:
+    """{name: (type, default)} of a settings dataclass, as ``settings_of`` gives for a namespace."""
+    return {f.name: (f.type, f.default_factory()) for f in dataclasses.fields(config_class)}
+
+
+def resolve_settings(config_class: type, argv: list[str] | None = None, *, base: dict[str, Any] | None = None):
+    """An instance of ``config_class``: defaults < ``base`` (e.g. a checkpoint's saved config) < file < argv."""
+    settings = settings_of_class(config_class)
+    if base is not None:
+        settings = {key: (kind, base.get(key, default)) for key, (kind, default) in settings.items()}
+    return config_class(**resolve_config(settings, argv))
 
 
 def _allowed_types(kind: Any) -> tuple[list[Any], bool]:

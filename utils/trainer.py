@@ -1,4 +1,5 @@
 """The training run behind train.py: set-up, the freeze/unfreeze epochs, evaluation, checkpoints, resume."""
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -9,15 +10,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from nets.yolo import build_model, init_weights
-from nets.yolo_training import YOLOLoss
+from nets.yolo_training import build_loss
 from utils.callbacks import LossHistory
 from utils.checkpoint import CHECKPOINT_FORMAT, load_weights, read_checkpoint, save_atomic, saved_config
-from utils.config import ConfigError, print_config, resolve_config
+from utils.config import ConfigError, print_config, resolve_settings
 from utils.dataloader import YoloDataset, yolo_collate
 from utils.distributed import EpochSampler, cleanup_distributed, init_distributed, sync_buffers
 from utils.engine import AmpSettings, NonFiniteLossError, train_one_epoch, validation_loss
 from utils.optim import build_optimizer, lr_at, scaled_lr, set_lr
-from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, check_anchors_mask, get_anchors, get_classes, resolve_device
+from utils.utils import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, ModelSpec, check_anchors_mask, get_anchors,
+                         get_classes, resolve_device)
 from utils.utils_map import evaluate_voc_images
 
 CHOICES = {"model": ("yolov4", "yolov4-tiny"), "optimizer_type": ("sgd", "adam", "adamw"),
@@ -25,32 +27,40 @@ CHOICES = {"model": ("yolov4", "yolov4-tiny"), "optimizer_type": ("sgd", "adam",
            "conf_normalization": ("mean", "num_pos"), "on_corrupt": ("error", "skip")}
 
 
-def resolve_training_config(settings: dict, argv: list[str] | None) -> dict:
-    """train.py's settings; with ``--resume`` the checkpoint's config is the base and argv overrides it."""
-    config = resolve_config(settings, argv)
-    if config["resume"]:
-        saved = saved_config(config["resume"])
+def resolve_training_config(config_class: type, argv: list[str] | None):
+    """train.py's settings as a ``config_class`` (train.TrainConfig); with ``--resume`` the checkpoint's
+    config is the base and argv overrides it."""
+    config = resolve_settings(config_class, argv)
+    if config.resume:
+        saved = saved_config(config.resume)
         if saved is None:
-            raise ConfigError(f"--resume={config['resume']}: not a checkpoint written by train.py")
-        based = {k: (kind, saved.get(k, default)) for k, (kind, default) in settings.items()}
-        config = resolve_config(based, argv)
+            raise ConfigError(f"--resume={config.resume}: not a checkpoint written by train.py")
+        config = resolve_settings(config_class, argv, base=saved)
     for key, allowed in CHOICES.items():
-        if config[key] not in allowed:
-            raise ConfigError(f"{key}={config[key]!r}: choose one of {', '.join(allowed)}")
-    if config["input_shape"][0] % 32 or config["input_shape"][1] % 32 or len(config["input_shape"]) != 2:
-        raise ConfigError(f"input_shape={config['input_shape']}: needs [h, w], both multiples of 32")
+        if getattr(config, key) not in allowed:
+            raise ConfigError(f"{key}={getattr(config, key)!r}: choose one of {', '.join(allowed)}")
+    if len(config.input_shape) != 2 or config.input_shape[0] % 32 or config.input_shape[1] % 32:
+        raise ConfigError(f"input_shape={config.input_shape}: needs [h, w], both multiples of 32")
     return config
 
 
-def model_spec(config: dict) -> dict:
+def model_spec(config) -> ModelSpec:
     """Classes, anchors and masks resolved from the config's paths; stored in every checkpoint."""
-    anchors_path = config["anchors_path"] or str(DEFAULT_ANCHORS_PATH[config["model"]])
+    anchors_path = config.anchors_path or str(DEFAULT_ANCHORS_PATH[config.model])
     anchors = get_anchors(anchors_path)
-    anchors_mask = config["anchors_mask"] or DEFAULT_ANCHORS_MASK[config["model"]]
-    check_anchors_mask(anchors_mask, num_anchors=len(anchors), num_levels=len(DEFAULT_ANCHORS_MASK[config["model"]]),
+    anchors_mask = config.anchors_mask or DEFAULT_ANCHORS_MASK[config.model]
+    check_anchors_mask(anchors_mask, num_anchors=len(anchors), num_levels=len(DEFAULT_ANCHORS_MASK[config.model]),
                        source=anchors_path)
-    return {"class_names": get_classes(config["classes_path"]), "anchors": anchors, "anchors_mask": anchors_mask,
-            "anchors_path": anchors_path}
+    return ModelSpec(class_names=get_classes(config.classes_path), anchors=anchors, anchors_mask=anchors_mask,
+                     anchors_path=anchors_path)
+
+
+def settings_from_saved(saved: dict, config_class: type):
+    """(config, spec) back from the flat config dict stored in a checkpoint."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    spec_names = {f.name for f in dataclasses.fields(ModelSpec)}
+    return (config_class(**{k: v for k, v in saved.items() if k in names}),
+            ModelSpec(**{k: saved[k] for k in spec_names}))
 
 
 def read_annotation_lines(path: str) -> list[str]:
@@ -66,64 +76,56 @@ def read_annotation_lines(path: str) -> list[str]:
 class Run:
     """Holds what one training run needs between epochs."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config):
         self.config = config
-        self.dist = init_distributed(requested=config["distributed"], device_type=resolve_device(config["device"]).type)
-        device = resolve_device(config["device"])
+        self.dist = init_distributed(requested=config.distributed, device_type=resolve_device(config.device).type)
+        device = resolve_device(config.device)
         if device.type == "cuda" and self.dist.enabled:
             device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(device)
         self.device = device
         self.spec = model_spec(config)
-        self.run_config = {**config, **self.spec}
-        self.save_dir = Path(config["save_dir"])
-        torch.manual_seed(config["seed"])
-        self.net = build_model(model=config["model"], num_classes=len(self.spec["class_names"]),
-                               anchors_per_level=len(self.spec["anchors_mask"][0]))
-        init_weights(self.net, obj_prior=config["obj_prior"])
-        if config["model_path"] and not config["resume"]:
-            report = load_weights(self.net, config["model_path"], model=config["model"], strict=False)
-            self.log(f"start weights {config['model_path']}: {report}")
-        if config["sync_bn"] and self.dist.enabled:
+        self.run_config = {**dataclasses.asdict(config), **dataclasses.asdict(self.spec)}  # what checkpoints store
+        self.save_dir = Path(config.save_dir)
+        torch.manual_seed(config.seed)
+        self.net = build_model(model=config.model, num_classes=len(self.spec.class_names),
+                               anchors_per_level=len(self.spec.anchors_mask[0]))
+        init_weights(self.net, obj_prior=config.obj_prior)
+        if config.model_path and not config.resume:
+            report = load_weights(self.net, config.model_path, model=config.model, strict=False)
+            self.log(f"start weights {config.model_path}: {report}")
+        if config.sync_bn and self.dist.enabled:
             if device.type != "cuda":
                 raise ConfigError("sync_bn=True needs CUDA; SyncBatchNorm does not run on the CPU")
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self.net.to(device)
-        self.criterion = YOLOLoss(
-            anchors_px=torch.tensor(self.spec["anchors"]), anchors_mask=self.spec["anchors_mask"],
-            num_classes=len(self.spec["class_names"]), input_shape=tuple(config["input_shape"]),
-            label_smoothing=config["label_smoothing"], focal_loss=config["focal_loss"],
-            focal_alpha=config["focal_alpha"], focal_gamma=config["focal_gamma"],
-            focal_loss_ratio=config["focal_loss_ratio"], conf_normalization=config["conf_normalization"],
-            iou_type=config["iou_type"], ignore_threshold=config["ignore_threshold"],
-            multi_anchor_threshold=config["multi_anchor_threshold"], scale_x_y=config["scale_x_y"],
-            box_ratio=config["box_ratio"], cls_ratio=config["cls_ratio"], obj_ratio=config["obj_ratio"]).to(device)
-        self.optimizer = build_optimizer(self.net, optimizer_type=config["optimizer_type"], lr=config["init_lr"],
-                                         momentum=config["momentum"], weight_decay=config["weight_decay"])
-        use_fp16 = config["fp16"] and config["amp_dtype"] == "float16" and device.type == "cuda"
-        use_bf16 = config["fp16"] and config["amp_dtype"] == "bfloat16"
+        self.criterion = build_loss(config=config, spec=self.spec).to(device)
+        self.optimizer = build_optimizer(self.net, optimizer_type=config.optimizer_type, lr=config.init_lr,
+                                         momentum=config.momentum, weight_decay=config.weight_decay)
+        use_fp16 = config.fp16 and config.amp_dtype == "float16" and device.type == "cuda"
+        use_bf16 = config.fp16 and config.amp_dtype == "bfloat16"
         self.amp = AmpSettings(enabled=use_fp16 or use_bf16, device_type=device.type,
                                dtype=torch.float16 if use_fp16 else torch.bfloat16)
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
-        self.train_lines = read_annotation_lines(config["train_annotation_path"])
-        self.val_lines = read_annotation_lines(config["val_annotation_path"])
-        common = dict(input_shape=tuple(config["input_shape"]), seed=config["seed"], on_corrupt=config["on_corrupt"])
-        self.train_set = YoloDataset(annotation_lines=self.train_lines, train=True, mosaic=config["mosaic"],
-                                     mosaic_prob=config["mosaic_prob"], mixup=config["mixup"],
-                                     mixup_prob=config["mixup_prob"], special_aug_ratio=config["special_aug_ratio"],
-                                     total_epochs=config["unfreeze_epoch"], **common)
+        self.train_lines = read_annotation_lines(config.train_annotation_path)
+        self.val_lines = read_annotation_lines(config.val_annotation_path)
+        common = dict(input_shape=tuple(config.input_shape), seed=config.seed, on_corrupt=config.on_corrupt)
+        self.train_set = YoloDataset(annotation_lines=self.train_lines, train=True, mosaic=config.mosaic,
+                                     mosaic_prob=config.mosaic_prob, mixup=config.mixup,
+                                     mixup_prob=config.mixup_prob, special_aug_ratio=config.special_aug_ratio,
+                                     total_epochs=config.unfreeze_epoch, **common)
         self.val_set = YoloDataset(annotation_lines=self.val_lines, train=False, **common)
-        self.start_epoch, self.start_iteration, self.best = config["init_epoch"], 0, None
+        self.start_epoch, self.start_iteration, self.best = config.init_epoch, 0, None
         history_rows = []
-        if config["resume"]:
-            checkpoint = read_checkpoint(config["resume"])
+        if config.resume:
+            checkpoint = read_checkpoint(config.resume)
             self.net.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scaler.load_state_dict(checkpoint["scaler"])
             torch.set_rng_state(checkpoint["torch_rng"])
             self.start_epoch, self.start_iteration = checkpoint["epoch"], checkpoint["iteration"]
             self.best, history_rows = checkpoint["best"], checkpoint["history"]
-            self.log(f"resumed {config['resume']} at epoch {self.start_epoch + 1}, iteration {self.start_iteration}")
+            self.log(f"resumed {config.resume} at epoch {self.start_epoch + 1}, iteration {self.start_iteration}")
         self.history = LossHistory(self.save_dir, rows=history_rows) if self.dist.is_main else None
 
     def log(self, message: str) -> None:
@@ -132,14 +134,14 @@ class Run:
 
     def phase(self, epoch: int) -> tuple[bool, int]:
         """(backbone frozen, batch size) of an epoch."""
-        frozen = self.config["freeze_train"] and epoch < self.config["freeze_epoch"]
-        return frozen, self.config["freeze_batch_size"] if frozen else self.config["unfreeze_batch_size"]
+        frozen = self.config.freeze_train and epoch < self.config.freeze_epoch
+        return frozen, self.config.freeze_batch_size if frozen else self.config.unfreeze_batch_size
 
     def loader(self, dataset: YoloDataset, *, batch_size: int, shuffle: bool) -> DataLoader:
         per_rank = max(batch_size // self.dist.world_size, 1)
-        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=self.config["seed"], rank=self.dist.rank,
+        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=self.config.seed, rank=self.dist.rank,
                                world_size=self.dist.world_size)
-        return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=self.config["num_workers"],
+        return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=self.config.num_workers,
                           collate_fn=yolo_collate, drop_last=shuffle, pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
 
@@ -156,7 +158,7 @@ class Run:
                                    device=str(self.device))
         image_paths = sorted(line_image_path(line) for line in self.val_lines)
         return evaluate_voc_images(detector=detector, image_paths=image_paths,
-                                   class_names=self.spec["class_names"], iou_threshold=0.5)
+                                   class_names=self.spec.class_names, iou_threshold=0.5)
 
 
 def line_image_path(line: str) -> str:
@@ -165,7 +167,7 @@ def line_image_path(line: str) -> str:
     return parse_annotation_line(line)[0]
 
 
-def fit(config: dict, *, on_epoch_end=None) -> Run:
+def fit(config, *, on_epoch_end=None) -> Run:
     """Runs train.py's schedule; returns the run (``run.net``, ``run.last_row``). Ctrl-C writes a
     resumable checkpoint. ``on_epoch_end(row)`` is called after every epoch (progress reporting)."""
     run = Run(config)
@@ -174,9 +176,9 @@ def fit(config: dict, *, on_epoch_end=None) -> Run:
         print_config(run.run_config)
         run.save_dir.mkdir(parents=True, exist_ok=True)
         (run.save_dir / "config.json").write_text(json.dumps(run.run_config, indent=1), encoding="utf-8")
-    if config["freeze_train"] and not config["model_path"] and config["freeze_epoch"] > config["init_epoch"]:
+    if config.freeze_train and not config.model_path and config.freeze_epoch > config.init_epoch:
         run.log("note: freeze_train with no start weights freezes a random backbone; consider --freeze_train=False")
-    total = config["unfreeze_epoch"]
+    total = config.unfreeze_epoch
     state = {"epoch": run.start_epoch, "iteration": run.start_iteration}
     run.last_row = {}
     try:
@@ -201,7 +203,7 @@ def fit(config: dict, *, on_epoch_end=None) -> Run:
 
 
 def run_epoch(run: Run, epoch: int, state: dict) -> dict:
-    config, total = run.config, run.config["unfreeze_epoch"]
+    config, total = run.config, run.config.unfreeze_epoch
     frozen, batch_size = run.phase(epoch)
     for param in run.net.backbone.parameters():
         param.requires_grad_(not frozen)
@@ -214,14 +216,14 @@ def run_epoch(run: Run, epoch: int, state: dict) -> dict:
     run.train_set.set_epoch(epoch)
     iterations = len(run.train_set) // run.dist.world_size // train_loader.batch_size
     if iterations == 0:
-        raise ConfigError(f"{config['train_annotation_path']}: {len(run.train_set)} images make no full batch of "
+        raise ConfigError(f"{config.train_annotation_path}: {len(run.train_set)} images make no full batch of "
                           f"{batch_size}; lower the batch size")
-    lr = scaled_lr(config["init_lr"], batch_size=batch_size)
-    min_lr = scaled_lr(config["min_lr"], batch_size=batch_size)
+    lr = scaled_lr(config.init_lr, batch_size=batch_size)
+    min_lr = scaled_lr(config.min_lr, batch_size=batch_size)
 
     def lr_for_iteration(i: int) -> float:
         value = lr_at(epoch + i / max(iterations, 1), total=total, lr=lr, min_lr=min_lr,
-                      warmup=config["warmup_epochs"], decay_type=config["lr_decay_type"])
+                      warmup=config.warmup_epochs, decay_type=config.lr_decay_type)
         set_lr(run.optimizer, value)
         return value
 
@@ -244,9 +246,9 @@ def run_epoch(run: Run, epoch: int, state: dict) -> dict:
     if not run.dist.is_main:
         return row
     last = epoch + 1 == total
-    if config["eval_flag"] and ((epoch + 1) % config["eval_period"] == 0 or last):
+    if config.eval_flag and ((epoch + 1) % config.eval_period == 0 or last):
         row["map"] = run.evaluate_map()["map"]
-    score = row["map"] if config["eval_flag"] else -row["val_loss"]  # higher is better
+    score = row["map"] if config.eval_flag else -row["val_loss"]  # higher is better
     if score is not None and (run.best is None or score > run.best):
         run.best = score
         save_atomic({"format": CHECKPOINT_FORMAT, "model": run.net.state_dict(), "config": run.run_config,
@@ -254,7 +256,7 @@ def run_epoch(run: Run, epoch: int, state: dict) -> dict:
     run.history.append(row)
     checkpoint = run.checkpoint_state(epoch=epoch + 1, iteration=0)
     save_atomic(checkpoint, run.save_dir / "last_epoch_weights.pth")
-    if (epoch + 1) % config["save_period"] == 0 or last:
+    if (epoch + 1) % config.save_period == 0 or last:
         name = f"ep{epoch + 1:03d}-loss{row['train_loss']:.3f}-val_loss{row['val_loss']:.3f}.pth"
         save_atomic(checkpoint, run.save_dir / name)
     shown = f"map {row['map']:.4f}" if row["map"] is not None else "map -"

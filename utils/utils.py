@@ -1,5 +1,6 @@
 """Small readers for model_data files and the defaults tied to each model variant."""
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,15 @@ import torch
 MODEL_DATA = Path(__file__).resolve().parents[1] / "model_data"
 DEFAULT_ANCHORS_PATH = {"yolov4": MODEL_DATA / "yolo_anchors.txt", "yolov4-tiny": MODEL_DATA / "yolo_tiny_anchors.txt"}
 DEFAULT_ANCHORS_MASK = {"yolov4": [[6, 7, 8], [3, 4, 5], [0, 1, 2]], "yolov4-tiny": [[3, 4, 5], [1, 2, 3]]}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a training run resolves from its settings' paths; stored in every checkpoint beside them."""
+    class_names: list[str]
+    anchors: list[list[float]]  # (w, h) in input pixels
+    anchors_mask: list[list[int]]  # anchor indices per level, coarsest first
+    anchors_path: str
 
 
 def get_classes(classes_path: str) -> list[str]:
