@@ -148,7 +148,8 @@ class Section:
 
 
 class CfgError(ValueError):
-    """A cfg file that cannot be read or that describes another network; the message names the file and section."""
+    """A cfg file that cannot be read or that describes another network; the message names the file and section
+    (sections counted from 1 with [net] first, as an editor shows them; layers counted from 0 as darknet does)."""
 
 
 def parse_sections(path: str | Path) -> list[Section]:
@@ -258,7 +259,7 @@ class DarknetCfg:
 
 def _yolo_values(path: Path, section: Section, index: int) -> tuple[int, list[float], list[int], float]:
     opts = section.options
-    where = f"darknet cfg {path}: section {index + 1} [yolo] (line {section.line})"
+    where = f"darknet cfg {path}: section {index + 2} [yolo] (line {section.line})"
     if int(opts.get("new_coords", 0)):
         raise CfgError(f"{where}: new_coords=1 (the scaled-YOLOv4 box decoding) is not supported")
     anchors = _floats(opts.get("anchors", ""))
@@ -283,7 +284,7 @@ def read_cfg(path: str | Path) -> DarknetCfg:
         mismatches[model] = difference
     else:
         model, (index, reason) = max(mismatches.items(), key=lambda item: item[1][0])
-        where = (f"section {index + 1} [{layers[index].kind}] (line {layers[index].line})" if index < len(layers)
+        where = (f"section {index + 2} [{layers[index].kind}] (line {layers[index].line})" if index < len(layers)
                  else "the end of the file")
         raise CfgError(f"darknet cfg {path}: not a YOLOv4 or YOLOv4-tiny network: {where} differs from {model} "
                        f"(layer {index}): {reason}")
@@ -301,7 +302,7 @@ def read_cfg(path: str | Path) -> DarknetCfg:
         num_classes, level_anchors, mask, scale = _yolo_values(path, layers[index], index)
         filters = int(layers[index - 1].options.get("filters", 1))
         if filters != len(mask) * (5 + num_classes):
-            raise CfgError(f"darknet cfg {path}: section {index} [convolutional] (line {layers[index - 1].line}) "
+            raise CfgError(f"darknet cfg {path}: section {index + 1} [convolutional] (line {layers[index - 1].line}) "
                            f"has filters={filters}, but its [yolo] section needs len(mask) * (5 + classes) = "
                            f"{len(mask)} * (5 + {num_classes}) = {len(mask) * (5 + num_classes)}")
         classes.add(num_classes)
@@ -315,3 +316,40 @@ def read_cfg(path: str | Path) -> DarknetCfg:
                       anchors=[list(values[i:i + 2]) for i in range(0, len(values), 2)], anchors_mask=masks,
                       input_shape=[height, width], scale_x_y=scales, letterbox=bool(int(options.get("letter_box", 0))),
                       conv_modules=[layer.module for layer in expected if layer.kind == "convolutional"])
+
+
+TEMPLATES = {"yolov4": "yolov4-custom.cfg", "yolov4-tiny": "yolov4-tiny-custom.cfg"}
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "model_data" / "darknet"
+
+
+def _number(value: float) -> str:
+    """Shortest text that reads back as the same float (darknet parses with atof)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def render_cfg(*, model: str, num_classes: int, anchors: list[list[float]], anchors_mask: list[list[int]],
+               input_shape: list[int], scale_x_y: list[float] | None = None) -> str:
+    """A cfg for a model of this project: darknet's -custom template of the variant with the network size, classes,
+    anchors, masks, scale_x_y (levels coarsest first, as in the project) and head filters set."""
+    expected = ARCHITECTURES[model]()
+    scales = scale_x_y or [1.0] * len(anchors_mask)
+    anchor_text = ",  ".join(f"{_number(w)},{_number(h)}" for w, h in anchors)
+    edits: dict[int, dict[str, str]] = {-1: {"width": str(input_shape[1]), "height": str(input_shape[0])}}
+    for index, layer in enumerate(expected):
+        if layer.kind == "yolo":
+            mask = anchors_mask[layer.level]
+            edits[index - 1] = {"filters": str(len(mask) * (5 + num_classes))}
+            edits[index] = {"mask": ",".join(map(str, mask)), "anchors": anchor_text, "classes": str(num_classes),
+                            "num": str(len(anchors)), "scale_x_y": _number(scales[layer.level])}
+    out, index = [], -2  # -1 is [net], then darknet's layer indices
+    for line in (TEMPLATE_DIR / TEMPLATES[model]).read_text(encoding="utf-8").splitlines():
+        stripped = line.split("#", 1)[0].strip()
+        if stripped.startswith("["):
+            index += 1
+            out.append(line)
+            out.extend(f"{key}={value}" for key, value in edits.get(index, {}).items())
+        elif "=" in stripped and stripped.split("=", 1)[0].strip() in edits.get(index, {}):
+            continue  # replaced by the line written under the header
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nets.darknet_cfg import ARCHITECTURES, DarknetCfg, read_cfg
+from nets.darknet_cfg import ARCHITECTURES, DarknetCfg, read_cfg, render_cfg
 from nets.yolo import build_model
 
 DARKNET_BN_EPS = 1e-6
@@ -57,7 +57,7 @@ def conv_tensor_keys(net: nn.Module, module_name: str) -> list[str]:
         f"{module_name}.conv.weight"]
 
 
-def _layout(cfg: DarknetCfg) -> list[list[tuple[str, torch.Size]]]:
+def tensor_layout(cfg: DarknetCfg) -> list[list[tuple[str, torch.Size]]]:
     """Per [convolutional] section, (key, shape) of its tensors as the cfg sizes them (shapes only, no memory)."""
     with torch.device("meta"):
         reference = build_model(model=cfg.model, num_classes=cfg.num_classes,
@@ -87,7 +87,7 @@ def read_weights(weights_path: str | os.PathLike, cfg: DarknetCfg, *, partial_ok
         raise ValueError(f"darknet weights {path}: {len(data) - header.size} bytes after the header, not a whole "
                          f"number of float32 values")
     floats = np.frombuffer(data, dtype="<f4", offset=header.size)
-    layout = _layout(cfg)
+    layout = tensor_layout(cfg)
     ends = np.cumsum([sum(shape.numel() for _, shape in conv) for conv in layout])  # floats through each section
     needed = int(ends[-1])
     if len(floats) == needed:
@@ -168,3 +168,15 @@ def write_weights(net: nn.Module, path: str | os.PathLike, *, model: str, seen: 
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_darknet_model(net: nn.Module, *, weights_path: str | os.PathLike, config: dict, seen: int = 0) -> Path:
+    """Writes ``net`` as ``weights_path`` and, beside it, the matching cfg (same name, .cfg) built from ``config``
+    (a checkpoint's config: model, class_names, anchors, anchors_mask, input_shape, scale_x_y), so darknet,
+    OpenCV and this project's ``--model_path=X.weights --cfg_path=X.cfg`` can run it."""
+    weights_path = write_weights(net, weights_path, model=config["model"], seen=seen)
+    text = render_cfg(model=config["model"], num_classes=len(config["class_names"]), anchors=config["anchors"],
+                      anchors_mask=config["anchors_mask"], input_shape=config["input_shape"],
+                      scale_x_y=config.get("scale_x_y"))
+    weights_path.with_suffix(".cfg").write_text(text, encoding="utf-8")
+    return weights_path

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from nets.darknet_cfg import CfgError, read_cfg
-from nets.darknet_weights import read_darknet_checkpoint, write_weights
+from nets.darknet_weights import (default_class_names, read_darknet_checkpoint, set_bn_eps, tensor_layout,
+                                  write_darknet_model, write_weights)
 from nets.yolo import build_model, init_weights
 from utils.checkpoint import load_weights
 from utils.postprocess import preprocess_image
@@ -208,3 +209,202 @@ def read_cfg_text(tmp_path: Path, text: str, name: str = "x.cfg"):
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return read_cfg(path)
+
+
+def tiny_pair(tmp_path: Path, *, seed: int = 5, **replace: str) -> tuple[Path, Path]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg_path, weights_path = tmp_path / "tiny.cfg", tmp_path / "tiny.weights"
+    cfg_path.write_text(cfg_text("yolov4-tiny.cfg", **replace), encoding="utf-8")
+    write_random_weights(cfg_path, weights_path, seed=seed)
+    return cfg_path, weights_path
+
+
+def conv_floats(shape: tuple[int, int, int, bool]) -> int:
+    filters, in_channels, size, batch_normalize = shape
+    return filters * (4 if batch_normalize else 1) + filters * in_channels * size * size
+
+
+def test_float_counts_match_the_published_files():
+    for name, floats in (("yolov4.cfg", 64_429_405), ("yolov4-tiny.cfg", 6_062_814)):
+        assert sum(map(conv_floats, conv_shapes(CFG_DIR / name))) == floats  # this file's own layout
+        layout = tensor_layout(read_cfg(CFG_DIR / name))
+        assert sum(shape.numel() for conv in layout for _, shape in conv) == floats  # the project's
+    assert 20 + 4 * floats == 24_251_276  # the published yolov4-tiny.weights, int64 seen header
+    # yolov4.conv.137 (darknet partial, layers 0-136) is the first 92 [convolutional] sections.
+    assert 20 + 4 * sum(map(conv_floats, conv_shapes(CFG_DIR / "yolov4.cfg")[:92])) == 170_038_676
+
+
+def test_cfg_settings_are_read():
+    tiny = read_cfg(CFG_DIR / "yolov4-tiny.cfg")
+    assert (tiny.model, tiny.num_classes, tiny.input_shape, tiny.scale_x_y) == ("yolov4-tiny", 80, [416, 416],
+                                                                                [1.05, 1.05])
+    assert tiny.anchors_mask == [[3, 4, 5], [1, 2, 3]] and tiny.anchors[5] == [344.0, 319.0]
+    full = read_cfg(CFG_DIR / "yolov4.cfg")
+    assert (full.model, full.input_shape, full.scale_x_y) == ("yolov4", [608, 608], [1.05, 1.1, 1.2])
+    assert full.anchors_mask == [[6, 7, 8], [3, 4, 5], [0, 1, 2]]  # coarsest level first, as the project orders
+    assert full.conv_modules[-2:] == ["heads.0.conv", "heads.0.pred"] and len(full.conv_modules) == 110
+
+
+def test_cfg_of_another_network_names_the_first_differing_section(tmp_path):
+    text = cfg_text("yolov4-tiny.cfg").replace("groups=2\ngroup_id=1\n", "", 1)  # a plain route: not CSP-tiny
+    line = text.splitlines().index("[route]") + 1
+    with pytest.raises(CfgError, match=rf"section 5 \[route\] \(line {line}\) differs from yolov4-tiny \(layer 3\): "
+                                       r"has layers=\(2,\) groups=1 group_id=0, expected .*groups=2 group_id=1"):
+        read_cfg_text(tmp_path, text)
+    text = cfg_text("yolov4.cfg").replace("activation=mish", "activation=leaky", 1)
+    with pytest.raises(CfgError, match=r"section 2 \[convolutional\] \(line \d+\) differs from yolov4 \(layer 0\): "
+                                       r"has .*activation=leaky, expected .*activation=mish"):
+        read_cfg_text(tmp_path, text)
+    with pytest.raises(CfgError, match=r"filters=255, but its \[yolo\] section needs .* = 24"):
+        read_cfg_text(tmp_path, cfg_text("yolov4-tiny-custom.cfg", classes="3"))
+    with pytest.raises(CfgError, match="must start with a \\[net\\] section"):
+        read_cfg_text(tmp_path, "[convolutional]\nfilters=3\n")
+
+
+def test_wrong_float_count_is_reported(tmp_path):
+    cfg_path, weights_path = tiny_pair(tmp_path)
+    data = weights_path.read_bytes()
+    for extra, count in ((data[:-4], 6_062_813), (data + b"\0\0\0\0", 6_062_815)):
+        weights_path.write_bytes(extra)
+        with pytest.raises(ValueError, match=f"cfg needs 6062814 floats after the header, file has {count}"):
+            read_darknet_checkpoint(weights_path=weights_path, cfg_path=cfg_path)
+    with pytest.raises(ValueError, match="the matching .cfg is needed"):
+        YOLO(model_path=str(weights_path), device="cpu")
+
+
+def test_header_with_int32_seen_is_read(tmp_path):
+    cfg_path, weights_path = tiny_pair(tmp_path)
+    data = weights_path.read_bytes()
+    old = read_darknet_checkpoint(weights_path=weights_path, cfg_path=cfg_path)
+    weights_path.write_bytes(np.array([0, 1, 0, 777], "<i4").tobytes() + data[20:])  # version 0.1: int32 seen
+    new = read_darknet_checkpoint(weights_path=weights_path, cfg_path=cfg_path)
+    assert (old["seen"], new["seen"]) == (12345, 777)
+    assert all(torch.equal(old["model"][key], new["model"][key]) for key in old["model"])
+
+
+def test_weights_round_trip_is_exact(tmp_path):
+    cfg_path, weights_path = tiny_pair(tmp_path)
+    checkpoint = read_darknet_checkpoint(weights_path=weights_path, cfg_path=cfg_path)
+    net = build_model(model="yolov4-tiny", num_classes=80)
+    load_weights(net, weights_path, model="yolov4-tiny", checkpoint=checkpoint)
+    set_bn_eps(net, checkpoint["bn_eps"])
+    write_weights(net, tmp_path / "again.weights", model="yolov4-tiny", seen=checkpoint["seen"])
+    assert (tmp_path / "again.weights").read_bytes() == weights_path.read_bytes()
+    again = read_darknet_checkpoint(weights_path=tmp_path / "again.weights", cfg_path=cfg_path)["model"]
+    assert again.keys() == net.state_dict().keys()
+    assert all(torch.equal(again[key], tensor) for key, tensor in net.state_dict().items())
+
+
+def random_project_net(*, model: str, num_classes: int, seed: int) -> torch.nn.Module:
+    """A project model with trained-looking BN statistics, small variances included (where BN eps matters)."""
+    torch.manual_seed(seed)
+    net = build_model(model=model, num_classes=num_classes)
+    init_weights(net)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.uniform_(1e-4, 1e-2)
+                module.running_mean.normal_(0.0, 0.1)
+                module.weight.copy_(module.running_var.sqrt() * torch.empty_like(module.weight).uniform_(0.8, 1.2))
+                module.bias.normal_(0.0, 0.1)
+            elif isinstance(module, torch.nn.Conv2d):
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0.0, (0.5 if module.bias is not None else 1.2) / fan_in ** 0.5)
+                if module.bias is not None:
+                    module.bias.normal_(0.0, 0.5)
+    return net.eval()
+
+
+def test_project_model_written_as_darknet_runs_the_same_in_opencv(tmp_path):
+    """A model of this project (BN eps 1e-5, small variances) -> .weights + .cfg -> OpenCV computes what the project
+    computes; read back, every tensor is bit-identical but the variances, which carry the eps difference."""
+    config = {"model": "yolov4-tiny", "class_names": ["RBC", "WBC", "Platelets"], "input_shape": [320, 320],
+              "anchors": [[12.0, 16.0], [19.0, 36.0], [40.0, 28.0], [36.0, 75.0], [76.0, 55.0], [72.0, 146.0]],
+              "anchors_mask": [[3, 4, 5], [0, 1, 2]], "scale_x_y": [1.05, 1.1]}
+    net = random_project_net(model="yolov4-tiny", num_classes=3, seed=7)
+    weights_path = write_darknet_model(net, weights_path=tmp_path / "bccd.weights", config=config)
+    cfg_path = weights_path.with_suffix(".cfg")
+    assert read_cfg(cfg_path).config(class_names=config["class_names"]) == config
+    read_back = read_darknet_checkpoint(weights_path=weights_path, cfg_path=cfg_path)["model"]
+    for key, tensor in net.state_dict().items():
+        if key.endswith("running_var"):
+            torch.testing.assert_close(read_back[key], tensor + 9e-6, rtol=1e-6, atol=0)
+        else:
+            assert torch.equal(read_back[key], tensor), key
+
+    detector = YOLO.from_model(net, config=config, confidence=0.5, nms_iou=0.45, device="cpu")
+    opencv = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))
+    image_chw, _ = preprocess_image(Image.open(IMAGES[0]).convert("RGB"), config["input_shape"], True)
+    report = compare_levels(project_levels(detector, image_chw), opencv_levels(opencv, image_chw))
+    print("project model -> darknet files: " + "; ".join(
+        f"xy {r['xy']:.1e}, wh rel {r['wh_rel']:.1e}, obj {r['obj']:.1e}, cls {r['cls']:.1e}" for r in report))
+    for r in report:
+        assert r["xy"] < XY_TOL and r["wh_rel"] < WH_REL_TOL and r["obj"] < SCORE_TOL and r["cls"] < SCORE_TOL, r
+
+
+def test_partial_file_loads_the_leading_layers_as_start_weights(tmp_path):
+    cfg_path, weights_path = tiny_pair(tmp_path)
+    full = read_darknet_checkpoint(weights_path=weights_path, cfg_path=cfg_path)["model"]
+    backbone_floats = sum(map(conv_floats, conv_shapes(cfg_path)[:15]))  # conv1, conv2, 3 CSP blocks, conv3
+    partial_path = tmp_path / "tiny.conv.29"
+    partial_path = partial_path.with_suffix(".weights")
+    partial_path.write_bytes(weights_path.read_bytes()[:20 + 4 * backbone_floats])
+    with pytest.raises(ValueError, match=f"cfg needs 6062814 floats after the header, file has {backbone_floats}"):
+        YOLO(model_path=str(partial_path), cfg_path=str(cfg_path), device="cpu")
+    torch.manual_seed(0)
+    net = build_model(model="yolov4-tiny", num_classes=3)
+    before = {key: tensor.clone() for key, tensor in net.state_dict().items()}
+    report = load_weights(net, partial_path, model="yolov4-tiny", strict=False, cfg_path=cfg_path)
+    assert report.loaded and all(key.startswith("backbone.") for key in report.loaded)
+    for key, tensor in net.state_dict().items():
+        expected = full[key] if key.startswith("backbone.") else before[key]
+        assert torch.equal(tensor, expected), key
+    partial_path.write_bytes(weights_path.read_bytes()[:20 + 4 * backbone_floats + 4])  # not on a layer boundary
+    with pytest.raises(ValueError, match="nor the end of one of its"):
+        load_weights(net, partial_path, model="yolov4-tiny", strict=False, cfg_path=cfg_path)
+
+
+def test_predict_and_get_map_take_darknet_files(tmp_path, capsys):
+    import get_map
+    import predict
+
+    # Small anchors: the export check's absolute tolerance (1e-4 px) is below float32 resolution for huge boxes.
+    cfg_path, weights_path = tiny_pair(tmp_path, width="128", height="128", anchors="2,3, 4,5, 6,7, 8,9, 10,11, 12,13")
+    common = [f"--model_path={weights_path}", f"--cfg_path={cfg_path}", "--device=cpu"]
+    onnx_path = tmp_path / "tiny.onnx"
+    assert predict.main(["--mode=export_onnx", f"--onnx_save_path={onnx_path}", *common]) < 1e-4
+    results = predict.main(["--mode=predict", f"--image_paths={[str(IMAGES[0])]}", f"--save_dir={tmp_path / 'out'}",
+                            "--confidence=0.3", *common])
+    assert results[0]["detections"].class_names[0] in default_class_names(80)  # COCO names for an 80-class cfg
+    year = tmp_path / "VOCdevkit" / "VOC2007"
+    (year / "ImageSets" / "Main").mkdir(parents=True)
+    (year / "ImageSets" / "Main" / "test.txt").write_text("BloodImage_00000\n")
+    for sub, suffix in (("JPEGImages", ".jpg"), ("Annotations", ".xml")):
+        (year / sub).mkdir()
+        source = REPO / "VOCdevkit" / "VOC2007" / sub / f"BloodImage_00000{suffix}"
+        (year / sub / source.name).write_bytes(source.read_bytes())
+    get_map.main(["--map_mode=1", f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}", f"--map_out_path={tmp_path / 'map'}",
+                  *common])
+    assert (tmp_path / "map" / "detection-results" / "BloodImage_00000.txt").read_text().strip()
+
+
+def test_training_starts_from_darknet_weights_and_writes_them(tmp_path):
+    import train
+    from test_train import small_run
+
+    cfg_path, weights_path = tiny_pair(tmp_path / "start")  # 80 classes: the 3-class heads' outputs are not loaded
+    run = train.main(small_run(tmp_path, "--unfreeze_epoch=1", f"--model_path={weights_path}",
+                               f"--cfg_path={cfg_path}", "--save_darknet=True"))
+    start = read_darknet_checkpoint(weights_path=weights_path, cfg_path=cfg_path)["model"]
+    assert run.net.backbone.conv1.conv.weight.shape == start["backbone.conv1.conv.weight"].shape
+    logs = tmp_path / "logs"
+    written = sorted(path.name for path in logs.iterdir() if path.suffix in (".weights", ".cfg"))
+    assert written[:2] == ["best_epoch_weights.cfg", "best_epoch_weights.weights"] and len(written) == 4
+    ours = YOLO(model_path=str(logs / "best_epoch_weights.pth"), device="cpu")
+    theirs = YOLO(model_path=str(logs / "best_epoch_weights.weights"), cfg_path=str(logs / "best_epoch_weights.cfg"),
+                  device="cpu")
+    assert (theirs.class_names, theirs.anchors, theirs.input_shape) == (["class_0", "class_1", "class_2"],
+                                                                         ours.anchors, ours.input_shape)
+    image_chw, _ = preprocess_image(Image.open(IMAGES[0]).convert("RGB"), ours.input_shape, True)
+    torch.testing.assert_close(theirs.decode(theirs.raw_outputs(image_chw[None])),
+                               ours.decode(ours.raw_outputs(image_chw[None])), rtol=1e-4, atol=1e-5)
