@@ -218,10 +218,9 @@ def _first_difference(sections: list[Section], expected: list[Layer]) -> tuple[i
             return index, f"expected a [{layer.kind}] section here"
         if layer.kind == "yolo":
             continue
-        got = _section_values(section, index)
-        want = layer.params
+        got, want = _section_values(section, index), layer.params
         if layer.kind == "convolutional" and want[0] is None:
-            got, want = (None,) + got[1:], want  # a head's filters are checked against its [yolo] section
+            got = (None,) + got[1:]  # a head's filters depend on the classes: read_cfg checks them with its [yolo]
         if got != want:
             return index, f"has {_describe(layer.kind, got)}, expected {_describe(layer.kind, want)}"
     if len(sections) > len(expected):
@@ -248,7 +247,6 @@ class DarknetCfg:
     anchors_mask: list[list[int]]  # anchor ids per level, coarsest first
     input_shape: list[int]  # [h, w] from [net] height and width
     scale_x_y: list[float]  # per level, coarsest first
-    letterbox: bool  # [net] letter_box=1: darknet keeps the aspect ratio when resizing
     conv_modules: list[str] = field(default_factory=list)  # project module of every [convolutional], in cfg order
 
     def config(self, *, class_names: list[str]) -> dict:
@@ -314,7 +312,7 @@ def read_cfg(path: str | Path) -> DarknetCfg:
     values = anchors.pop()
     return DarknetCfg(path=str(path), model=model, num_classes=classes.pop(),
                       anchors=[list(values[i:i + 2]) for i in range(0, len(values), 2)], anchors_mask=masks,
-                      input_shape=[height, width], scale_x_y=scales, letterbox=bool(int(options.get("letter_box", 0))),
+                      input_shape=[height, width], scale_x_y=scales,
                       conv_modules=[layer.module for layer in expected if layer.kind == "convolutional"])
 
 
