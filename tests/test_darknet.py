@@ -195,8 +195,9 @@ def test_yolov4_tiny_matches_opencv(tmp_path):
 
 
 def test_custom_3_classes_matches_opencv(tmp_path):
-    text = cfg_text("yolov4-tiny-custom.cfg", classes="3", filters="24", width="320", height="320")
-    assert read_cfg_text(tmp_path, text).num_classes == 3
+    text = cfg_text("yolov4-tiny-custom.cfg", classes="3", filters="24", width="416", height="320")
+    custom = read_cfg_text(tmp_path, text)
+    assert (custom.num_classes, custom.input_shape, custom.anchors_mask) == (3, [320, 416], [[3, 4, 5], [0, 1, 2]])
     run_oracle(tmp_path, "yolov4-tiny-custom-3", text, seed=2)
 
 
