@@ -218,13 +218,16 @@ def _first_difference(sections: list[Section], expected: list[Layer]) -> tuple[i
             return index, f"expected a [{layer.kind}] section here"
         if layer.kind == "yolo":
             continue
-        got, want = _section_values(section, index), layer.params
+        try:
+            got, want = _section_values(section, index), layer.params
+        except ValueError as err:  # int() of a malformed value
+            return index, f"has a malformed value ({err})"
         if layer.kind == "convolutional" and want[0] is None:
             got = (None,) + got[1:]  # a head's filters depend on the classes: read_cfg checks them with its [yolo]
         if got != want:
             return index, f"has {_describe(layer.kind, got)}, expected {_describe(layer.kind, want)}"
     if len(sections) > len(expected):
-        return len(expected), "is one section more than the architecture has"
+        return len(expected), "is one section too many: the architecture ends before it"
     return None
 
 
@@ -260,12 +263,15 @@ def _yolo_values(path: Path, section: Section, index: int) -> tuple[int, list[fl
     where = f"darknet cfg {path}: section {index + 2} [yolo] (line {section.line})"
     if int(opts.get("new_coords", 0)):
         raise CfgError(f"{where}: new_coords=1 (the scaled-YOLOv4 box decoding) is not supported")
-    anchors = _floats(opts.get("anchors", ""))
-    mask = _ints(opts.get("mask", ""))
+    try:
+        anchors, mask = _floats(opts.get("anchors", "")), _ints(opts.get("mask", ""))
+        num_classes, scale = int(opts.get("classes", 20)), float(opts.get("scale_x_y", 1.0))
+    except ValueError as err:
+        raise CfgError(f"{where}: a malformed value ({err})") from err
     if not anchors or len(anchors) % 2 or not mask or any(not 0 <= m < len(anchors) // 2 for m in mask):
         raise CfgError(f"{where}: needs anchors (w,h pairs) and a mask of anchor ids, got anchors={anchors} "
                        f"mask={mask}")
-    return int(opts.get("classes", 20)), anchors, mask, float(opts.get("scale_x_y", 1.0))
+    return num_classes, anchors, mask, scale
 
 
 def read_cfg(path: str | Path) -> DarknetCfg:
@@ -287,9 +293,13 @@ def read_cfg(path: str | Path) -> DarknetCfg:
         raise CfgError(f"darknet cfg {path}: not a YOLOv4 or YOLOv4-tiny network: {where} differs from {model} "
                        f"(layer {index}): {reason}")
     options = net.options
-    if int(options.get("channels", 3)) != 3:
-        raise CfgError(f"darknet cfg {path}: [net] channels={options['channels']}, the project takes RGB (3)")
-    height, width = int(options.get("height", 416)), int(options.get("width", 416))
+    try:
+        channels, height, width = (int(options.get(key, default)) for key, default in
+                                   (("channels", 3), ("height", 416), ("width", 416)))
+    except ValueError as err:
+        raise CfgError(f"darknet cfg {path}: [net] has a malformed value ({err})") from err
+    if channels != 3:
+        raise CfgError(f"darknet cfg {path}: [net] channels={channels}, the project takes RGB (3)")
     if height % 32 or width % 32:
         raise CfgError(f"darknet cfg {path}: [net] width={width} height={height} must be multiples of 32")
     num_levels = sum(layer.kind == "yolo" for layer in expected)

@@ -258,6 +258,10 @@ def test_cfg_of_another_network_names_the_first_differing_section(tmp_path):
         read_cfg_text(tmp_path, text)
     with pytest.raises(CfgError, match=r"filters=255, but its \[yolo\] section needs .* = 24"):
         read_cfg_text(tmp_path, cfg_text("yolov4-tiny-custom.cfg", classes="3"))
+    with pytest.raises(CfgError, match=r"section 2 \[convolutional\] \(line \d+\) .*has a malformed value"):
+        read_cfg_text(tmp_path, cfg_text("yolov4-tiny.cfg").replace("filters=32\n", "filters=3x2\n", 1))
+    with pytest.raises(CfgError, match=r"section 40 \[convolutional\] .* one section too many"):
+        read_cfg_text(tmp_path, cfg_text("yolov4-tiny.cfg") + "[convolutional]\nfilters=3\n")
     with pytest.raises(CfgError, match="must start with a \\[net\\] section"):
         read_cfg_text(tmp_path, "[convolutional]\nfilters=3\n")
 
