@@ -74,7 +74,7 @@ class DarknetWeights:
     convs_total: int
 
 
-def read_weights(weights_path: str | os.PathLike, cfg: DarknetCfg, *, partial_ok: bool = False) -> DarknetWeights:
+def read_weights(weights_path: str | os.PathLike, *, cfg: DarknetCfg, partial_ok: bool = False) -> DarknetWeights:
     """Reads a .weights file laid out by ``cfg``. The float count must match the cfg exactly, or, with
     ``partial_ok``, cover a leading run of whole [convolutional] sections (``darknet partial`` files such as
     yolov4.conv.137)."""
@@ -98,7 +98,7 @@ def read_weights(weights_path: str | os.PathLike, cfg: DarknetCfg, *, partial_ok
         hint = (" nor the end of one of its [convolutional] sections (a partial file)" if partial_ok else
                 " (another cfg, another number of classes, or a truncated file?)")
         raise ValueError(f"darknet weights {path} with cfg {cfg.path}: cfg needs {needed} floats after the header, "
-                         f"file has {len(floats)}{hint if len(floats) != needed else ''}")
+                         f"file has {len(floats)}{hint}")
     state_dict, offset = {}, 0
     for conv in layout[:count]:
         for key, shape in conv:
@@ -124,7 +124,7 @@ def read_darknet_checkpoint(*, weights_path: str | os.PathLike, cfg_path: str | 
     if not cfg_path:
         raise ValueError(f"darknet weights {weights_path}: the matching .cfg is needed too (set cfg_path)")
     cfg = read_cfg(cfg_path)
-    weights = read_weights(weights_path, cfg, partial_ok=partial_ok)
+    weights = read_weights(weights_path, cfg=cfg, partial_ok=partial_ok)
     return {"format": "darknet", "model": weights.state_dict,
             "config": cfg.config(class_names=default_class_names(cfg.num_classes)), "bn_eps": DARKNET_BN_EPS,
             "seen": weights.header.seen, "convs_loaded": weights.convs_loaded, "convs_total": weights.convs_total}
