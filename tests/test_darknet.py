@@ -351,8 +351,7 @@ def test_partial_file_loads_the_leading_layers_as_start_weights(tmp_path):
     cfg_path, weights_path = tiny_pair(tmp_path)
     full = read_darknet_checkpoint(weights_path=weights_path, cfg_path=cfg_path)["model"]
     backbone_floats = sum(map(conv_floats, conv_shapes(cfg_path)[:15]))  # conv1, conv2, 3 CSP blocks, conv3
-    partial_path = tmp_path / "tiny.conv.29"
-    partial_path = partial_path.with_suffix(".weights")
+    partial_path = tmp_path / "tiny.conv.29"  # darknet's partial-file naming: read as darknet since a cfg is given
     partial_path.write_bytes(weights_path.read_bytes()[:20 + 4 * backbone_floats])
     with pytest.raises(ValueError, match=f"cfg needs 6062814 floats after the header, file has {backbone_floats}"):
         YOLO(model_path=str(partial_path), cfg_path=str(cfg_path), device="cpu")

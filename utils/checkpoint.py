@@ -56,9 +56,11 @@ def saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def read_model_file(path: str | os.PathLike, *, cfg_path: str | os.PathLike | None = None,
                     partial_ok: bool = False) -> dict[str, Any]:
-    """A checkpoint file, or a darknet ``.weights`` file with its ``cfg_path`` read as a checkpoint of this project
-    (``partial_ok``: a file holding only the leading layers, such as yolov4.conv.137, is accepted)."""
-    if Path(path).suffix.lower() == ".weights":
+    """A checkpoint file, or a darknet weights file (a ``.weights`` name, or any name but .pth/.pt with ``cfg_path``
+    given) read with its cfg as a checkpoint of this project (``partial_ok``: a file of the leading layers only,
+    such as yolov4.conv.137)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".weights" or (cfg_path and suffix not in (".pth", ".pt")):
         from nets.darknet_weights import read_darknet_checkpoint
 
         return read_darknet_checkpoint(weights_path=path, cfg_path=cfg_path, partial_ok=partial_ok)
