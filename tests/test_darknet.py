@@ -363,6 +363,9 @@ def test_partial_file_loads_the_leading_layers_as_start_weights(tmp_path):
     for key, tensor in net.state_dict().items():
         expected = full[key] if key.startswith("backbone.") else before[key]
         assert torch.equal(tensor, expected), key
+    with torch.device("meta"), pytest.raises(ValueError, match="holds a yolov4-tiny model, not yolov4"):
+        load_weights(build_model(model="yolov4", num_classes=3), partial_path, model="yolov4", strict=False,
+                     cfg_path=cfg_path)
     partial_path.write_bytes(weights_path.read_bytes()[:20 + 4 * backbone_floats + 4])  # not on a layer boundary
     with pytest.raises(ValueError, match="nor the end of one of its"):
         load_weights(net, partial_path, model="yolov4-tiny", strict=False, cfg_path=cfg_path)
