@@ -14,7 +14,8 @@ from utils.config import ConfigError, print_config, resolve_config, run_cli, set
 from utils.voc import IMAGE_EXTENSIONS, index_images
 
 map_mode: int = 0  # 0 all; 1 predictions only; 2 ground truth only; 3 VOC AP from files in map_out_path; 4 VOC + COCO AP from them
-model_path: str = "logs/best_epoch_weights.pth"  # checkpoint used by modes 0 and 1
+model_path: str = "logs/best_epoch_weights.pth"  # checkpoint used by modes 0 and 1 (or darknet .weights)
+cfg_path: str | None = None  # the darknet .cfg of a .weights model_path
 classes_path: str | None = None  # class list (one per line); None: from the checkpoint (modes 0/1) or the text files (2-4)
 MINOVERLAP: float = 0.5  # IoU threshold of VOC AP: 0.5 gives mAP@0.5
 confidence: float = 0.001  # detector score threshold; keep it low, AP needs the whole PR curve
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict | None:
 
         detector = YOLO(model_path=cfg["model_path"], confidence=cfg["confidence"], nms_iou=cfg["nms_iou"],
                         nms_type=cfg["nms_type"], multi_label=cfg["multi_label"], input_shape=cfg["input_shape"],
-                        letterbox_image=cfg["letterbox_image"], device=cfg["device"])
+                        letterbox_image=cfg["letterbox_image"], device=cfg["device"],
+                        cfg_path=cfg["cfg_path"])
         if class_names is not None and list(detector.class_names) != class_names:
             raise ConfigError(f"classes_path {cfg['classes_path']}: classes {class_names} differ from the "
                               f"checkpoint's {list(detector.class_names)}")

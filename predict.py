@@ -19,7 +19,8 @@ from PIL import Image
 from utils.config import print_config, resolve_config, settings_of
 
 mode: str = "predict"  # predict | video | fps | dir_predict | heatmap | export_onnx | predict_onnx
-model_path: str = "logs/best_epoch_weights.pth"  # this project's checkpoint, or a published state_dict
+model_path: str = "logs/best_epoch_weights.pth"  # checkpoint of this project, published state_dict or darknet .weights
+cfg_path: str | None = None  # the darknet .cfg of a .weights model_path (classes, anchors, masks, size come from it)
 classes_path: str | None = None  # class names file; None = from the checkpoint (published: model_data/voc_classes.txt)
 anchors_path: str | None = None  # anchors file; None = from the checkpoint (published: model_data/yolo_anchors.txt)
 anchors_mask: list[list[int]] | None = None  # anchor ids per level, coarsest level first; None = from the checkpoint
@@ -66,7 +67,7 @@ def build_detector(cfg: dict):
                 anchors_mask=cfg["anchors_mask"], input_shape=cfg["input_shape"], model=cfg["model"],
                 confidence=cfg["confidence"], nms_iou=cfg["nms_iou"], max_det=cfg["max_det"],
                 letterbox_image=cfg["letterbox_image"], nms_type=cfg["nms_type"], device=cfg["device"],
-                fp16=cfg["fp16"])
+                fp16=cfg["fp16"], cfg_path=cfg["cfg_path"])
 
 
 def build_onnx_detector(cfg: dict):

@@ -23,7 +23,9 @@ classes_path: str = "model_data/bccd_classes.txt"  # class names, one per line
 anchors_path: str | None = None  # None: model_data/yolo_anchors.txt (yolov4) or yolo_tiny_anchors.txt (tiny)
 anchors_mask: list[list[int]] | None = None  # anchor indices per level, coarsest first; None: the variant's default
 model: str = "yolov4"  # "yolov4" or "yolov4-tiny"
-model_path: str = ""  # start weights: a checkpoint of this project or a published state_dict; "" = from scratch
+model_path: str = ""  # start weights: checkpoint of this project, published state_dict, darknet .weights; "" = none
+cfg_path: str = ""  # the darknet .cfg of a .weights model_path (a partial file, e.g. yolov4.conv.137, loads its layers)
+save_darknet: bool = False  # also write every saved checkpoint as darknet .weights + .cfg beside it
 input_shape: list[int] = [416, 416]  # network input (h, w), multiples of 32
 mosaic: bool = True  # Mosaic augmentation
 mosaic_prob: float = 0.5  # probability of a mosaic sample

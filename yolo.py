@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from nets.darknet_weights import set_bn_eps
 from nets.yolo import MODELS, build_model
-from utils.checkpoint import is_project_checkpoint, load_weights, read_checkpoint
+from utils.checkpoint import is_project_checkpoint, load_weights, read_model_file
 from utils.decode import decode_outputs, split_levels
 from utils.draw import draw_detections, save_crops
 from utils.postprocess import NMS_TYPES, LetterboxInfo, boxes_to_original, non_max_suppression, preprocess_image
@@ -150,16 +151,17 @@ class DecodedYOLO(nn.Module):
 
 
 class YOLO(_Detector):
-    """Detector built from a checkpoint: this project's (settings read from its config) or a published state_dict
-    (settings from the arguments, defaulting to VOC classes, the yolov4 anchors and 416 x 416). Arguments that are
-    not None override the checkpoint's settings."""
+    """Detector built from a checkpoint: this project's (settings read from its config), a darknet ``.weights`` file
+    with its ``cfg_path`` (settings from the cfg) or a published state_dict (settings from the arguments, defaulting
+    to VOC classes, the yolov4 anchors and 416 x 416). Arguments that are not None override the checkpoint's
+    settings."""
 
     def __init__(self, *, model_path: str, classes_path: str | None = None, anchors_path: str | None = None,
                  anchors_mask: list[list[int]] | None = None, input_shape: int | list[int] | None = None,
                  model: str | None = None, confidence: float = 0.5, nms_iou: float = 0.3, max_det: int = 300,
                  letterbox_image: bool = True, nms_type: str = "nms", device: str = "auto", fp16: bool = False,
-                 strict: bool = True, multi_label: bool = False):
-        checkpoint = read_checkpoint(model_path)
+                 strict: bool = True, multi_label: bool = False, cfg_path: str | None = None):
+        checkpoint = read_model_file(model_path, cfg_path=cfg_path)  # a darknet .weights file needs its cfg_path
         config = checkpoint["config"] if is_project_checkpoint(checkpoint) else {}
         model_name = model or config.get("model") or "yolov4"
         if model_name not in MODELS:
@@ -171,6 +173,8 @@ class YOLO(_Detector):
         anchors_mask = anchors_mask or config.get("anchors_mask") or DEFAULT_ANCHORS_MASK[model_name]
         net = build_model(model=model_name, num_classes=len(class_names), anchors_per_level=len(anchors_mask[0]))
         load_weights(net, model_path, model=model_name, strict=strict, checkpoint=checkpoint)
+        if "bn_eps" in checkpoint:  # darknet files: normalise as darknet does
+            set_bn_eps(net, checkpoint["bn_eps"])
         self.model_path = str(model_path)
         self._setup(net, model_name=model_name, class_names=class_names, anchors=anchors, anchors_mask=anchors_mask,
                     input_shape=input_shape or config.get("input_shape") or DEFAULT_INPUT_SHAPE,

@@ -54,14 +54,28 @@ def saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
     return checkpoint["config"] if is_project_checkpoint(checkpoint) else None
 
 
+def read_model_file(path: str | os.PathLike, *, cfg_path: str | os.PathLike | None = None,
+                    partial_ok: bool = False) -> dict[str, Any]:
+    """A checkpoint file, or a darknet weights file (a ``.weights`` name, or any name but .pth/.pt with ``cfg_path``
+    given) read with its cfg as a checkpoint of this project (``partial_ok``: a file of the leading layers only,
+    such as yolov4.conv.137)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".weights" or (cfg_path and suffix not in (".pth", ".pt")):
+        from nets.darknet_weights import read_darknet_checkpoint
+
+        return read_darknet_checkpoint(weights_path=path, cfg_path=cfg_path, partial_ok=partial_ok)
+    return read_checkpoint(path)
+
+
 def load_weights(net: nn.Module, path: str | os.PathLike, *, model: str, strict: bool = True,
-                 checkpoint: dict[str, Any] | None = None) -> LoadReport:
-    """Loads this project's checkpoint or a published (bubbliiiing-layout) state_dict into ``net``.
+                 checkpoint: dict[str, Any] | None = None, cfg_path: str | os.PathLike | None = None) -> LoadReport:
+    """Loads this project's checkpoint, a published (bubbliiiing-layout) state_dict or a darknet ``.weights`` file
+    (with its ``cfg_path``; with ``strict=False`` also a partial one) into ``net``.
 
     ``model`` is the variant ('yolov4' or 'yolov4-tiny') that selects the published key table;
     ``checkpoint``, when the caller has already read ``path``, saves reading it again.
     """
-    checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
+    checkpoint = read_model_file(path, cfg_path=cfg_path, partial_ok=not strict) if checkpoint is None else checkpoint
     if is_project_checkpoint(checkpoint):
         state_dict = checkpoint["model"]
         saved_variant = checkpoint["config"].get("model")

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from nets.darknet_weights import write_darknet_model
 from nets.yolo import build_model, init_weights
 from nets.yolo_training import build_loss
 from utils.callbacks import LossHistory
@@ -92,7 +93,8 @@ class Run:
                                anchors_per_level=len(self.spec.anchors_mask[0]))
         init_weights(self.net, obj_prior=config.obj_prior)
         if config.model_path and not config.resume:
-            report = load_weights(self.net, config.model_path, model=config.model, strict=False)
+            report = load_weights(self.net, config.model_path, model=config.model, strict=False,
+                                  cfg_path=config.cfg_path)
             self.log(f"start weights {config.model_path}: {report}")
         if config.sync_bn and self.dist.enabled:
             if device.type != "cuda":
@@ -253,12 +255,17 @@ def run_epoch(run: Run, epoch: int, state: dict) -> dict:
         run.best = score
         save_atomic({"format": CHECKPOINT_FORMAT, "model": run.net.state_dict(), "config": run.run_config,
                      "epoch": epoch + 1, "metrics": row}, run.save_dir / "best_epoch_weights.pth")
+        if config.save_darknet:
+            write_darknet_model(run.net, weights_path=run.save_dir / "best_epoch_weights.weights",
+                                config=run.run_config)
     run.history.append(row)
     checkpoint = run.checkpoint_state(epoch=epoch + 1, iteration=0)
     save_atomic(checkpoint, run.save_dir / "last_epoch_weights.pth")
     if (epoch + 1) % config.save_period == 0 or last:
         name = f"ep{epoch + 1:03d}-loss{row['train_loss']:.3f}-val_loss{row['val_loss']:.3f}.pth"
         save_atomic(checkpoint, run.save_dir / name)
+        if config.save_darknet:
+            write_darknet_model(run.net, weights_path=run.save_dir / f"{name[:-4]}.weights", config=run.run_config)
     shown = f"map {row['map']:.4f}" if row["map"] is not None else "map -"
     print(f"epoch {epoch + 1}/{total}  train loss {row['train_loss']:.4f} (loc {row['train_loss_loc']:.4f} "
           f"conf {row['train_loss_conf']:.4f} cls {row['train_loss_cls']:.4f})  val loss {row['val_loss']:.4f}  "
