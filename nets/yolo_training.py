@@ -35,6 +35,8 @@ from utils.decode import decode_level, decode_txywh, level_strides, split_levels
 
 IOU_LOSSES = {"ciou": complete_box_iou_loss, "diou": distance_box_iou_loss, "giou": generalized_box_iou_loss}
 BALANCE_BY_STRIDE = {32: 0.4, 16: 1.0, 8: 4.0}
+# Largest cell x ground-truth IoU block the ignore mask builds at once (2**20 floats = 4 MB per temporary).
+IGNORE_CHUNK_ELEMENTS = 1 << 20
 
 
 def focal_ratio(logits: Tensor, is_positive: Tensor, *, alpha: float, gamma: float) -> Tensor:
@@ -232,6 +234,39 @@ class YOLOLoss(nn.Module):
         pred_cxcywh_px = decode_level(level.detach(), anchors_px=anchors_px, input_shape=self.input_shape,
                                       scale_x_y=self.scale_x_y[level_index])  # (B, A, H, W, 4)
         pred_xyxy_px = box_cxcywh_to_xyxy(pred_cxcywh_px).flatten(1, 3)  # (B, A*H*W, 4)
-        iou = box_iou_batched(pred_xyxy_px, gt_padded_xyxy_px)  # (B, A*H*W, M)
-        iou = iou.masked_fill(~gt_valid[:, None, :], 0.0)
-        return (iou.amax(dim=2) > self.ignore_threshold).view(level.shape[:4])
+        best_iou = max_iou_per_box(pred_xyxy_px, gt_padded_xyxy_px, gt_valid)  # (B, A*H*W)
+        return (best_iou > self.ignore_threshold).view(level.shape[:4])
+
+
+def max_iou_per_box(pred_xyxy_px: Tensor, gt_padded_xyxy_px: Tensor, gt_valid: Tensor) -> Tensor:
+    """(B, N) highest IoU of each predicted box with the valid ground truths of its image (0 where none).
+
+    pred_xyxy_px (B, N, 4), gt_padded_xyxy_px (B, M, 4) with validity gt_valid (B, M). The (ground truth x box)
+    IoU is built a few images at a time in at most IGNORE_CHUNK_ELEMENTS elements, in three buffers reused
+    across chunks: a cache-sized working set instead of B x N x M fresh memory per call (hundreds of MB at batch
+    16 with 100 boxes per image, which a fresh process pays for in page faults). Ground truths run along dim 1
+    and boxes along the contiguous last dim, so every broadcast reads contiguous rows. The arithmetic per
+    element is ``box_iou_batched``'s, so the result is identical to it.
+    """
+    batch, num_boxes, _ = pred_xyxy_px.shape
+    max_gt = gt_padded_xyxy_px.shape[1]
+    pred_coords = pred_xyxy_px.permute(2, 0, 1).contiguous()  # (4, B, N): x1, y1, x2, y2 rows
+    pred_area = (pred_coords[2] - pred_coords[0]) * (pred_coords[3] - pred_coords[1])  # (B, N)
+    # Padded slots become empty boxes at the origin (area 0): their IoU with any box is exactly 0.
+    gt_xyxy = gt_padded_xyxy_px.masked_fill(~gt_valid[..., None], 0.0).permute(2, 0, 1)[..., None]  # (4, B, M, 1)
+    gt_area = (gt_xyxy[2] - gt_xyxy[0]) * (gt_xyxy[3] - gt_xyxy[1])  # (B, M, 1)
+    best = pred_area.new_empty(batch, num_boxes)
+    per_chunk = max(1, IGNORE_CHUNK_ELEMENTS // max(1, num_boxes * max_gt))
+    buffers = [pred_area.new_empty(min(per_chunk, batch) * max_gt * num_boxes) for _ in range(3)]
+    for start in range(0, batch, per_chunk):
+        images = slice(start, start + per_chunk)
+        count = len(range(batch)[images])
+        inter, tmp, union = (buf[:count * max_gt * num_boxes].view(count, max_gt, num_boxes) for buf in buffers)
+        px1, py1, px2, py2 = (coord[images, None, :] for coord in pred_coords)  # each (b, 1, N)
+        gx1, gy1, gx2, gy2 = (coord[images] for coord in gt_xyxy)  # each (b, M, 1)
+        torch.minimum(px2, gx2, out=inter).sub_(torch.maximum(px1, gx1, out=tmp)).clamp_(min=0)
+        torch.minimum(py2, gy2, out=union).sub_(torch.maximum(py1, gy1, out=tmp)).clamp_(min=0)
+        inter.mul_(union)
+        torch.add(pred_area[images, None, :], gt_area[images], out=union).sub_(inter).clamp_(min=1e-9)
+        torch.amax(inter.div_(union), dim=1, out=best[images])
+    return best
