@@ -349,12 +349,13 @@ def test_confidence_samples_are_the_conf_term_cells():
     torch.testing.assert_close(conf_sum / ref["num_pos"], ref["loss_conf"], rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("chunk_elements", [1, 7 * 40, 1 << 30])
+@pytest.mark.parametrize("chunk_elements", [1, 7 * 15, 7 * 40 * 2, 1 << 30])
 def test_chunked_ignore_iou_equals_dense_iou(chunk_elements, monkeypatch):
     import nets.yolo_training as yolo_training
     from utils.boxes import box_iou_batched
 
-    monkeypatch.setattr(yolo_training, "IGNORE_CHUNK_ELEMENTS", chunk_elements)  # 1 image, 7 images, all at once
+    # one box at a time, 15-box slices of one image (uneven), 2 whole images, all at once
+    monkeypatch.setattr(yolo_training, "IGNORE_CHUNK_ELEMENTS", chunk_elements)
     gen = torch.Generator().manual_seed(3)
     pred_xy = torch.rand(5, 40, 2, generator=gen) * 100
     pred_xyxy = torch.cat([pred_xy, pred_xy + torch.rand(5, 40, 2, generator=gen) * 50], dim=-1)  # (5, 40, 4)
