@@ -350,7 +350,7 @@ def test_confidence_samples_are_the_conf_term_cells():
 
 
 @pytest.mark.parametrize("chunk_elements", [1, 7 * 15, 7 * 40 * 2, 1 << 30])
-def test_chunked_ignore_iou_equals_dense_iou(chunk_elements, monkeypatch):
+def test_chunked_ignore_test_equals_dense_iou(chunk_elements, monkeypatch):
     import nets.yolo_training as yolo_training
     from utils.boxes import box_iou_batched
 
@@ -364,7 +364,9 @@ def test_chunked_ignore_iou_equals_dense_iou(chunk_elements, monkeypatch):
     valid = torch.rand(5, 7, generator=gen) < 0.7
     valid[2] = False  # an image without ground truth
     dense = box_iou_batched(pred_xyxy, gt_xyxy).masked_fill(~valid[:, None, :], 0.0).amax(dim=2)  # (5, 40)
-    assert torch.equal(yolo_training.max_iou_per_box(pred_xyxy, gt_xyxy, valid), dense)
+    for threshold in (0.0, 0.3, 0.5):
+        above = yolo_training.any_iou_above(pred_xyxy, gt_xyxy, valid, threshold=threshold)
+        assert torch.equal(above, dense > threshold)
 
 
 def test_loss_unchanged_by_ignore_chunking(monkeypatch):
