@@ -80,7 +80,7 @@ class _Detector:
 
     class_names: list[str]
     input_shape: list[int]
-    batch_size: int = 8  # images per forward pass when evaluating a list of images (detect_many, get_map.py)
+    batch_size: int = 8  # images per detect_batch call when evaluating a list (get_map.py, dir_predict)
 
     def _set_postprocess(self, *, confidence: float, nms_iou: float, max_det: int, letterbox_image: bool,
                          nms_type: str, multi_label: bool = False) -> None:
@@ -150,11 +150,6 @@ class _Detector:
         prepared = [self._preprocess(image) for image in images]
         images_bchw = np.stack([image_chw for image_chw, _ in prepared])  # (B, 3, H, W)
         return self.postprocess(self._decoded(images_bchw), [info for _, info in prepared])
-
-    def detect_many(self, images: list[Image.Image | np.ndarray]) -> list[Detections]:
-        """``detect_batch`` over consecutive chunks of ``batch_size`` images."""
-        return [dets for start in range(0, len(images), self.batch_size)
-                for dets in self.detect_batch(images[start:start + self.batch_size])]
 
     def detect(self, image: Image.Image | np.ndarray) -> Detections:
         return self.detect_batch([image])[0]
@@ -283,9 +278,9 @@ class YOLO(_Detector):
         optimize=False: the module itself in eval mode, with autocast for a reduced precision.
         """
         images = torch.from_numpy(images_bchw).to(self.device)  # (B, 3, H, W)
-        reduced = self.compute_dtype != torch.float32
+        autocast = self.compute_dtype != torch.float32 and not self.optimize  # the copy is already in that dtype
         with self._eval_mode(), torch.inference_mode(), \
-                torch.autocast(device_type=self.device.type, dtype=self.compute_dtype, enabled=reduced and not self.optimize):
+                torch.autocast(device_type=self.device.type, dtype=self.compute_dtype, enabled=autocast):
             if self.optimize:
                 net = self._inference_net.get(self.net)
                 outputs = net(images.to(dtype=self.compute_dtype, memory_format=torch.channels_last))
@@ -364,7 +359,8 @@ class YOLO(_Detector):
                 try:
                     import onnxsim
                 except ImportError as err:
-                    raise ValueError("export_onnx(simplify=True) needs the onnxsim package (pip install onnxsim)") from err
+                    raise ValueError("export_onnx(simplify=True) needs the onnxsim package "
+                                     "(pip install onnxsim)") from err
                 proto, ok = onnxsim.simplify(proto)
                 if not ok:
                     raise ValueError(f"{path}: onnxsim could not validate the simplified model")

@@ -250,7 +250,8 @@ def cuda_figures() -> None:
             torch.cuda.synchronize(device)
             if step >= 3:
                 steps.append(time.perf_counter() - start)
-        print(f"| YOLOv4 train {INPUT}, fp16 autocast, batch {batch} | {batch / statistics.median(steps):.1f} images/s |")
+        images_per_s = batch / statistics.median(steps)
+        print(f"| YOLOv4 train {INPUT}, fp16 autocast, batch {batch} | {images_per_s:.1f} images/s |")
     detector = YOLO.from_model(net.eval(), config=config, confidence=0.5, nms_iou=0.3, device="cuda",
                                precision="fp16")
     for batch in (1, 32):

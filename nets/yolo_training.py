@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
-from utils.boxes import box_cxcywh_to_xyxy, box_iou_batched, box_xyxy_to_cxcywh, wh_iou
+from utils.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, wh_iou
 from utils.decode import decode_level, decode_txywh, level_strides, split_levels
 
 IOU_LOSSES = {"ciou": complete_box_iou_loss, "diou": distance_box_iou_loss, "giou": generalized_box_iou_loss}
