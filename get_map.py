@@ -25,6 +25,9 @@ multi_label: bool = False  # a box may be reported once per class whose obj x cl
 input_shape: list[int] | None = None  # network input (h, w), multiples of 32; None: from the checkpoint
 letterbox_image: bool = True  # resize keeping the aspect ratio and pad, as in training
 device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA); auto = bf16 on CPUs with native bf16, else fp32
+backend: str = "torch"  # torch | onnxruntime (the checkpoint exported to ONNX in memory)
+batch_size: int = 8  # images per forward pass (each letterboxed to the input size)
 score_threshold: float = 0.5  # operating point for the per-class precision / recall / F1
 map_vis: bool = False  # also save images with gt (green) and detections >= score_threshold (red) drawn
 VOCdevkit_path: str = "VOCdevkit"  # dataset root in VOC layout
@@ -122,8 +125,13 @@ def main(argv: list[str] | None = None) -> dict | None:
 
         detector = YOLO(model_path=cfg["model_path"], confidence=cfg["confidence"], nms_iou=cfg["nms_iou"],
                         nms_type=cfg["nms_type"], multi_label=cfg["multi_label"], input_shape=cfg["input_shape"],
-                        letterbox_image=cfg["letterbox_image"], device=cfg["device"],
+                        letterbox_image=cfg["letterbox_image"], device=cfg["device"], precision=cfg["precision"],
                         cfg_path=cfg["cfg_path"])
+        if cfg["backend"] not in ("torch", "onnxruntime"):
+            raise ConfigError(f"backend must be torch or onnxruntime, got {cfg['backend']!r}")
+        if cfg["backend"] == "onnxruntime":
+            detector = detector.onnx_detector()
+        detector.batch_size = max(1, cfg["batch_size"])
         if class_names is not None and list(detector.class_names) != class_names:
             raise ConfigError(f"classes_path {cfg['classes_path']}: classes {class_names} differ from the "
                               f"checkpoint's {list(detector.class_names)}")

@@ -347,3 +347,40 @@ def test_confidence_samples_are_the_conf_term_cells():
     assert int(positive.sum()) == ref["num_pos"]
     conf_sum = F.binary_cross_entropy_with_logits(logits.double(), positive.double(), reduction="sum")
     torch.testing.assert_close(conf_sum / ref["num_pos"], ref["loss_conf"], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 7 * 15, 7 * 40 * 2, 1 << 30])
+def test_chunked_ignore_test_equals_dense_iou(chunk_elements, monkeypatch):
+    import nets.yolo_training as yolo_training
+    from utils.boxes import box_iou_batched
+
+    # one box at a time, 15-box slices of one image (uneven), 2 whole images, all at once
+    monkeypatch.setattr(yolo_training, "IGNORE_CHUNK_ELEMENTS", chunk_elements)
+    gen = torch.Generator().manual_seed(3)
+    pred_xy = torch.rand(5, 40, 2, generator=gen) * 100
+    pred_xyxy = torch.cat([pred_xy, pred_xy + torch.rand(5, 40, 2, generator=gen) * 50], dim=-1)  # (5, 40, 4)
+    gt_xy = torch.rand(5, 7, 2, generator=gen) * 100
+    gt_xyxy = torch.cat([gt_xy, gt_xy + torch.rand(5, 7, 2, generator=gen) * 50], dim=-1)  # (5, 7, 4)
+    valid = torch.rand(5, 7, generator=gen) < 0.7
+    valid[2] = False  # an image without ground truth
+    dense = box_iou_batched(pred_xyxy, gt_xyxy).masked_fill(~valid[:, None, :], 0.0).amax(dim=2)  # (5, 40)
+    for threshold in (0.0, 0.3, 0.5):
+        above = yolo_training.any_iou_above(pred_xyxy, gt_xyxy, valid, threshold=threshold)
+        assert torch.equal(above, dense > threshold)
+
+
+def test_loss_unchanged_by_ignore_chunking(monkeypatch):
+    import nets.yolo_training as yolo_training
+
+    anchors, mask, strides = GEOMETRY["yolov4"]
+    gen = torch.Generator().manual_seed(5)
+    outputs = [torch.randn(3, 3 * 8, 128 // s, 128 // s, generator=gen) for s in strides]
+    boxes_xy = torch.rand(12, 2, generator=gen) * 100
+    targets = torch.cat([torch.arange(3).repeat(4)[:, None].float(), torch.randint(3, (12, 1), generator=gen).float(),
+                         boxes_xy, boxes_xy + 4 + torch.rand(12, 2, generator=gen) * 24], dim=1)
+    loss = YOLOLoss(anchors_px=torch.tensor(anchors, dtype=torch.float32), anchors_mask=mask, num_classes=3,
+                    input_shape=(128, 128))
+    whole = loss(outputs, targets)
+    monkeypatch.setattr(yolo_training, "IGNORE_CHUNK_ELEMENTS", 1)  # one image per chunk
+    chunked = loss(outputs, targets)
+    assert all(torch.equal(whole[name], chunked[name]) for name in whole)

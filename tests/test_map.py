@@ -371,7 +371,8 @@ def test_get_map_mode0_with_stub_detector(tmp_path, monkeypatch):
     # Defaults reach the detector: settings from the checkpoint, current post-processing.
     assert FakeDetector.instances[0].kwargs == {
         "model_path": "logs/best_epoch_weights.pth", "confidence": 0.001, "nms_iou": 0.5, "nms_type": "nms",
-        "multi_label": False, "input_shape": None, "letterbox_image": True, "device": "auto", "cfg_path": None}
+        "multi_label": False, "input_shape": None, "letterbox_image": True, "device": "auto",
+        "precision": "auto", "cfg_path": None}
     # The same-score tie is ranked in sorted image order: img_a TP, img_b FP -> recall 1/2, precision 1 then 1/2.
     assert results["map"] == pytest.approx(0.5) and results["map_voc07"] == pytest.approx(6 / 11)
     saved = json.loads((map_out / "results.json").read_text())

@@ -17,9 +17,19 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class AmpSettings:
+    """Autocast (enabled, dtype, device_type) and the activation memory layout of training.
+
+    channels_last: the model's weights and each batch are stored NHWC, the layout oneDNN (CPU) and cuDNN
+    convolutions prefer; numerically the same convolutions.
+    """
     enabled: bool
     dtype: torch.dtype
     device_type: str
+    channels_last: bool = False
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
 class RunningMeans:
@@ -61,12 +71,14 @@ def train_one_epoch(*, model: nn.Module, criterion: nn.Module, loader, optimizer
     caller save an interrupt checkpoint knowing how far the epoch got.
     """
     model.train()
+    if amp.channels_last:
+        model.to(memory_format=torch.channels_last)  # a no-op once the weights have that layout
     means = RunningMeans()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs} train", initial=start_iteration,
                total=start_iteration + len(loader), disable=not dist_info.is_main, dynamic_ncols=True, leave=False)
     for iteration, (images, targets) in enumerate(bar, start=start_iteration):
         lr = lr_for_iteration(iteration)
-        images = images.to(device, non_blocking=True)  # (B, 3, H, W)
+        images = images.to(device, non_blocking=True, memory_format=amp.memory_format)  # (B, 3, H, W)
         targets = targets.to(device, non_blocking=True)  # (N, 6) [img_idx, cls, x1, y1, x2, y2]
         with torch.autocast(device_type=amp.device_type, dtype=amp.dtype, enabled=amp.enabled):
             outputs = model(images)

@@ -309,20 +309,17 @@ def read_detection_files(*, map_out_path: str | Path) -> dict[str, list[DetBox]]
 
 def predict_to_dets(detector, image_paths: dict[str, str | Path], *, progress: bool = True
                     ) -> dict[str, list[DetBox]]:
-    """Run `detector.detect(pil_image)` on each image; returns image_id -> DetBox list (pixel `xyxy`).
+    """Run the detector on each image (`detect_batch` in batches when it has one, else `detect`); returns
+    image_id -> DetBox list (pixel `xyxy`).
 
     The detector must provide `class_names` and a `detect` whose result has `boxes_xyxy` (n, 4) in
     original-image pixels, `scores` (n,) and `class_ids` (n,). Used by get_map.py and by in-training
     evaluation, so both report the same numbers.
     """
-    from PIL import Image
-
-    from utils.dataloader import read_image_rgb
-
     class_names = list(detector.class_names)
     dets = {}
-    for image_id, path in tqdm(image_paths.items(), desc="predict", disable=not progress):
-        out = detector.detect(Image.fromarray(read_image_rgb(path)))  # upright, as the dataset reads it
+    outputs = _detect_in_batches(detector, image_paths, progress=progress)
+    for image_id, out in outputs:
         pred_xyxy = np.asarray(out.boxes_xyxy, dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(out.scores, dtype=np.float64).reshape(-1)
         class_ids = np.asarray(out.class_ids, dtype=np.int64).reshape(-1)
@@ -334,6 +331,24 @@ def predict_to_dets(detector, image_paths: dict[str, str | Path], *, progress: b
         dets[image_id] = [DetBox(class_names[c], s, *box)
                           for c, s, box in zip(class_ids.tolist(), scores.tolist(), pred_xyxy.tolist())]
     return dets
+
+
+def _detect_in_batches(detector, image_paths: dict[str, str | Path], *, progress: bool):
+    """Yields (image_id, detections) in order; images are read upright, as the dataset reads them, and go through
+    `detector.detect_batch` `detector.batch_size` (default 8) at a time when the detector has it."""
+    from PIL import Image
+
+    from utils.dataloader import read_image_rgb
+
+    items = list(image_paths.items())
+    step = max(1, int(getattr(detector, "batch_size", 8))) if hasattr(detector, "detect_batch") else 1
+    with tqdm(total=len(items), desc="predict", disable=not progress) as bar:
+        for start in range(0, len(items), step):
+            chunk = items[start:start + step]
+            images = [Image.fromarray(read_image_rgb(path)) for _, path in chunk]
+            outs = detector.detect_batch(images) if step > 1 else [detector.detect(images[0])]
+            bar.update(len(chunk))
+            yield from zip([image_id for image_id, _ in chunk], outs)
 
 
 def voc_annotation_path(image_path: str | Path) -> Path:

@@ -1,0 +1,293 @@
+"""Every speed figure of the project in one table: forward (416, batch 1), end-to-end detection (preprocess,
+forward, decode, NMS of a 640x480 BCCD image), training step (416, batch 4: forward, loss, backward, SGD) for
+YOLOv4 and YOLOv4-tiny, and the loss forward (batch 16, 100 boxes per image, YOLOv4 geometry, 20 classes)
+against a per-image-vectorised baseline of the same algorithm (benchmarks/parity_loss.py).
+
+Each figure is measured twice:
+- fresh: a new Python process per variant (the cost a one-off command pays): its first call, the median of the
+  following calls, and the process's peak resident memory;
+- warm: all variants of a figure in this process, interleaved (A, B, C, A, B, C, ...) so that load from other
+  processes hits them alike; median, interquartile range, and the speed-up against the figure's baseline as the
+  median of per-round ratios.
+Random weights (objectness prior 0.01); timings, not accuracy. With CUDA present it also prints training
+images/s with fp16 autocast (YOLOv4, 416, batch 16 and 32) and inference images/s at batch 1 and 32.
+
+    python benchmarks/bench_speed.py [--figures="['forward','detect','train','loss']"] [--reps=7] [--fresh=False]
+"""
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from nets.yolo import build_model, init_weights  # noqa: E402
+from nets.yolo_training import YOLOLoss  # noqa: E402
+from parity_loss import parity_reference_loss  # noqa: E402
+from utils.config import resolve_config, run_cli, settings_of  # noqa: E402
+from utils.inference import cpu_has_native_bf16  # noqa: E402
+from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
+from yolo import YOLO  # noqa: E402
+
+figures: list[str] = ["forward", "detect", "train", "loss"]  # which rows to measure
+models: list[str] = ["yolov4", "yolov4-tiny"]
+reps: int = 7  # timed rounds per figure (warm) and timed calls after the first (fresh)
+train_reps: int = 3  # the same for the (slow) training step
+threads: int = 0  # torch CPU threads; 0 = torch's default
+fresh: bool = True  # also run every variant in a fresh process
+one: str = ""  # internal: "figure/model/variant" measures one variant in this process and prints JSON
+
+INPUT = 416
+CLASSES = 20
+IMAGE = REPO / "VOCdevkit" / "VOC2007" / "JPEGImages" / "BloodImage_00000.jpg"
+# Variants per figure; the first is the baseline the speed-ups are relative to.
+VARIANTS = {
+    "forward": ["fp32 unfolded", "fp32 folded+CL", "default", "onnxruntime"],
+    "detect": ["fp32 unfolded", "fp32 folded+CL", "default", "onnxruntime"],
+    "train": ["fp32", "default"],
+    "loss": ["parity reference", "YOLOLoss"],
+}
+
+
+def net_and_config(model: str) -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(0)
+    net = build_model(model=model, num_classes=CLASSES)
+    init_weights(net, obj_prior=0.01)
+    config = {"model": model, "class_names": [f"class{i}" for i in range(CLASSES)],
+              "anchors": get_anchors(str(DEFAULT_ANCHORS_PATH[model])), "anchors_mask": DEFAULT_ANCHORS_MASK[model],
+              "input_shape": [INPUT, INPUT]}
+    return net, config
+
+
+def default_train_levers() -> tuple[bool, bool]:
+    """(bf16 autocast, channels_last) of the 'default' training variant: both where the CPU computes bf16
+    natively (on CUDA, fp16 autocast is measured separately)."""
+    native = cpu_has_native_bf16()
+    return native, native
+
+
+def detector_for(model: str, variant: str):
+    net, config = net_and_config(model)
+    options = {"fp32 unfolded": dict(precision="fp32", optimize=False), "fp32 folded+CL": dict(precision="fp32"),
+               "default": dict(precision="auto"), "onnxruntime": dict(precision="fp32")}[variant]
+    detector = YOLO.from_model(net.eval(), config=config, confidence=0.5, nms_iou=0.3, device="cpu", **options)
+    return detector.onnx_detector() if variant == "onnxruntime" else detector
+
+
+def make_case(figure: str, model: str, variant: str):
+    """A no-argument callable running one call of the figure's workload (setup done here, outside timing)."""
+    if figure == "forward":
+        detector = detector_for(model, variant)
+        images = np.random.default_rng(0).random((1, 3, INPUT, INPUT), dtype=np.float32)
+        return lambda: detector._forward(images)
+    if figure == "detect":
+        detector = detector_for(model, variant)
+        with Image.open(IMAGE) as image:
+            rgb = image.convert("RGB")
+        return lambda: detector.detect(rgb)
+    if figure == "train":
+        return train_case(model, variant)
+    if figure == "loss":
+        return loss_case(variant)
+    raise ValueError(f"unknown figure {figure!r}")
+
+
+def train_case(model: str, variant: str, *, batch: int = 4):
+    net, config = net_and_config(model)
+    net.train()
+    bf16, channels_last = default_train_levers() if variant == "default" else (False, False)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    criterion = YOLOLoss(anchors_px=torch.tensor(config["anchors"]), anchors_mask=config["anchors_mask"],
+                         num_classes=CLASSES, input_shape=(INPUT, INPUT))
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.937, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(batch, 3, INPUT, INPUT, generator=gen)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets = random_targets(batch, 10, gen)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
+            outputs = net(images)
+        criterion(outputs, targets)["loss"].backward()
+        optimizer.step()
+    return step
+
+
+def random_targets(batch: int, boxes: int, gen: torch.Generator) -> torch.Tensor:
+    """(batch * boxes, 6) [img_idx, cls, x1, y1, x2, y2], boxes xyxy in input pixels, 4 to 300 px wide."""
+    img = torch.arange(batch).repeat_interleave(boxes).float()
+    cls = torch.randint(CLASSES, (batch * boxes,), generator=gen).float()
+    cxcy = torch.rand(batch * boxes, 2, generator=gen) * INPUT
+    wh = torch.rand(batch * boxes, 2, generator=gen) * 296 + 4
+    x1y1 = (cxcy - wh / 2).clamp(0, INPUT - 1)
+    x2y2 = torch.maximum((cxcy + wh / 2).clamp(max=INPUT), x1y1 + 1)
+    return torch.cat([img[:, None], cls[:, None], x1y1, x2y2], dim=1)
+
+
+def loss_case(variant: str):
+    gen = torch.Generator().manual_seed(0)
+    outputs = [torch.randn(16, 3 * (5 + CLASSES), INPUT // s, INPUT // s, generator=gen) for s in (32, 16, 8)]
+    targets = random_targets(16, 100, gen)
+    criterion = YOLOLoss(anchors_px=torch.tensor(get_anchors(str(DEFAULT_ANCHORS_PATH["yolov4"]))),
+                         anchors_mask=DEFAULT_ANCHORS_MASK["yolov4"], num_classes=CLASSES, input_shape=(INPUT, INPUT))
+    if variant == "parity reference":
+        return lambda: parity_reference_loss(criterion, outputs, targets)
+    return lambda: criterion(outputs, targets)["loss"]
+
+
+def check_loss_parity() -> str:
+    """Both loss variants must compute the same number, or the speed-up compares different work."""
+    with torch.no_grad():
+        ours, parity = float(loss_case("YOLOLoss")()), float(loss_case("parity reference")())
+    if abs(ours - parity) > 1e-4 * abs(parity):
+        raise RuntimeError(f"parity reference loss {parity} differs from YOLOLoss {ours}")
+    return f"loss value {ours:.5f} in both"
+
+
+def measure_one(spec: str, count: int) -> dict:
+    """Fresh-process measurement of one variant: first call, median of ``count`` more, peak RSS."""
+    figure, model, variant = spec.split("/")
+    fn = make_case(figure, model, variant)
+    with torch.set_grad_enabled(figure == "train"):
+        start = time.perf_counter()
+        fn()
+        first = time.perf_counter() - start
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return {"first_ms": first * 1e3, "median_ms": statistics.median(times) * 1e3,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def fresh_figures(spec: str, count: int, config: dict) -> dict:
+    command = [sys.executable, __file__, f"--one={spec}", f"--reps={count}", f"--threads={config['threads']}"]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def warm_figures(figure: str, model: str, count: int) -> dict[str, list[float]]:
+    """All variants of one figure interleaved after one warm-up call each; seconds per call per variant."""
+    cases = {variant: make_case(figure, model, variant) for variant in VARIANTS[figure]}
+    times = {variant: [] for variant in cases}
+    with torch.set_grad_enabled(figure == "train"):
+        for fn in cases.values():
+            fn()
+        for _ in range(count):
+            for variant, fn in cases.items():
+                start = time.perf_counter()
+                fn()
+                times[variant].append(time.perf_counter() - start)
+    return times
+
+
+def label(figure: str, model: str) -> str:
+    return {"forward": f"{model} forward {INPUT} b1", "detect": f"{model} detect end to end (640x480 image, {INPUT})",
+            "train": f"{model} train step {INPUT} b4", "loss": "loss forward b16, 100 boxes/image, YOLOv4 geometry"
+            }[figure]
+
+
+def variant_note(figure: str, variant: str) -> str:
+    if variant != "default":
+        return variant
+    if figure == "train":
+        bf16, channels_last = default_train_levers()
+        return "bf16 autocast + CL" if bf16 and channels_last else "fp32 (no native bf16)"
+    return "default: " + ("bf16 folded+CL" if cpu_has_native_bf16() else "fp32 folded+CL")
+
+
+def print_rows(figure: str, model: str, warm: dict[str, list[float]], fresh_results: dict[str, dict]) -> None:
+    base = VARIANTS[figure][0]
+    for variant, times in warm.items():
+        median = statistics.median(times) * 1e3
+        q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+        paired = statistics.median(b / t for b, t in zip(warm[base], times))
+        cold = fresh_results.get(variant)
+        cold_text = (f"{cold['first_ms']:.1f} | {cold['median_ms']:.1f} | {cold['peak_rss_gib']:.2f}" if cold
+                     else "- | - | -")
+        print(f"| {label(figure, model)} | {variant_note(figure, variant)} | {cold_text} | {median:.1f} "
+              f"({q1 * 1e3:.1f}-{q3 * 1e3:.1f}) | {paired:.2f}x |", flush=True)
+
+
+def cuda_figures() -> None:
+    """Training images/s with fp16 autocast (YOLOv4, 416, batch 16 and 32) and inference images/s at batch 1
+    and 32 with fp16 (folded, channels_last), on the first CUDA device."""
+    device = torch.device("cuda")
+    print(f"\nCUDA: {torch.cuda.get_device_name(device)}")
+    net, config = net_and_config("yolov4")
+    criterion = YOLOLoss(anchors_px=torch.tensor(config["anchors"]), anchors_mask=config["anchors_mask"],
+                         num_classes=CLASSES, input_shape=(INPUT, INPUT)).to(device)
+    net = net.to(device).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.937)
+    scaler = torch.amp.GradScaler("cuda")
+    gen = torch.Generator().manual_seed(1)
+    for batch in (16, 32):
+        images = torch.rand(batch, 3, INPUT, INPUT, generator=gen).to(device)
+        targets = random_targets(batch, 10, gen).to(device)
+        steps = []
+        for step in range(8):
+            torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type="cuda", dtype=torch.float16):
+                outputs = net(images)
+            scaler.scale(criterion(outputs, targets)["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            torch.cuda.synchronize(device)
+            if step >= 3:
+                steps.append(time.perf_counter() - start)
+        images_per_s = batch / statistics.median(steps)
+        print(f"| YOLOv4 train {INPUT}, fp16 autocast, batch {batch} | {images_per_s:.1f} images/s |")
+    detector = YOLO.from_model(net.eval(), config=config, confidence=0.5, nms_iou=0.3, device="cuda",
+                               precision="fp16")
+    for batch in (1, 32):
+        images = np.random.default_rng(0).random((batch, 3, INPUT, INPUT), dtype=np.float32)
+        detector._forward(images)
+        times = []
+        for _ in range(10):
+            start = time.perf_counter()
+            detector._forward(images)
+            detector._sync()
+            times.append(time.perf_counter() - start)
+        print(f"| YOLOv4 inference {INPUT}, fp16 folded+CL, batch {batch} | "
+              f"{batch / statistics.median(times):.1f} images/s |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = resolve_config(settings_of(globals()), argv)
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
+    if config["one"]:
+        print(json.dumps(measure_one(config["one"], config["reps"])))
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native CPU bf16: {cpu_has_native_bf16()}")
+    if "loss" in config["figures"]:
+        print(f"loss parity check: {check_loss_parity()}")
+    print("\n| figure | variant | fresh: first call ms | fresh: median ms | fresh: peak RSS GiB | warm: median ms "
+          "(IQR) | warm speed-up vs first variant |\n|---|---|---|---|---|---|---|")
+    for figure in config["figures"]:
+        for model in (config["models"] if figure != "loss" else ["yolov4"]):
+            count = config["train_reps"] if figure == "train" else config["reps"]
+            fresh_results = ({variant: fresh_figures(f"{figure}/{model}/{variant}", count, config)
+                              for variant in VARIANTS[figure]} if config["fresh"] else {})
+            print_rows(figure, model, warm_figures(figure, model, count), fresh_results)
+    if torch.cuda.is_available():
+        cuda_figures()
+
+
+if __name__ == "__main__":
+    run_cli(main)
