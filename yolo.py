@@ -27,7 +27,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from nets.yolo import MODELS, build_model
-from utils.checkpoint import is_project_checkpoint, load_weights, read_checkpoint
+from utils.checkpoint import checkpoint_variant, is_project_checkpoint, load_weights, read_checkpoint
 from utils.decode import decode_outputs, split_levels
 from utils.draw import draw_detections, save_crops
 from utils.postprocess import NMS_TYPES, LetterboxInfo, boxes_to_original, non_max_suppression, preprocess_image
@@ -161,7 +161,7 @@ class YOLO(_Detector):
                  strict: bool = True, multi_label: bool = False):
         checkpoint = read_checkpoint(model_path)
         config = checkpoint["config"] if is_project_checkpoint(checkpoint) else {}
-        model_name = model or config.get("model") or "yolov4"
+        model_name = model or checkpoint_variant(checkpoint) or "yolov4"  # a bare state_dict: from its keys
         if model_name not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {model_name!r}")
         class_names = (get_classes(classes_path) if classes_path
