@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import train
 from test_train import CLASSES, VOC, annotation_lines, free_port, ids, small_run
