@@ -4,7 +4,9 @@ Edit the settings below or override them (``--config=FILE``, ``--key=value``):
 `python get_map.py --map_mode=3 --MINOVERLAP=0.75`.
 Text files in map_out_path: ground-truth/<id>.txt and detection-results/<id>.txt (pixel xyxy);
 results.json holds the numbers. Modes 1 and 2 write one half of the text files and evaluate
-when the other half is already there.
+when the other half is already there. Images without an XML (or with one listing no objects) are
+background images: their detections count as false positives. Unreadable images are reported, listed
+in skipped-images.txt and left out. A bare state_dict takes model, anchors and classes as predict.py does.
 """
 
 import sys
@@ -16,7 +18,10 @@ from utils.voc import IMAGE_EXTENSIONS, index_images
 map_mode: int = 0  # 0 all; 1 predictions only; 2 ground truth only; 3 VOC AP from files in map_out_path; 4 VOC + COCO AP from them
 model_path: str = "logs/best_epoch_weights.pth"  # checkpoint used by modes 0 and 1 (or darknet .weights)
 cfg_path: str | None = None  # the darknet .cfg of a .weights model_path
-classes_path: str | None = None  # class list (one per line); None: from the checkpoint (modes 0/1) or the text files (2-4)
+classes_path: str | None = None  # class list (one per line); None: from the checkpoint (modes 0/1; a bare state_dict: VOC) or the text files (2-4)
+model: str | None = None  # yolov4 | yolov4-tiny; None: from the checkpoint (a bare state_dict: from its keys)
+anchors_path: str | None = None  # anchors file; None: from the checkpoint (a bare state_dict: the variant's default)
+anchors_mask: list[list[int]] | None = None  # anchor ids per level, coarsest first; None: from the checkpoint
 MINOVERLAP: float = 0.5  # IoU threshold of VOC AP: 0.5 gives mAP@0.5
 confidence: float = 0.001  # detector score threshold; keep it low, AP needs the whole PR curve
 nms_iou: float = 0.5  # IoU threshold of non-maximum suppression
@@ -54,6 +59,8 @@ def _print_table(results: dict) -> None:
     for name, s in results["per_class"].items():
         print(f"{name:<20} {fmt(s['ap']):>7} {fmt(s['ap_voc07']):>7} {s['n_gt']:>6} {s['n_det']:>7} "
               f"{fmt(s['precision']):>7} {fmt(s['recall']):>7} {fmt(s['f1']):>7}")
+    print(f"{results['images']} images ({results['background_images']} background, "
+          f"{len(results['unreadable'])} unreadable left out)")
     print(f"mAP@{results['iou_threshold']:g} = {results['map']:.4f} (all-point), "
           f"{results['map_voc07']:.4f} (VOC2007 11-point)")
     if "coco" in results:
@@ -63,10 +70,14 @@ def _print_table(results: dict) -> None:
 def _save_visualisations(*, image_paths: dict, gt: dict, dets: dict, out_dir: Path, min_score: float) -> None:
     from PIL import Image, ImageDraw
 
+    from utils.dataloader import read_image_rgb
+
     out_dir.mkdir(parents=True, exist_ok=True)
     for image_id, path in image_paths.items():
-        with Image.open(path) as image:
-            canvas = image.convert("RGB")
+        try:
+            canvas = Image.fromarray(read_image_rgb(path))
+        except (FileNotFoundError, ValueError):
+            continue  # unreadable images are reported by the prediction pass
         draw = ImageDraw.Draw(canvas)
         for box in gt.get(image_id, []):
             draw.rectangle([box.x1, box.y1, box.x2, box.y2], outline=(0, 200, 0), width=2)
@@ -88,11 +99,37 @@ def _image_paths(*, set_file: Path, image_ids: list[str]) -> dict[str, Path]:
     return {i: images[i] for i in image_ids}
 
 
+def _build_detector(cfg: dict, class_names: list[str] | None):
+    """The detector of modes 0 / 1. A checkpoint of this project keeps its own classes (a differing classes_path
+    is refused); a bare state_dict takes classes_path, model, anchors_path and anchors_mask as predict.py does."""
+    from utils.checkpoint import saved_config
+    from yolo import YOLO
+
+    darknet = cfg["cfg_path"] or Path(cfg["model_path"]).suffix.lower() == ".weights"
+    saved = saved_config(cfg["model_path"]) if Path(cfg["model_path"]).is_file() and not darknet else None
+    if saved is not None and class_names is not None and list(saved.get("class_names") or []) != class_names:
+        raise ConfigError(f"classes_path {cfg['classes_path']}: classes {class_names} differ from the checkpoint's "
+                          f"{saved.get('class_names')}")
+    if cfg["backend"] not in ("torch", "onnxruntime"):
+        raise ConfigError(f"backend must be torch or onnxruntime, got {cfg['backend']!r}")
+    detector = YOLO(model_path=cfg["model_path"], classes_path=cfg["classes_path"] if saved is None else None,
+                    anchors_path=cfg["anchors_path"], anchors_mask=cfg["anchors_mask"], model=cfg["model"],
+                    confidence=cfg["confidence"], nms_iou=cfg["nms_iou"], nms_type=cfg["nms_type"],
+                    multi_label=cfg["multi_label"], input_shape=cfg["input_shape"],
+                    letterbox_image=cfg["letterbox_image"], device=cfg["device"], precision=cfg["precision"],
+                    cfg_path=cfg["cfg_path"])
+    if cfg["backend"] == "onnxruntime":
+        detector = detector.onnx_detector()
+    detector.batch_size = max(1, cfg["batch_size"])
+    return detector
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     """Run the configured mode; returns the results dict (None when nothing could be evaluated)."""
-    from utils.utils_map import (DETECTION_DIR, GROUND_TRUTH_DIR, evaluate_detections, predict_to_dets,
-                                 read_detection_files, read_ground_truth_files, read_voc_ground_truth,
-                                 write_detection_files, write_ground_truth_files, write_results_json)
+    from utils.evaluation import predict_images, read_ground_truth, score_detections, unreadable_note
+    from utils.utils_map import (DETECTION_DIR, GROUND_TRUTH_DIR, SKIPPED_FILE, read_detection_files,
+                                 read_ground_truth_files, read_skipped_images, write_detection_files,
+                                 write_ground_truth_files, write_results_json, write_skipped_images)
 
     cfg = resolve_config(settings_of(globals()), argv)
     mode = cfg["map_mode"]
@@ -120,34 +157,22 @@ def main(argv: list[str] | None = None) -> dict | None:
             image_paths = _image_paths(set_file=set_file, image_ids=image_ids)
     dets: dict = {}
     gt: dict = {}
+    unreadable: dict = {}
     if mode in (0, 1):
-        from yolo import YOLO
-
-        detector = YOLO(model_path=cfg["model_path"], confidence=cfg["confidence"], nms_iou=cfg["nms_iou"],
-                        nms_type=cfg["nms_type"], multi_label=cfg["multi_label"], input_shape=cfg["input_shape"],
-                        letterbox_image=cfg["letterbox_image"], device=cfg["device"], precision=cfg["precision"],
-                        cfg_path=cfg["cfg_path"])
-        if cfg["backend"] not in ("torch", "onnxruntime"):
-            raise ConfigError(f"backend must be torch or onnxruntime, got {cfg['backend']!r}")
-        if cfg["backend"] == "onnxruntime":
-            detector = detector.onnx_detector()
-        detector.batch_size = max(1, cfg["batch_size"])
-        if class_names is not None and list(detector.class_names) != class_names:
-            raise ConfigError(f"classes_path {cfg['classes_path']}: classes {class_names} differ from the "
-                              f"checkpoint's {list(detector.class_names)}")
+        detector = _build_detector(cfg, class_names)
         class_names = list(detector.class_names)
-        dets = predict_to_dets(detector, image_paths)
+        predictions = predict_images(detector=detector, image_paths=image_paths, progress=True)
+        dets, unreadable = predictions.dets, predictions.unreadable
+        if unreadable:
+            print(unreadable_note(unreadable))
         write_detection_files(map_out_path=out_dir, dets=dets)
+        write_skipped_images(map_out_path=out_dir, unreadable=unreadable)
         print(f"wrote {sum(map(len, dets.values()))} detections of {len(dets)} images to {out_dir / DETECTION_DIR}")
     if mode in (0, 2) or (mode == 1 and cfg["map_vis"]):
-        skipped = 0
-        for image_id in image_ids:
-            boxes = read_voc_ground_truth(year_dir / "Annotations" / f"{image_id}.xml")
-            kept = [b for b in boxes if class_names is None or b.class_name in class_names]
-            skipped += len(boxes) - len(kept)
-            gt[image_id] = kept
-        if skipped:
-            print(f"note: {skipped} ground-truth objects of classes outside {class_names} were left out")
+        xml_paths = {i: year_dir / "Annotations" / f"{i}.xml" for i in image_ids if i not in unreadable}
+        gt, left_out = read_ground_truth(xml_paths=xml_paths, class_names=class_names)
+        if left_out:
+            print(f"note: {left_out} ground-truth objects of classes outside {class_names} were left out")
         if mode != 1:
             write_ground_truth_files(map_out_path=out_dir, gt=gt)
             print(f"wrote {sum(map(len, gt.values()))} ground-truth objects of {len(gt)} images to "
@@ -163,25 +188,25 @@ def main(argv: list[str] | None = None) -> dict | None:
     # Always evaluate what the text files hold (read back sorted by image id), so every mode agrees with mode 3.
     gt_files = read_ground_truth_files(map_out_path=out_dir)
     det_files = read_detection_files(map_out_path=out_dir)
-    if image_ids:
-        missing = [i for i in image_ids if i not in gt_files]
-        if missing:
-            raise ValueError(f"{out_dir / GROUND_TRUTH_DIR}: no ground-truth file for {len(missing)} images of "
-                             f"the image set, e.g. '{missing[0]}'; run map_mode 2 for this image set")
-        wanted = set(image_ids)
-        gt_files = {i: boxes for i, boxes in gt_files.items() if i in wanted}  # keeps sorted order
-    stale = sorted(set(det_files) - set(gt_files))
+    unreadable = read_skipped_images(map_out_path=out_dir)
+    if unreadable:
+        print(f"note: {len(unreadable)} unreadable images listed in {out_dir / SKIPPED_FILE} are left out")
+    wanted = [i for i in (image_ids or gt_files) if i not in unreadable]
+    missing = [i for i in wanted if i not in gt_files]
+    if missing:
+        raise ValueError(f"{out_dir / GROUND_TRUTH_DIR}: no ground-truth file for {len(missing)} images of "
+                         f"the image set, e.g. '{missing[0]}'; run map_mode 2 for this image set")
+    wanted_set = set(wanted)
+    gt_files = {i: boxes for i, boxes in gt_files.items() if i in wanted_set}  # keeps sorted order
+    stale = sorted(set(det_files) - set(gt_files) - set(unreadable))
     if stale:
         print(f"note: {len(stale)} detection files are outside the evaluated images and ignored, e.g. {stale[0]}")
-    det_files = {i: det_files.get(i, []) for i in gt_files}
     if class_names is None:
         class_names = sorted({b.class_name for boxes in [*gt_files.values(), *det_files.values()] for b in boxes})
-    results = evaluate_detections(gt=gt_files, dets=det_files, class_names=class_names,
-                                  iou_threshold=cfg["MINOVERLAP"], score_threshold=cfg["score_threshold"])
-    if mode in (0, 4):
-        from utils.coco_eval import coco_ap
-
-        results["coco"] = coco_ap(gt=gt_files, dets=det_files, class_names=class_names)
+    results = score_detections(gt=gt_files, dets=det_files, class_names=class_names, iou_threshold=cfg["MINOVERLAP"],
+                               score_threshold=cfg["score_threshold"], coco=mode in (0, 4))
+    results.update(images=len(gt_files), background_images=sum(not boxes for boxes in gt_files.values()),
+                   unreadable=unreadable)
     if mode == 0:
         from utils.map_plots import plot_ap_bars, plot_ground_truth_stats, plot_pr_curves
 

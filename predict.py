@@ -25,7 +25,7 @@ classes_path: str | None = None  # class names file; None = from the checkpoint 
 anchors_path: str | None = None  # anchors file; None = from the checkpoint (published: model_data/yolo_anchors.txt)
 anchors_mask: list[list[int]] | None = None  # anchor ids per level, coarsest level first; None = from the checkpoint
 input_shape: list[int] | None = None  # network input [h, w], multiples of 32; None = from the checkpoint (else 416)
-model: str | None = None  # yolov4 | yolov4-tiny; None = from the checkpoint (published: yolov4)
+model: str | None = None  # yolov4 | yolov4-tiny; None = from the checkpoint (a bare state_dict: from its keys)
 confidence: float = 0.5  # keep boxes whose objectness * class probability is at least this
 nms_iou: float = 0.3  # NMS drops a box overlapping a better box of its class by more than this IoU
 max_det: int = 300  # at most this many detections per image

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from nets.darknet_weights import set_bn_eps
 from nets.yolo import MODELS, build_model
-from utils.checkpoint import is_project_checkpoint, load_weights, read_model_file
+from utils.checkpoint import checkpoint_variant, is_project_checkpoint, load_weights, read_model_file
 from utils.decode import decode_outputs, split_levels
 from utils.draw import draw_detections, save_crops
 from utils.inference import DTYPES, InferenceCache, inference_copy, resolve_precision
@@ -202,7 +202,7 @@ class YOLO(_Detector):
                  cfg_path: str | None = None):
         checkpoint = read_model_file(model_path, cfg_path=cfg_path)  # a darknet .weights file needs its cfg_path
         config = checkpoint["config"] if is_project_checkpoint(checkpoint) else {}
-        model_name = model or config.get("model") or "yolov4"
+        model_name = model or checkpoint_variant(checkpoint) or "yolov4"  # a bare state_dict: from its keys
         if model_name not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {model_name!r}")
         class_names = (get_classes(classes_path) if classes_path

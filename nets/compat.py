@@ -5,6 +5,7 @@ map each published module prefix to ours, explicitly; the tensor name after the 
 (``conv.weight``, ``bn.running_mean``, ``weight``, ...) is kept. Nothing is matched by position.
 """
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +42,29 @@ PUBLISHED_TO_OURS = {
         "yolo_headP4.1.": "heads.1.pred.",
     },
 }
+
+
+class StateDictKind(NamedTuple):
+    variant: str  # "yolov4" or "yolov4-tiny"
+    layout: str  # "published" (bubbliiiing key names) or "project" (this project's key names)
+
+
+def recognise_state_dict(state_dict: dict[str, Tensor]) -> StateDictKind | None:
+    """The model variant and key layout of a bare state_dict, from its key names alone (None: not recognised).
+
+    Each (variant, layout) has a set of module prefixes: the published ones of PUBLISHED_TO_OURS, or ours. A
+    layout is recognised when every one of its prefixes starts at least one key; the variants differ in prefixes
+    the other lacks (yolov4's SPP neck and third head, the tiny model's single lateral conv), so exactly one fits
+    a genuine state_dict while missing or extra tensors are left for the loader to name. A DataParallel
+    ``module.`` prefix is ignored.
+    """
+    keys = [key.removeprefix("module.") for key in state_dict if isinstance(key, str)]
+    found = []
+    for variant, table in PUBLISHED_TO_OURS.items():
+        for layout, prefixes in (("published", set(table)), ("project", set(table.values()))):
+            if all(any(key.startswith(prefix) for key in keys) for prefix in prefixes):
+                found.append(StateDictKind(variant=variant, layout=layout))
+    return found[0] if len(found) == 1 else None
 
 
 class CheckpointMismatchError(ValueError):

@@ -20,7 +20,8 @@ sys.path.insert(0, str(REPO))
 import get_map  # noqa: E402
 from utils.config import ConfigError  # noqa: E402
 from utils.coco_eval import coco_ap  # noqa: E402
-from utils.utils_map import (DetBox, GTBox, evaluate_detections, predict_to_dets,  # noqa: E402
+from utils.evaluation import predict_images  # noqa: E402
+from utils.utils_map import (DetBox, GTBox, evaluate_detections,  # noqa: E402
                              read_detection_files, read_ground_truth_files, read_voc_ground_truth, voc_ap,
                              write_detection_files, write_ground_truth_files)
 
@@ -354,11 +355,12 @@ def make_voc(root: Path, extensions: tuple[str, str] = (".jpg", ".jpg")) -> None
             f"<xmax>{x1 + 19}</xmax><ymax>{y1 + 19}</ymax></bndbox></object></annotation>")
 
 
-def test_predict_to_dets_uses_detector_interface(tmp_path):
+def test_predict_images_uses_detector_interface(tmp_path):
     make_voc(tmp_path)
     path = tmp_path / "VOC2007" / "JPEGImages" / "img_a.jpg"
-    dets = predict_to_dets(FakeDetector(), {"img_a": path}, progress=False)
-    assert dets == {"img_a": [DetBox("RBC", 0.9, 10.0, 10.0, 29.0, 29.0)]}
+    predictions = predict_images(detector=FakeDetector(), image_paths={"img_a": path})
+    assert predictions.dets == {"img_a": [DetBox("RBC", 0.9, 10.0, 10.0, 29.0, 29.0)]}
+    assert predictions.unreadable == {}
 
 
 def test_get_map_mode0_with_stub_detector(tmp_path, monkeypatch):
@@ -370,8 +372,9 @@ def test_get_map_mode0_with_stub_detector(tmp_path, monkeypatch):
                             f"--map_out_path={map_out}"])
     # Defaults reach the detector: settings from the checkpoint, current post-processing.
     assert FakeDetector.instances[0].kwargs == {
-        "model_path": "logs/best_epoch_weights.pth", "confidence": 0.001, "nms_iou": 0.5, "nms_type": "nms",
-        "multi_label": False, "input_shape": None, "letterbox_image": True, "device": "auto",
+        "model_path": "logs/best_epoch_weights.pth", "classes_path": None, "anchors_path": None, "anchors_mask": None,
+        "model": None, "confidence": 0.001, "nms_iou": 0.5, "nms_type": "nms", "multi_label": False,
+        "input_shape": None, "letterbox_image": True, "device": "auto",
         "precision": "auto", "cfg_path": None}
     # The same-score tie is ranked in sorted image order: img_a TP, img_b FP -> recall 1/2, precision 1 then 1/2.
     assert results["map"] == pytest.approx(0.5) and results["map_voc07"] == pytest.approx(6 / 11)

@@ -118,8 +118,10 @@ def test_yolo_from_published_state_dict_with_explicit_arguments(tmp_path):
                                 nms_iou=0.3)
     with Image.open(BCCD_IMAGE) as image:
         torch.testing.assert_close(decoded_of(detector, image), decoded_of(reference, image))
-    with pytest.raises(ValueError, match="yolov4"):  # the default variant does not fit a tiny checkpoint
-        YOLO(model_path=str(bare), classes_path=str(tmp_path / "classes.txt"), device="cpu")
+    recognised = YOLO(model_path=str(bare), classes_path=str(tmp_path / "classes.txt"), device="cpu")
+    assert recognised.model_name == "yolov4-tiny"  # from the keys, without model=
+    with pytest.raises(ValueError, match="keys are those of a yolov4-tiny model, not yolov4; set model=yolov4-tiny"):
+        YOLO(model_path=str(bare), model="yolov4", classes_path=str(tmp_path / "classes.txt"), device="cpu")
 
 
 class FixedHead(nn.Module):

@@ -69,7 +69,7 @@ def test_overfits_two_images():
     from nets.yolo import build_model, init_weights
     from nets.yolo_training import YOLOLoss
     from utils.dataloader import YoloDataset, yolo_collate
-    from utils.utils_map import evaluate_voc_images
+    from utils.evaluation import evaluate_voc_images
     from yolo import YOLO
 
     image_ids = ids("train", 2)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nets.compat import LoadReport, load_published_state_dict
+from nets.compat import CheckpointMismatchError, LoadReport, load_published_state_dict, recognise_state_dict
 
 CHECKPOINT_FORMAT = "yolov4-focal-checkpoint/1"
 
@@ -67,6 +67,14 @@ def read_model_file(path: str | os.PathLike, *, cfg_path: str | os.PathLike | No
     return read_checkpoint(path)
 
 
+def checkpoint_variant(checkpoint: dict[str, Any]) -> str | None:
+    """The model variant a checkpoint holds: from its config, or recognised from a bare state_dict's keys."""
+    if is_project_checkpoint(checkpoint):
+        return checkpoint["config"].get("model")
+    kind = recognise_state_dict(checkpoint) if isinstance(checkpoint, dict) else None
+    return kind.variant if kind else None
+
+
 def load_weights(net: nn.Module, path: str | os.PathLike, *, model: str, strict: bool = True,
                  checkpoint: dict[str, Any] | None = None, cfg_path: str | os.PathLike | None = None) -> LoadReport:
     """Loads this project's checkpoint, a published (bubbliiiing-layout) state_dict or a darknet ``.weights`` file
@@ -81,6 +89,13 @@ def load_weights(net: nn.Module, path: str | os.PathLike, *, model: str, strict:
         saved_variant = checkpoint["config"].get("model")
         if saved_variant and saved_variant != model:
             raise ValueError(f"checkpoint {path}: holds a {saved_variant} model, not {model}")
+        return _load_own(net, state_dict, strict=strict, source=str(path))
+    kind = recognise_state_dict(checkpoint) if isinstance(checkpoint, dict) else None
+    if kind is not None and kind.variant != model:
+        raise CheckpointMismatchError(f"checkpoint {path}: its keys are those of a {kind.variant} model, not {model}; "
+                                      f"set model={kind.variant} or leave model unset")
+    if kind is not None and kind.layout == "project":
+        state_dict = {key.removeprefix("module."): tensor for key, tensor in checkpoint.items()}
         return _load_own(net, state_dict, strict=strict, source=str(path))
     return load_published_state_dict(net, checkpoint, model=model, strict=strict, source=f"checkpoint {path}")
 

@@ -184,7 +184,7 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_cl
     """mAP (all-point and VOC07), COCO AP and per-class AP of the run's final weights on the test images,
     with get_map.py's code and settings, plus the confidence-loss CDFs of the Focal Loss paper's Figure 4."""
     from utils.trainer import line_image_path
-    from utils.utils_map import evaluate_voc_images
+    from utils.evaluation import evaluate_voc_images
     from yolo import YOLO
 
     checkpoint = run_dir / "last_epoch_weights.pth"

@@ -5,10 +5,15 @@ batches the interrupted one had already taken.
 """
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+# Every collective waits at most this long for the other ranks. Long enough for rank 0's checkpoint writing and
+# for a slow rank's share of an evaluation on a large validation set, short enough that a lost rank ends the run.
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=60)
 
 
 @dataclass(frozen=True)
@@ -37,13 +42,32 @@ def init_distributed(*, requested: bool, device_type: str) -> DistInfo:
     info = DistInfo(rank=int(os.environ["RANK"]), local_rank=int(os.environ.get("LOCAL_RANK", "0")),
                     world_size=world_size)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
     return info
 
 
 def cleanup_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier(info: DistInfo, *, timeout: timedelta = PROCESS_GROUP_TIMEOUT) -> None:
+    """Waits for every rank. On gloo a monitored barrier, whose timeout error names the ranks that never came."""
+    if not info.enabled:
+        return
+    if dist.get_backend() == "gloo":
+        dist.monitored_barrier(timeout=timeout)
+    else:
+        dist.barrier()  # nccl: bounded by the process-group timeout
+
+
+def all_gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` without DDP."""
+    if not info.enabled:
+        return [obj]
+    gathered = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """One training epoch and one validation-loss pass. AMP and DDP go through the same code path as the CPU."""
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -53,11 +53,27 @@ class RunningMeans:
         return dict(zip(LOSS_TERMS, values.tolist()))
 
 
-def _check_finite(terms: dict[str, Tensor], *, epoch: int, iteration: int) -> None:
-    if not math.isfinite(terms["loss"].detach().item()):
-        shown = ", ".join(f"{n}={terms[n].detach().item():.4g}" for n in LOSS_TERMS)
-        raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, iteration {iteration + 1} ({shown}); "
-                                 "try a lower init_lr or fp16=False. The last good checkpoint is kept.")
+def check_finite_all_ranks(terms: dict[str, Tensor], *, epoch: int, iteration: int, dist_info: DistInfo) -> None:
+    """Raises NonFiniteLossError on every rank when the loss of any rank is inf/NaN, with the same message.
+
+    Each rank writes its loss terms into its own row of a (world_size, terms) table and one all-reduce sums the
+    table, so every rank sees every rank's terms (a few floats per iteration). Ranks then stop together before
+    the backward pass, and none is left waiting in a DDP collective.
+    """
+    values = torch.stack([terms[name].detach().float() for name in LOSS_TERMS])  # (T,)
+    table = values[None]  # (world_size, T)
+    if dist_info.enabled:
+        table = torch.zeros(dist_info.world_size, len(LOSS_TERMS), device=values.device)
+        table[dist_info.rank] = values
+        dist.all_reduce(table)
+    finite = torch.isfinite(table).all(dim=1).tolist()
+    if all(finite):
+        return
+    bad = finite.index(False)
+    where = f" on rank {bad}" if dist_info.enabled else ""
+    shown = ", ".join(f"{name}={value:.4g}" for name, value in zip(LOSS_TERMS, table[bad].tolist()))
+    raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, iteration {iteration + 1}{where} ({shown}); "
+                             "try a lower init_lr or fp16=False. The last good checkpoint is kept.")
 
 
 def train_one_epoch(*, model: nn.Module, criterion: nn.Module, loader, optimizer: torch.optim.Optimizer,
@@ -83,7 +99,7 @@ def train_one_epoch(*, model: nn.Module, criterion: nn.Module, loader, optimizer
         with torch.autocast(device_type=amp.device_type, dtype=amp.dtype, enabled=amp.enabled):
             outputs = model(images)
         terms = criterion(outputs, targets)  # fp32 inside
-        _check_finite(terms, epoch=epoch, iteration=iteration)
+        check_finite_all_ranks(terms, epoch=epoch, iteration=iteration, dist_info=dist_info)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms["loss"]).backward()
         if max_grad_norm:

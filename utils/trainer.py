@@ -1,6 +1,7 @@
 """The training run behind train.py: set-up, the freeze/unfreeze epochs, evaluation, checkpoints, resume."""
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -16,12 +17,12 @@ from utils.callbacks import LossHistory
 from utils.checkpoint import CHECKPOINT_FORMAT, load_weights, read_checkpoint, save_atomic, saved_config
 from utils.config import ConfigError, print_config, resolve_settings
 from utils.dataloader import YoloDataset, yolo_collate
-from utils.distributed import EpochSampler, cleanup_distributed, init_distributed, sync_buffers
+from utils.distributed import EpochSampler, barrier, cleanup_distributed, init_distributed, sync_buffers
 from utils.engine import AmpSettings, NonFiniteLossError, train_one_epoch, validation_loss
 from utils.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from utils.utils import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, ModelSpec, check_anchors_mask, get_anchors,
                          get_classes, resolve_device)
-from utils.utils_map import evaluate_voc_images
+from utils.evaluation import evaluate_voc_images, unreadable_note
 
 CHOICES = {"model": ("yolov4", "yolov4-tiny"), "optimizer_type": ("sgd", "adam", "adamw"),
            "lr_decay_type": ("cos", "step"), "amp_dtype": ("float16", "bfloat16"), "iou_type": ("ciou", "diou", "giou"),
@@ -159,8 +160,11 @@ class Run:
         detector = YOLO.from_model(self.net, config=self.run_config, confidence=0.001, nms_iou=0.5,
                                    device=str(self.device))
         image_paths = sorted(line_image_path(line) for line in self.val_lines)
-        return evaluate_voc_images(detector=detector, image_paths=image_paths,
-                                   class_names=self.spec.class_names, iou_threshold=0.5)
+        results = evaluate_voc_images(detector=detector, image_paths=image_paths, class_names=self.spec.class_names,
+                                      iou_threshold=0.5, dist_info=self.dist)  # every rank predicts a share
+        if results["unreadable"]:
+            self.log(unreadable_note(results["unreadable"]))
+        return results
 
 
 def line_image_path(line: str) -> str:
@@ -194,8 +198,9 @@ def fit(config, *, on_epoch_end=None) -> Run:
             save_atomic(run.checkpoint_state(**state), path)
             print(f"\ninterrupted: resumable checkpoint written to {path}; continue with --resume={path}")
         raise
-    except NonFiniteLossError as err:
-        run.log(f"stopped: {err}")
+    except NonFiniteLossError as err:  # raised on every rank together (check_finite_all_ranks)
+        print(f"stopped: {err}", file=sys.stderr, flush=True)
+        barrier(run.dist)  # each rank has printed before any exits, so no rank is killed mid-message
         raise
     finally:
         if run.history:
@@ -245,11 +250,12 @@ def run_epoch(run: Run, epoch: int, state: dict) -> dict:
     row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], "frozen": frozen,
            **{f"train_{k}": v for k, v in train_terms.items()}, **{f"val_{k}": v for k, v in val_terms.items()},
            "map": None, "seconds": round(time.time() - started, 2)}
-    if not run.dist.is_main:
-        return row
     last = epoch + 1 == total
     if config.eval_flag and ((epoch + 1) % config.eval_period == 0 or last):
         row["map"] = run.evaluate_map()["map"]
+    if not run.dist.is_main:
+        barrier(run.dist)  # wait while rank 0 writes checkpoints and history, with an explicit timeout
+        return row
     score = row["map"] if config.eval_flag else -row["val_loss"]  # higher is better
     if score is not None and (run.best is None or score > run.best):
         run.best = score
@@ -270,4 +276,5 @@ def run_epoch(run: Run, epoch: int, state: dict) -> dict:
     print(f"epoch {epoch + 1}/{total}  train loss {row['train_loss']:.4f} (loc {row['train_loss_loc']:.4f} "
           f"conf {row['train_loss_conf']:.4f} cls {row['train_loss_cls']:.4f})  val loss {row['val_loss']:.4f}  "
           f"{shown}  lr {row['lr']:.2e}  {row['seconds']:.1f}s", flush=True)
+    barrier(run.dist)
     return row

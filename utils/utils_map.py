@@ -1,4 +1,5 @@
 """VOC-style detection evaluation: AP definitions, greedy matching, map_out text files.
+Running a detector over images and adding COCO AP is utils/evaluation.py's job.
 
 All boxes here are `xyxy` in absolute pixels of the original image. IoU and areas follow the
 VOC pixel convention (a box from x1 to x2 covers x2 - x1 + 1 pixels), so numbers agree with the
@@ -11,10 +12,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from tqdm import tqdm
 
 GROUND_TRUTH_DIR = "ground-truth"
 DETECTION_DIR = "detection-results"
+SKIPPED_FILE = "skipped-images.txt"  # ids of unreadable images that were left out, one per line
 
 
 class GTBox(NamedTuple):
@@ -307,70 +308,22 @@ def read_detection_files(*, map_out_path: str | Path) -> dict[str, list[DetBox]]
     return _read_box_files(folder, _detection_box) if folder.is_dir() else {}
 
 
-def predict_to_dets(detector, image_paths: dict[str, str | Path], *, progress: bool = True
-                    ) -> dict[str, list[DetBox]]:
-    """Run the detector on each image (`detect_batch` in batches when it has one, else `detect`); returns
-    image_id -> DetBox list (pixel `xyxy`).
-
-    The detector must provide `class_names` and a `detect` whose result has `boxes_xyxy` (n, 4) in
-    original-image pixels, `scores` (n,) and `class_ids` (n,). Used by get_map.py and by in-training
-    evaluation, so both report the same numbers.
-    """
-    class_names = list(detector.class_names)
-    dets = {}
-    outputs = _detect_in_batches(detector, image_paths, progress=progress)
-    for image_id, out in outputs:
-        pred_xyxy = np.asarray(out.boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(out.scores, dtype=np.float64).reshape(-1)
-        class_ids = np.asarray(out.class_ids, dtype=np.int64).reshape(-1)
-        if not len(pred_xyxy) == len(scores) == len(class_ids):
-            raise ValueError(f"detector output for '{image_id}' has {len(pred_xyxy)} boxes, {len(scores)} "
-                             f"scores and {len(class_ids)} class ids")
-        if len(class_ids) and (class_ids.min() < 0 or class_ids.max() >= len(class_names)):
-            raise ValueError(f"detector output for '{image_id}' has a class id outside 0..{len(class_names) - 1}")
-        dets[image_id] = [DetBox(class_names[c], s, *box)
-                          for c, s, box in zip(class_ids.tolist(), scores.tolist(), pred_xyxy.tolist())]
-    return dets
+def write_skipped_images(*, map_out_path: str | Path, unreadable: dict[str, str]) -> None:
+    """Records the unreadable images a prediction pass left out (``<id>\t<reason>`` lines), so a later mode 3 / 4
+    leaves them out too; with none the file is removed, so a stale list never hides images."""
+    path = Path(map_out_path) / SKIPPED_FILE
+    if unreadable:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{image_id}\t{' '.join(reason.split())}\n" for image_id, reason in unreadable.items()),
+                        encoding="utf-8")
+    else:
+        path.unlink(missing_ok=True)
 
 
-def _detect_in_batches(detector, image_paths: dict[str, str | Path], *, progress: bool):
-    """Yields (image_id, detections) in order; images are read upright, as the dataset reads them, and go through
-    `detector.detect_batch` `detector.batch_size` (default 8) at a time when the detector has it."""
-    from PIL import Image
-
-    from utils.dataloader import read_image_rgb
-
-    items = list(image_paths.items())
-    step = max(1, int(getattr(detector, "batch_size", 8))) if hasattr(detector, "detect_batch") else 1
-    with tqdm(total=len(items), desc="predict", disable=not progress) as bar:
-        for start in range(0, len(items), step):
-            chunk = items[start:start + step]
-            images = [Image.fromarray(read_image_rgb(path)) for _, path in chunk]
-            outs = detector.detect_batch(images) if step > 1 else [detector.detect(images[0])]
-            bar.update(len(chunk))
-            yield from zip([image_id for image_id, _ in chunk], outs)
-
-
-def voc_annotation_path(image_path: str | Path) -> Path:
-    """The VOC XML of an image: <year>/JPEGImages/<id>.<ext> -> <year>/Annotations/<id>.xml."""
-    image_path = Path(image_path)
-    return image_path.parents[1] / "Annotations" / f"{image_path.stem}.xml"
-
-
-def evaluate_voc_images(*, detector, image_paths: list[str | Path], class_names: list[str],
-                        iou_threshold: float = 0.5, score_threshold: float = 0.5, progress: bool = False,
-                        coco: bool = False) -> dict:
-    """Predicts and scores images of a VOC-layout set exactly as get_map.py does (image ids sorted,
-    ground truth with difficult flags from the XMLs, objects of unknown classes left out).
-    With ``coco`` the results also hold COCO AP under "coco"."""
-    by_id = {Path(p).stem: p for p in sorted(image_paths, key=lambda p: Path(p).stem)}
-    gt = {image_id: [b for b in read_voc_ground_truth(voc_annotation_path(path)) if b.class_name in class_names]
-          for image_id, path in by_id.items()}
-    dets = predict_to_dets(detector, by_id, progress=progress)
-    results = evaluate_detections(gt=gt, dets=dets, class_names=class_names, iou_threshold=iou_threshold,
-                                  score_threshold=score_threshold)
-    if coco:
-        from utils.coco_eval import coco_ap
-
-        results["coco"] = coco_ap(gt=gt, dets=dets, class_names=class_names)
-    return results
+def read_skipped_images(*, map_out_path: str | Path) -> dict[str, str]:
+    """image id -> reason, as written by write_skipped_images; {} without the file."""
+    path = Path(map_out_path) / SKIPPED_FILE
+    if not path.is_file():
+        return {}
+    rows = [line.partition("\t") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {image_id.strip(): reason for image_id, _, reason in rows}
