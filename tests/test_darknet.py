@@ -154,7 +154,8 @@ def run_oracle(tmp_path: Path, name: str, text: str, *, seed: int) -> list[dict]
     cfg_path, weights_path = tmp_path / f"{name}.cfg", tmp_path / f"{name}.weights"
     cfg_path.write_text(text, encoding="utf-8")
     write_random_weights(cfg_path, weights_path, seed=seed)
-    detector = YOLO(model_path=str(weights_path), cfg_path=str(cfg_path), device="cpu", confidence=0.5, nms_iou=0.45)
+    detector = YOLO(model_path=str(weights_path), cfg_path=str(cfg_path), device="cpu", confidence=0.5, nms_iou=0.45,
+                    precision="fp32")  # OpenCV computes in fp32: compare like with like
     net = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))  # OpenCV's importer needs files
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     reports = []
@@ -407,9 +408,9 @@ def test_training_starts_from_darknet_weights_and_writes_them(tmp_path):
     logs = tmp_path / "logs"
     written = sorted(path.name for path in logs.iterdir() if path.suffix in (".weights", ".cfg"))
     assert written[:2] == ["best_epoch_weights.cfg", "best_epoch_weights.weights"] and len(written) == 4
-    ours = YOLO(model_path=str(logs / "best_epoch_weights.pth"), device="cpu")
+    ours = YOLO(model_path=str(logs / "best_epoch_weights.pth"), device="cpu", precision="fp32")
     theirs = YOLO(model_path=str(logs / "best_epoch_weights.weights"), cfg_path=str(logs / "best_epoch_weights.cfg"),
-                  device="cpu")
+                  device="cpu", precision="fp32")
     assert (theirs.class_names, theirs.anchors, theirs.input_shape) == (["class_0", "class_1", "class_2"],
                                                                          ours.anchors, ours.input_shape)
     image_chw, _ = preprocess_image(Image.open(IMAGES[0]).convert("RGB"), ours.input_shape, True)
