@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from utils.config import UserError
+
 PUBLISHED_TO_OURS = {
     "yolov4": {
         "backbone.": "backbone.",
@@ -43,7 +45,7 @@ PUBLISHED_TO_OURS = {
 }
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """A checkpoint does not fit the model; the message names the key and the likely cause."""
 
 
