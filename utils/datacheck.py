@@ -146,6 +146,8 @@ def check_annotation_files(annotations: list[AnnotationFile], *, class_names: li
     for annotation in annotations:
         problems += check_classes(annotation, class_names=class_names, classes_path=classes_path)
     bad_images = {a.path: unreadable_images(a) for a in annotations}
+    fix = ("; fix them or set --on_corrupt=skip to leave unreadable images out"
+           if any(bad_images.values()) and on_corrupt == "error" else "")
     checked = []
     for annotation in annotations:
         bad = bad_images[annotation.path]
@@ -164,7 +166,6 @@ def check_annotation_files(annotations: list[AnnotationFile], *, class_names: li
         checked.append(annotation)
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        fix = "" if on_corrupt == "skip" else "; fix them or set --on_corrupt=skip to leave unreadable images out"
         raise UserError(f"{len(problems)} problem(s) in the annotation files{fix}:\n" + "\n".join(shown))
     return checked
 
