@@ -164,6 +164,8 @@ def check_annotation_files(annotations: list[AnnotationFile], *, class_names: li
         else:
             problems += list(bad.values())
         checked.append(annotation)
+    if len(problems) == 1:
+        raise UserError(problems[0] + fix)
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise UserError(f"{len(problems)} problem(s) in the annotation files{fix}:\n" + "\n".join(shown))
