@@ -2,7 +2,8 @@
 
 Writes ``<year>_<set>.txt`` per (year, set): a ``# classes: [...]`` header naming the classes the ids refer to, then
 one line per image, ``<absolute image path> x1,y1,x2,y2,class_id ...`` (boxes xyxy in the pixels of the upright
-image). Every image is opened and decoded first; nothing is written when no object of a listed class exists. Settings below; override them with ``--config=FILE`` or ``--key=value``:
+image). Every image is opened and decoded first; nothing is written when no object of a listed class exists.
+Settings below; override them with ``--config=FILE`` or ``--key=value``:
 
     python voc_annotation.py --annotation_mode=2 --include_difficult=true
 """

@@ -214,6 +214,9 @@ def run_cli(main, *, user_errors: tuple[type[BaseException], ...] = ()) -> None:
         if isinstance(err.code, str):
             _exit_with(err.code)
         raise
+    except KeyboardInterrupt:  # what was saved on the way out (train.py's checkpoint) has been reported already
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def _exit_with(message: str) -> None:

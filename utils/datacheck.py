@@ -4,8 +4,8 @@ with the classes file, image paths that exist.
 Orientation rule: the loader (utils/dataloader.read_image_rgb) shows every image upright, with its EXIF orientation
 applied, and annotation lines hold boxes in that upright frame. An XML whose <size> is the raw (stored, un-rotated)
 frame of an image with orientation 5-8 was drawn on the raw pixels, so voc_annotation.py rotates its boxes into
-the upright frame. Orientations 2-4 (flips, 180 degrees) keep the size, so the frame cannot be told from it: the
-boxes are taken as drawn on the upright image, the one every viewer shows. Values outside 1-8 (0, 65537, ...)
+the upright frame. Orientations 2-4 (flips, 180 degrees) and square images keep the size, so the frame cannot be
+told from it: the boxes are taken as drawn on the upright image, the one every viewer shows. Values outside 1-8 (0, 65537, ...)
 are ignored by the loader and here alike.
 """
 from __future__ import annotations
@@ -83,7 +83,8 @@ def align_boxes_with_image(boxes_xyxy_cls: np.ndarray, *, xml_size: tuple[int, i
         boxes_xyxy_cls = raw_to_upright_xyxy(boxes_xyxy_cls, orientation=info.orientation, raw_size=info.raw_size)
         rotated = True
         notes.append(f"{xml_path}: <size> {_size(xml_size)} is the raw frame of an image with EXIF orientation "
-                     f"{info.orientation}; boxes rotated to the upright {_size(info.upright_size)} frame the loader uses")
+                     f"{info.orientation}; boxes rotated to the upright {_size(info.upright_size)} frame the loader "
+                     f"uses")
     elif xml_size is not None and xml_size != info.upright_size:
         notes.append(f"{xml_path}: <size> says {_size(xml_size)} but the image is {_size(info.upright_size)}"
                      f" (upright); boxes kept as written and clipped to the image")
