@@ -9,10 +9,9 @@ background images: their detections count as false positives. Unreadable images 
 in skipped-images.txt and left out. A bare state_dict takes model, anchors and classes as predict.py does.
 """
 
-import sys
 from pathlib import Path
 
-from utils.config import ConfigError, print_config, resolve_config, run_cli, settings_of
+from utils.config import ConfigError, resolve_config, run_cli, settings_of
 from utils.voc import IMAGE_EXTENSIONS, index_images
 
 map_mode: int = 0  # 0 all; 1 predictions only; 2 ground truth only; 3 VOC AP from files in map_out_path; 4 VOC + COCO AP from them
@@ -220,11 +219,4 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    if {"-h", "--help"} & set(sys.argv[1:]):
-        print(__doc__)
-        print_config({name: default for name, (_, default) in settings_of(globals()).items()})
-        sys.exit(0)
-    try:
-        run_cli(main)
-    except ValueError as err:  # a malformed or empty input file: one line naming it, not a traceback
-        sys.exit(f"error: {err}")
+    run_cli(main, user_errors=(ValueError,))  # a malformed or empty input file: one line naming it, exit code 2

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from utils.config import print_config, resolve_config, settings_of
+from utils.config import print_config, resolve_config, run_cli, settings_of
 
 mode: str = "predict"  # predict | video | fps | dir_predict | heatmap | export_onnx | predict_onnx
 model_path: str = "logs/best_epoch_weights.pth"  # checkpoint of this project, published state_dict or darknet .weights
@@ -42,12 +42,12 @@ image_paths: list[str] = []  # predict / predict_onnx / heatmap images; empty = 
 save_dir: str = "img_out"  # predict / predict_onnx: drawn images go here
 video_path: str = "0"  # video: a video file, or a camera index such as "0"
 video_save_path: str = ""  # video: write the drawn video here (.mp4 or .avi); "" = do not save
-video_fps: float = 25.0  # video: frame rate of the saved video
+video_fps: float | None = None  # video: frame rate of the saved video; None = the input's (25 if a camera gives none)
 test_interval: int = 100  # fps: number of timed detections
 fps_image_path: str = "VOCdevkit/VOC2007/JPEGImages/BloodImage_00000.jpg"  # fps image (and heatmap's default)
 dir_origin_path: str = "img/"  # dir_predict: folder of images to detect
 dir_save_path: str = "img_out/"  # dir_predict: drawn images and detections.json go here
-heatmap_save_path: str = "model_data/heatmap_vision.png"  # heatmap: output image
+heatmap_save_path: str = "img_out/heatmap.png"  # heatmap: output image
 onnx_save_path: str = "model_data/models.onnx"  # export_onnx writes it, predict_onnx reads it
 onnx_dynamic_batch: bool = False  # export_onnx: dynamic batch dimension
 onnx_opset: int = 12  # export_onnx: ONNX opset version
@@ -167,7 +167,9 @@ def run_video(cfg: dict) -> int:
             save_path = Path(cfg["video_save_path"])
             save_path.parent.mkdir(parents=True, exist_ok=True)
             fourcc = cv2.VideoWriter_fourcc(*("XVID" if save_path.suffix.lower() == ".avi" else "mp4v"))
-            writer = cv2.VideoWriter(str(save_path), fourcc, cfg["video_fps"], (frame.shape[1], frame.shape[0]))
+            source_fps = capture.get(cv2.CAP_PROP_FPS)  # 0 (or NaN) when the source does not say
+            out_fps = cfg["video_fps"] or (source_fps if source_fps > 0 else 25.0)
+            writer = cv2.VideoWriter(str(save_path), fourcc, out_fps, (frame.shape[1], frame.shape[0]))
             if not writer.isOpened():
                 raise ValueError(f"cannot write video {save_path} (use a .mp4 or .avi name)")
         if display_available() and _open_window("video"):
@@ -277,7 +279,7 @@ MODES = {"predict": run_predict, "video": run_video, "fps": run_fps, "dir_predic
 
 def main(argv: list[str] | None = None):
     """Runs the configured mode and returns its result. Bad settings or missing/unreadable inputs end the
-    program with a one-line message naming the file (SystemExit, exit code 1) instead of a traceback."""
+    program with a one-line message naming the file (SystemExit; exit code 2 through run_cli), not a traceback."""
     try:
         cfg = resolve_config(settings_of(globals()), argv)
         if cfg["mode"] not in MODES:
@@ -289,4 +291,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

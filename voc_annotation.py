@@ -1,21 +1,25 @@
 """Turn a VOCdevkit into the annotation files train.py reads.
 
-Writes ``<year>_<set>.txt`` per (year, set): one line per image, ``<absolute image path> x1,y1,x2,y2,class_id ...``
-(boxes xyxy in original-image pixels). Settings below; override them with ``--config=FILE`` or ``--key=value``:
+Writes ``<year>_<set>.txt`` per (year, set): a ``# classes: [...]`` header naming the classes the ids refer to, then
+one line per image, ``<absolute image path> x1,y1,x2,y2,class_id ...`` (boxes xyxy in the pixels of the upright
+image). Every image is opened and decoded first; nothing is written when no object of a listed class exists.
+Settings below; override them with ``--config=FILE`` or ``--key=value``:
 
     python voc_annotation.py --annotation_mode=2 --include_difficult=true
 """
 
 import os
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from utils.config import ConfigError, resolve_config, run_cli, settings_of
+from utils.config import ConfigError, UserError, resolve_config, run_cli, settings_of
+from utils.datacheck import align_boxes_with_image, inspect_image
 from utils.utils import get_classes
-from utils.voc import format_annotation_line, index_images, read_voc_xml
+from utils.voc import format_annotation_line, format_classes_header, index_images, read_voc_xml
 
 annotation_mode: int = 0  # 0: split (if no lists yet) + annotation files, 1: only the split, 2: only annotation files
 classes_path: str = "model_data/bccd_classes.txt"  # class names, one per line; the line order gives the class ids
@@ -61,8 +65,10 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 
 def annotate_set(*, year_dir: Path, set_name: str, class_names: list[str], include_difficult: bool,
-                 images_by_stem: dict[str, Path], summary: Counter) -> tuple[list[str], Counter]:
-    """Annotation lines of one ImageSets/Main list and its per-class object counts; problems go to ``summary``."""
+                 images_by_stem: dict[str, Path], summary: Counter, names_seen: Counter) -> tuple[list[str], Counter]:
+    """Annotation lines of one ImageSets/Main list and its per-class object counts; problems go to ``summary``,
+    every object name met in the XML files to ``names_seen``. Every image is decoded; boxes are put in the
+    upright frame the loader shows (see utils/datacheck.py for the orientation rule)."""
     list_path = year_dir / "ImageSets" / "Main" / f"{set_name}.txt"
     ids = [line.strip() for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     lines: list[str] = []
@@ -75,6 +81,12 @@ def annotate_set(*, year_dir: Path, set_name: str, class_names: list[str], inclu
             print(f"warning: {xml_path if xml_path.exists() else list_path}: {what} {image_id!r} has no image"
                   f" in {year_dir / 'JPEGImages'} (any of .jpg/.jpeg/.png/.bmp); skipped")
             summary["skipped_no_image"] += 1
+            continue
+        try:
+            info = inspect_image(image_path)
+        except UserError as exc:
+            print(f"error: {exc}; image skipped")
+            summary["skipped_unreadable_image"] += 1
             continue
         abs_image = os.path.abspath(image_path)
         if not xml_path.exists():
@@ -89,18 +101,35 @@ def annotate_set(*, year_dir: Path, set_name: str, class_names: list[str], inclu
             print(f"error: {exc}; image skipped")
             summary["skipped_malformed_xml"] += 1
             continue
+        names_seen.update(record.object_names)
         for message in record.warnings:
             print(f"warning: {message}")
         summary.update(record.counts)
+        boxes_xyxy_cls, notes, rotated = align_boxes_with_image(record.boxes_xyxy_cls, xml_size=record.image_size,
+                                                                info=info, xml_path=xml_path)
+        for message in notes:
+            print(f"warning: {message}")
+        summary["rotated_from_raw_frame"] += int(rotated)
+        summary["size_mismatch"] += int(not rotated and record.image_size not in (None, info.upright_size))
         if record.filename is not None and record.filename != image_path.name:
             print(f"note: {xml_path}: <filename> says {record.filename!r}; using {image_path.name!r} found by stem")
             summary["image_name_fixed"] += 1
-        if len(record.boxes_xyxy_cls) == 0:
+        if len(boxes_xyxy_cls) == 0:
             print(f"note: {xml_path}: no usable objects; kept as a background image")
             summary["background_no_objects"] += 1
-        class_counts.update(class_names[int(c)] for c in record.boxes_xyxy_cls[:, 4])
-        lines.append(format_annotation_line(image_path=abs_image, boxes_xyxy_cls=record.boxes_xyxy_cls))
+        class_counts.update(class_names[int(c)] for c in boxes_xyxy_cls[:, 4])
+        lines.append(format_annotation_line(image_path=abs_image, boxes_xyxy_cls=boxes_xyxy_cls))
     return lines, class_counts
+
+
+def check_classes_found(*, class_counts: dict, names_seen: Counter, classes_path: str, voc_path: str) -> None:
+    """Stops (UserError) when no object of any listed class exists: the classes file matches none of the XML
+    names, which would otherwise train on zero objects."""
+    if sum(sum(counts.values()) for counts in class_counts.values()) or not names_seen:
+        return
+    found = ", ".join(f"{name} ({count})" for name, count in names_seen.most_common())
+    raise UserError(f"classes file {classes_path}: none of its classes occurs in the XML files of {voc_path}; "
+                    f"they name: {found}. Put those names (one per line) in the classes file")
 
 
 def run(*, annotation_mode: int, classes_path: str, trainval_percent: float, train_percent: float,
@@ -143,20 +172,34 @@ def run(*, annotation_mode: int, classes_path: str, trainval_percent: float, tra
     if missing:
         raise FileNotFoundError(f"missing image lists: {', '.join(missing)} (annotation_mode 0 or 1 makes a split)")
     images_by_year = {year: index_images(year_dir / "JPEGImages") for year, year_dir in year_dirs.items()}
+    summary, names_seen = result["summary"], Counter()
+    made = {}
+    for year, set_name in sets:  # everything is read and checked before any annotation file is written
+        made[(year, set_name)] = annotate_set(year_dir=year_dirs[year], set_name=set_name, class_names=class_names,
+                                              include_difficult=include_difficult,
+                                              images_by_stem=images_by_year[year], summary=summary,
+                                              names_seen=names_seen)
+    check_classes_found(class_counts={key: counts for key, (_, counts) in made.items()}, names_seen=names_seen,
+                        classes_path=classes_path, voc_path=VOCdevkit_path)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    summary = result["summary"]
-    for year, set_name in sets:
-        lines, class_counts = annotate_set(year_dir=year_dirs[year], set_name=set_name, class_names=class_names,
-                                           include_difficult=include_difficult, images_by_stem=images_by_year[year],
-                                           summary=summary)
+    for (year, set_name), (lines, class_counts) in made.items():
         out_path = Path(out_dir) / f"{year}_{set_name}.txt"
-        _write_lines(out_path, lines)
+        _write_lines(out_path, [format_classes_header(class_names), *lines])
         result["files"][(year, set_name)] = out_path
         result["lines"][(year, set_name)] = len(lines)
         result["class_counts"][(year, set_name)] = class_counts
         per_class = ", ".join(f"{name} {count}" for name, count in class_counts.items())
         print(f"{out_path}: {len(lines)} images; objects: {per_class}")
+    for (year, set_name), count in result["lines"].items():
+        if count == 0:
+            print(f"WARNING: {Path(out_dir) / f'{year}_{set_name}.txt'} holds 0 images: train.py refuses an empty "
+                  f"train or val file. On a small dataset lower train_percent (now {train_percent}) or "
+                  f"trainval_percent (now {trainval_percent}) and re-run with annotation_mode=1 "
+                  f"--overwrite_split=True, then annotation_mode=2", file=sys.stderr)
     labels = {"skipped_no_image": "XML/list entries without an image (skipped)",
+              "skipped_unreadable_image": "images that cannot be decoded (skipped)",
+              "rotated_from_raw_frame": "XML boxes in the raw frame of an EXIF-rotated image (rotated upright)",
+              "size_mismatch": "XML <size> differs from the image",
               "skipped_malformed_xml": "malformed XML files (skipped)",
               "background_no_xml": "images without XML (kept as background)",
               "background_no_objects": "XML without usable objects (kept as background)",

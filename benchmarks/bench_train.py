@@ -24,6 +24,7 @@ from utils.config import resolve_config, run_cli, settings_of  # noqa: E402
 from utils.dataloader import YoloDataset, yolo_collate  # noqa: E402
 from utils.optim import build_optimizer  # noqa: E402
 from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
+from utils.voc import read_annotation_file  # noqa: E402
 
 model: str = ""  # "" runs both variants, each in a subprocess
 steps: int = 5  # timed steps after 2 warm-up steps (median reported)
@@ -35,7 +36,7 @@ annotation_path: str = "2007_train.txt"  # from voc_annotation.py
 
 
 def bench_one(config: dict) -> None:
-    lines = Path(config["annotation_path"]).read_text(encoding="utf-8").splitlines()
+    lines = read_annotation_file(config["annotation_path"]).lines
     shape = (config["input_size"], config["input_size"])
     dataset = YoloDataset(annotation_lines=lines, input_shape=shape, train=True, mosaic=True, mosaic_prob=1.0,
                           mixup=True, mixup_prob=0.5, total_epochs=10, seed=0)

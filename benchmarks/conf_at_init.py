@@ -20,6 +20,7 @@ from nets.yolo_training import build_loss  # noqa: E402
 from utils.config import resolve_config, run_cli, settings_of  # noqa: E402
 from utils.dataloader import YoloDataset, yolo_collate  # noqa: E402
 from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, ModelSpec, get_anchors  # noqa: E402
+from utils.voc import read_annotation_file  # noqa: E402
 
 model: str = "yolov4-tiny"  # "yolov4" or "yolov4-tiny"
 batch_size: int = 8  # images of the first training batch
@@ -29,7 +30,7 @@ annotation_path: str = "2007_train.txt"  # from voc_annotation.py
 
 def main(argv: list[str] | None = None) -> None:
     config = resolve_config(settings_of(globals()), argv)
-    lines = Path(config["annotation_path"]).read_text(encoding="utf-8").splitlines()[:config["batch_size"]]
+    lines = read_annotation_file(config["annotation_path"]).lines[:config["batch_size"]]
     dataset = YoloDataset(annotation_lines=lines, input_shape=tuple(config["input_shape"]), train=False)
     images, targets = yolo_collate([dataset[i] for i in range(len(dataset))])
     anchors_path = str(DEFAULT_ANCHORS_PATH[config["model"]])

@@ -10,6 +10,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from utils.config import UserError
+
 PUBLISHED_TO_OURS = {
     "yolov4": {
         "backbone.": "backbone.",
@@ -67,7 +69,7 @@ def recognise_state_dict(state_dict: dict[str, Tensor]) -> StateDictKind | None:
     return found[0] if len(found) == 1 else None
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """A checkpoint does not fit the model; the message names the key and the likely cause."""
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 import voc_annotation
 from utils.config import ConfigError
-from utils.voc import format_annotation_line, load_voc_objects, parse_annotation_line
+from utils.voc import format_annotation_line, load_voc_objects, parse_annotation_line, read_annotation_file
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog", "bird"]
@@ -85,7 +85,9 @@ def test_messy_voc_lines_and_counts(tmp_path, capsys):
     out = capsys.readouterr().out
 
     images = year_dir / "JPEGImages"
-    lines = (out_dir / "2007_train.txt").read_text().splitlines()
+    annotation = read_annotation_file(out_dir / "2007_train.txt")
+    assert annotation.class_names == CLASSES
+    lines = annotation.lines
     expected = [
         f"{images / 'a_plain.jpg'} 5,6,30,40,0 31,1,60,47,2",
         f"{images / 'b_upper.JPG'} 1,2,3,4,1",
@@ -145,7 +147,7 @@ def test_seeded_split_two_years_and_no_overwrite(tmp_path):
     assert sorted(lists["trainval"] + lists["test"]) == stems_2007
     assert sorted(lists["train"] + lists["val"]) == sorted(lists["trainval"])
     assert result["lines"] == {("2007", "train"): 32, ("2007", "val"): 4, ("2007", "test"): 4, ("2012", "trainval"): 4}
-    assert len((out_dir / "2012_trainval.txt").read_text().splitlines()) == 4
+    assert len(read_annotation_file(out_dir / "2012_trainval.txt").lines) == 4
 
     (main_dir / "test.txt").write_text("img00\n")  # a user's edit must survive mode 0
     result_again, _ = _run(tmp_path, sets, "--seed=3")
@@ -234,7 +236,7 @@ def test_real_bccd(tmp_path, capsys):
     assert "BloodImage_00338.xml: dropped box (504, 337, 504, 337)" in out
     assert "BloodImage_00343.xml: dropped box" in out
     all_lines = [line for s in ("train", "val", "test")
-                 for line in (tmp_path / f"2007_{s}.txt").read_text().splitlines()]
+                 for line in read_annotation_file(tmp_path / f"2007_{s}.txt").lines]
     assert len({line.split(" ")[0] for line in all_lines}) == 364
     line_338 = next(line for line in all_lines if "BloodImage_00338.jpg" in line)
     xml_text = (REPO / "VOCdevkit" / "VOC2007" / "Annotations" / "BloodImage_00338.xml").read_text()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from nets.compat import CheckpointMismatchError, LoadReport, load_published_state_dict, recognise_state_dict
+from utils.config import UserError
 
 CHECKPOINT_FORMAT = "yolov4-focal-checkpoint/1"
 
@@ -37,11 +38,25 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Loads a checkpoint file onto the CPU, with a clear message when it is missing or unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path}: no such file")
+        raise FileNotFoundError(f"checkpoint {path}: no such file{_where_checkpoints_are(path)}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a corrupt or foreign file
-        raise ValueError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from err
+        raise UserError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from err
+
+
+MAIN_JOB_RUNS = Path("runs/compare/runs")  # compare_focal.py's default results_dir + "/runs"
+
+
+def _where_checkpoints_are(missing: Path) -> str:
+    """A hint for a missing logs/... checkpoint: train.py writes to logs/, the main job (compare_focal.py) to
+    runs/compare/runs/<run>/."""
+    if missing.parts[:1] != ("logs",):
+        return ""
+    found = sorted(MAIN_JOB_RUNS.glob("*/last_epoch_weights.pth"))
+    listing = f"; found: {', '.join(map(str, found[:4]))}" if found else ""
+    return (f"; train.py writes to logs/, while compare_focal.py (the main job) writes each run's checkpoints to "
+            f"{MAIN_JOB_RUNS}/<run>/last_epoch_weights.pth{listing}; pass one with --model_path=...")
 
 
 def is_project_checkpoint(checkpoint: dict[str, Any]) -> bool:
@@ -88,7 +103,8 @@ def load_weights(net: nn.Module, path: str | os.PathLike, *, model: str, strict:
         state_dict = checkpoint["model"]
         saved_variant = checkpoint["config"].get("model")
         if saved_variant and saved_variant != model:
-            raise ValueError(f"checkpoint {path}: holds a {saved_variant} model, not {model}")
+            raise UserError(f"checkpoint {path}: holds a {saved_variant} model, not {model}; "
+                            f"set --model={saved_variant}")
         return _load_own(net, state_dict, strict=strict, source=str(path))
     kind = recognise_state_dict(checkpoint) if isinstance(checkpoint, dict) else None
     if kind is not None and kind.variant != model:
@@ -112,6 +128,6 @@ def _load_own(net: nn.Module, state_dict: dict[str, torch.Tensor], *, strict: bo
     try:
         net.load_state_dict(filtered, strict=strict)
     except RuntimeError as err:
-        raise ValueError(f"checkpoint {source}: does not fit the model: {err}") from err
+        raise UserError(f"checkpoint {source}: does not fit the model: {err}") from err
     report.loaded = sorted(filtered)
     return report

@@ -9,8 +9,12 @@ import copy
 import dataclasses
 import difflib
 import functools
+import inspect
+import io
 import json
+import re
 import sys
+import tokenize
 import tomllib
 import types
 import typing
@@ -20,7 +24,12 @@ from typing import Any
 TRUE_WORDS, FALSE_WORDS, NONE_WORDS = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}, {"none", "null"}
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """An expected mistake in what the user gave (a setting, a file, a dataset), not a bug: ``run_cli`` prints
+    its message as one line and exits with code 2. A ValueError, so existing ``except ValueError`` still sees it."""
+
+
+class ConfigError(UserError):
     """A bad setting: unknown key, wrong type or unreadable config file."""
 
 
@@ -185,9 +194,75 @@ def print_config(config: dict[str, Any]) -> None:
         print(f"  {key:<{width}} = {value!r}")
 
 
-def run_cli(main) -> None:
-    """Runs a script's main(); a bad setting or a missing input file ends it with one clear line."""
+USER_ERROR_EXIT_CODE = 2
+
+
+def run_cli(main, *, user_errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Runs a script's main(): ``--help`` prints its settings; an expected user error (UserError, a missing file,
+    a SystemExit carrying a message, or one of ``user_errors``) ends it with its message on stderr (one line, or a
+    first line and one problem a line) and exit code 2.
+    Anything else keeps its traceback: that is a bug."""
+    module = sys.modules.get(main.__module__)
+    if {"-h", "--help"} & set(sys.argv[1:]) and module is not None:
+        print(help_text(module))
+        sys.exit(0)
     try:
         main()
-    except (ConfigError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    except (UserError, FileNotFoundError, *user_errors) as err:
+        _exit_with(str(err))
+    except SystemExit as err:
+        if isinstance(err.code, str):
+            _exit_with(err.code)
+        raise
+    except KeyboardInterrupt:  # what was saved on the way out (train.py's checkpoint) has been reported already
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _exit_with(message: str) -> None:
+    print(f"error: {user_message(message)}", file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def user_message(message: str, *, max_lines: int = 21) -> str:
+    """The user's part of an error message. A DataLoader worker's re-raised error keeps only the original
+    exception's text (its last line, without the exception's type); a list of problems (a first line, then one
+    problem a line) is cut to ``max_lines`` lines and a count."""
+    if "Original Traceback" in message:
+        last = [line for line in message.splitlines() if line.strip()][-1]
+        message = re.sub(r"^[\w.]+(Error|Exception): ", "", last.strip())
+    lines = [line.rstrip() for line in message.strip().splitlines() if line.strip()]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"... ({len(lines) - max_lines} more lines)"]
+    return "\n  ".join(line.strip() if i else line for i, line in enumerate(lines))
+
+
+def setting_comments(source: str) -> dict[str, str]:
+    """{name: comment} for each annotated module-level assignment of a script's source whose first line ends in
+    a ``# comment`` (the one-line descriptions at a script's top)."""
+    comments = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+    result = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.lineno in comments:
+            result[node.target.id] = comments[node.lineno]
+    return result
+
+
+def help_text(module: types.ModuleType) -> str:
+    """A script's docstring, then each setting with its type, default and the comment beside it in the source."""
+    namespace = vars(module)
+    settings = settings_of(namespace)
+    try:
+        comments = setting_comments(inspect.getsource(module))
+    except (OSError, TypeError):
+        comments = {}
+    width = max((len(name) for name in settings), default=0)
+    lines = [(module.__doc__ or "").strip(), "", "settings (--key=value, or --config=FILE with a TOML/JSON object):"]
+    for name, (kind, default) in settings.items():
+        lines.append(f"  --{name:<{width}}  {_type_name(kind)} = {default!r}")
+        if comments.get(name):
+            lines.append(f"      {comments[name]}")
+    return "\n".join(lines)

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from utils import augment
+from utils.config import UserError
 from utils.voc import parse_annotation_line
 
 __all__ = ["YoloDataset", "yolo_collate", "read_image_rgb", "parse_annotation_line"]
@@ -29,7 +30,7 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an image as uint8 RGB (H, W, 3) in its upright (EXIF-orientation-applied) frame.
 
     Grayscale becomes 3 channels and alpha is dropped. Raises FileNotFoundError for a missing file and
-    ValueError naming the file for a truncated or undecodable one.
+    UserError (a ValueError) naming the file for a truncated or undecodable one.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
@@ -42,7 +43,7 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
                 img = img.convert("RGBA")
             return np.asarray(img.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot decode image {path}: {exc}") from exc
+        raise UserError(f"cannot decode image {path}: {exc}; fix or remove it, or set --on_corrupt=skip") from exc
 
 
 class YoloDataset(Dataset):
@@ -134,17 +135,17 @@ class YoloDataset(Dataset):
         return canvas, boxes_input
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(image uint8 RGB (H, W, 3), boxes (n, 5) in its pixels); with on_corrupt="skip" an undecodable
-        image is replaced by the next decodable one in line order."""
+        """(image uint8 RGB (H, W, 3), boxes (n, 5) in its pixels); with on_corrupt="skip" an undecodable or
+        missing image is replaced by the next decodable one in line order."""
         for offset in range(len(self)):
             candidate = (index + offset) % len(self)
             try:
                 return read_image_rgb(self.image_paths[candidate]), self.boxes_list[candidate]
-            except ValueError as exc:
+            except (ValueError, FileNotFoundError) as exc:
                 if self.on_corrupt == "error":
                     raise
                 warnings.warn(f"{exc}; skipped, using the next sample instead", stacklevel=2)
-        raise ValueError("no image of the dataset can be decoded")
+        raise UserError("no image of the dataset can be decoded")
 
 
 def yolo_collate(batch: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:

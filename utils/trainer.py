@@ -16,6 +16,7 @@ from nets.yolo_training import build_loss
 from utils.callbacks import LossHistory
 from utils.checkpoint import CHECKPOINT_FORMAT, load_weights, read_checkpoint, save_atomic, saved_config
 from utils.config import ConfigError, print_config, resolve_settings
+from utils.datacheck import check_annotation_files
 from utils.dataloader import YoloDataset, yolo_collate
 from utils.distributed import EpochSampler, barrier, cleanup_distributed, init_distributed, sync_buffers
 from utils.engine import AmpSettings, NonFiniteLossError, train_one_epoch, validation_loss
@@ -23,6 +24,7 @@ from utils.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from utils.utils import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, ModelSpec, check_anchors_mask, get_anchors,
                          get_classes, resolve_device)
 from utils.evaluation import evaluate_voc_images, unreadable_note
+from utils.voc import read_annotation_file
 
 CHOICES = {"model": ("yolov4", "yolov4-tiny"), "optimizer_type": ("sgd", "adam", "adamw"),
            "lr_decay_type": ("cos", "step"), "amp_dtype": ("float16", "bfloat16"), "iou_type": ("ciou", "diou", "giou"),
@@ -66,13 +68,8 @@ def settings_from_saved(saved: dict, config_class: type):
 
 
 def read_annotation_lines(path: str) -> list[str]:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"annotation file {path}: not found; run `python voc_annotation.py` first")
-    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"annotation file {path}: holds no images")
-    return lines
+    """The image lines of an annotation file (header left out); see utils.voc.read_annotation_file."""
+    return read_annotation_file(path).lines
 
 
 class Run:
@@ -110,8 +107,11 @@ class Run:
         self.amp = AmpSettings(enabled=use_fp16 or use_bf16, device_type=device.type,
                                dtype=torch.float16 if use_fp16 else torch.bfloat16)
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
-        self.train_lines = read_annotation_lines(config.train_annotation_path)
-        self.val_lines = read_annotation_lines(config.val_annotation_path)
+        train_file, val_file = check_annotation_files(
+            [read_annotation_file(config.train_annotation_path), read_annotation_file(config.val_annotation_path)],
+            class_names=self.spec.class_names, classes_path=config.classes_path, on_corrupt=config.on_corrupt,
+            log=self.log)
+        self.train_lines, self.val_lines = train_file.lines, val_file.lines
         common = dict(input_shape=tuple(config.input_shape), seed=config.seed, on_corrupt=config.on_corrupt)
         self.train_set = YoloDataset(annotation_lines=self.train_lines, train=True, mosaic=config.mosaic,
                                      mosaic_prob=config.mosaic_prob, mixup=config.mixup,

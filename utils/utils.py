@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.config import UserError
+
 MODEL_DATA = Path(__file__).resolve().parents[1] / "model_data"
 DEFAULT_ANCHORS_PATH = {"yolov4": MODEL_DATA / "yolo_anchors.txt", "yolov4-tiny": MODEL_DATA / "yolo_tiny_anchors.txt"}
 DEFAULT_ANCHORS_MASK = {"yolov4": [[6, 7, 8], [3, 4, 5], [0, 1, 2]], "yolov4-tiny": [[3, 4, 5], [1, 2, 3]]}
@@ -27,9 +29,9 @@ def get_classes(classes_path: str) -> list[str]:
         raise FileNotFoundError(f"classes file {classes_path}: no such file")
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"classes file {classes_path}: holds no class names")
+        raise UserError(f"classes file {classes_path}: holds no class names")
     if len(set(names)) != len(names):
-        raise ValueError(f"classes file {classes_path}: a class name appears twice")
+        raise UserError(f"classes file {classes_path}: a class name appears twice")
     return names
 
 
@@ -41,20 +43,20 @@ def get_anchors(anchors_path: str) -> list[list[float]]:
     try:
         values = [float(v) for v in path.read_text(encoding="utf-8").replace("\n", ",").split(",") if v.strip()]
     except ValueError as err:
-        raise ValueError(f"anchors file {anchors_path}: not a list of numbers ({err})") from err
+        raise UserError(f"anchors file {anchors_path}: not a list of numbers ({err})") from err
     if not values or len(values) % 2:
-        raise ValueError(f"anchors file {anchors_path}: needs an even, non-zero count of numbers, has {len(values)}")
+        raise UserError(f"anchors file {anchors_path}: needs an even, non-zero count of numbers, has {len(values)}")
     return [values[i:i + 2] for i in range(0, len(values), 2)]
 
 
 def check_anchors_mask(anchors_mask: list[list[int]], *, num_anchors: int, num_levels: int, source: str) -> None:
     if len(anchors_mask) != num_levels:
-        raise ValueError(f"{source}: anchors_mask has {len(anchors_mask)} levels, the model has {num_levels}")
+        raise UserError(f"{source}: anchors_mask has {len(anchors_mask)} levels, the model has {num_levels}")
     if len({len(m) for m in anchors_mask}) != 1:
-        raise ValueError(f"{source}: every level of anchors_mask needs the same number of anchors")
+        raise UserError(f"{source}: every level of anchors_mask needs the same number of anchors")
     bad = [a for m in anchors_mask for a in m if not 0 <= a < num_anchors]
     if bad:
-        raise ValueError(f"{source}: anchors_mask refers to anchors {bad}, but only {num_anchors} anchors exist")
+        raise UserError(f"{source}: anchors_mask refers to anchors {bad}, but only {num_anchors} anchors exist")
 
 
 def seed_everything(seed: int) -> None:

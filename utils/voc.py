@@ -1,11 +1,14 @@
 """Pascal VOC files: the XML reader shared by voc_annotation.py and get_map.py, and the annotation-line format.
 
 Annotation line: ``<image path> x1,y1,x2,y2,class_id x1,y1,x2,y2,class_id ...``. Boxes are xyxy in
-original-image pixels. The path is written as is (it may hold spaces or '#'); the parser takes box tokens
-from the end of the line, so everything before them is the path.
+original-image pixels of the upright image (EXIF orientation applied, as the loader reads it). The path is written
+as is (it may hold spaces or '#'); the parser takes box tokens from the end of the line, so everything before them
+is the path. An annotation file starts with ``# classes: ["name0", "name1", ...]``, the class names its ids refer
+to; lines starting with '#' are not image lines (voc_annotation.py writes absolute paths, which never do).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -15,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from utils.config import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")  # preference order when one stem has several images
 
 _NUM = r"-?\d+(?:\.\d*)?"
@@ -22,6 +27,7 @@ _BOX_TOKEN = rf"{_NUM},{_NUM},{_NUM},{_NUM},\d+"
 # Lazy path + greedy run of box tokens anchored at the end: the path keeps its own spaces.
 _LINE_RE = re.compile(rf"^(?P<path>.+?)(?P<boxes>(?:\s+{_BOX_TOKEN})*)\s*$")
 _EXIF_ORIENTATION_TAG = 0x0112
+CLASSES_HEADER = "# classes: "
 
 
 def load_voc_objects(xml_path: str | os.PathLike) -> list[dict]:
@@ -79,6 +85,7 @@ class VocRecord:
     boxes_xyxy_cls: np.ndarray
     warnings: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    object_names: list[str] = field(default_factory=list)  # every <name> in the XML, listed classes or not
 
 
 def read_voc_xml(*, xml_path: str | os.PathLike, class_names: list[str], include_difficult: bool,
@@ -133,7 +140,7 @@ def read_voc_xml(*, xml_path: str | os.PathLike, class_names: list[str], include
         counts["dropped_outside"] = int(empty.sum())
         boxes_xyxy_cls = np.concatenate([clipped_xyxy, boxes_xyxy_cls[:, 4:]], axis=1)[~empty]
     return VocRecord(filename=filename, image_size=size, boxes_xyxy_cls=boxes_xyxy_cls, warnings=warnings,
-                     counts=counts)
+                     counts=counts, object_names=names)
 
 
 def _fmt_box(box) -> str:
@@ -191,3 +198,49 @@ def parse_annotation_line(line: str) -> tuple[str, np.ndarray]:
     box_tokens = match.group("boxes").split()
     boxes_xyxy_cls = np.array([token.split(",") for token in box_tokens], dtype=np.float32).reshape(-1, 5)
     return match.group("path"), boxes_xyxy_cls
+
+
+def format_classes_header(class_names: list[str]) -> str:
+    """The first line of an annotation file: the class names its ids refer to, as a JSON list (names may hold
+    commas or spaces)."""
+    return CLASSES_HEADER + json.dumps(list(class_names), ensure_ascii=False)
+
+
+@dataclass
+class AnnotationFile:
+    """An annotation file as read: its image lines with their 1-based line numbers in the file, and the class
+    names of its header (None for a file written before headers existed)."""
+    path: str
+    lines: list[str]
+    line_numbers: list[int]
+    class_names: list[str] | None
+
+
+def read_annotation_file(path: str | os.PathLike, *, allow_empty: bool = False) -> AnnotationFile:
+    """The one reader of annotation files (train.py, the comparison tool, the dataset checks).
+
+    Blank lines and lines starting with '#' are skipped; the ``# classes:`` header gives ``class_names``.
+    Raises FileNotFoundError for a missing file and UserError for a malformed header or (unless allow_empty)
+    a file without image lines; both name the file and the fix.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"annotation file {path}: not found; run `python voc_annotation.py` first")
+    lines, line_numbers, class_names = [], [], None
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.startswith(CLASSES_HEADER.rstrip()):
+            try:
+                class_names = json.loads(line[len(CLASSES_HEADER.rstrip()):])
+            except json.JSONDecodeError as exc:
+                raise UserError(f"annotation file {path} line {number}: the classes header is not a JSON list "
+                                f"({exc}); re-run voc_annotation.py") from exc
+            if not isinstance(class_names, list) or not all(isinstance(n, str) for n in class_names):
+                raise UserError(f"annotation file {path} line {number}: the classes header is not a list of "
+                                f"names; re-run voc_annotation.py")
+        elif line.strip() and not line.startswith("#"):
+            lines.append(line)
+            line_numbers.append(number)
+    if not lines and not allow_empty:
+        raise UserError(f"annotation file {path}: holds no images; re-run voc_annotation.py (on a small dataset "
+                        f"lower train_percent so the val split gets images) or point the setting at another file")
+    return AnnotationFile(path=str(path), lines=lines, line_numbers=line_numbers, class_names=class_names)
