@@ -61,6 +61,13 @@ def test_short_training_lowers_the_loss(tmp_path):
     saved = torch.load(tmp_path / "logs" / "last_epoch_weights.pth", weights_only=True)
     assert saved["config"]["class_names"] == CLASSES and saved["config"]["model"] == "yolov4-tiny"
     assert saved["config"]["input_shape"] == [128, 128]
+    # EMA on by default: "model" holds the averaged weights, which the detector loads; "train_model" the raw ones.
+    assert saved["ema"]["updates"] == 6 * 2  # 4 images / batch 2 = 2 steps an epoch
+    from yolo import YOLO
+
+    detector = YOLO(model_path=str(tmp_path / "logs" / "last_epoch_weights.pth"), device="cpu")
+    assert all(torch.equal(v, saved["model"][k]) for k, v in detector.net.state_dict().items())
+    assert any(not torch.equal(saved["model"][k], saved["train_model"][k]) for k in saved["model"])
 
 
 def test_overfits_two_images():
@@ -98,14 +105,14 @@ def test_overfits_two_images():
     assert results["map"] > 0.75, results["per_class"]
 
 
-def final_weights(path: Path) -> dict:
-    return torch.load(path, weights_only=True)["model"]
-
-
 def test_resume_is_exact(tmp_path, monkeypatch):
-    straight = small_run(tmp_path / "a", "--unfreeze_epoch=2", "--mosaic=True", "--mosaic_prob=0.5")
+    """Interrupted mid-epoch and resumed, the training weights and their EMA match an uninterrupted run bit-for-bit.
+    A short EMA warm-up (tau = 1 step) makes the average differ clearly from the raw weights."""
+    ema = ("--ema_decay=0.9", "--ema_tau=1")
+    straight = small_run(tmp_path / "a", "--unfreeze_epoch=2", "--mosaic=True", "--mosaic_prob=0.5", *ema)
     train.main(straight)
-    expected = final_weights(tmp_path / "a" / "logs" / "last_epoch_weights.pth")
+    expected = torch.load(tmp_path / "a" / "logs" / "last_epoch_weights.pth", weights_only=True)
+    assert any(not torch.equal(expected["model"][k], expected["train_model"][k]) for k in expected["model"])
 
     # Interrupt in the middle of epoch 2 (after its first iteration), as Ctrl-C would.
     original = trainer.train_one_epoch
@@ -122,17 +129,20 @@ def test_resume_is_exact(tmp_path, monkeypatch):
         return original(**kwargs)
 
     monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
-    resumed = small_run(tmp_path / "b", "--unfreeze_epoch=2", "--mosaic=True", "--mosaic_prob=0.5")
+    resumed = small_run(tmp_path / "b", "--unfreeze_epoch=2", "--mosaic=True", "--mosaic_prob=0.5", *ema)
     with pytest.raises(KeyboardInterrupt):
         train.main(resumed)
     monkeypatch.setattr(trainer, "train_one_epoch", original)
     checkpoint = tmp_path / "b" / "logs" / "last_epoch_weights.pth"
-    assert torch.load(checkpoint, weights_only=True)["iteration"] == 1
+    interrupted_at = torch.load(checkpoint, weights_only=True)
+    assert interrupted_at["iteration"] == 1 and interrupted_at["ema"]["updates"] == 3  # 2 steps in epoch 1, 1 in 2
     train.main([f"--resume={checkpoint}"])
-    got = final_weights(checkpoint)
-    assert got.keys() == expected.keys()
-    for key in expected:
-        assert torch.equal(got[key], expected[key]), key
+    got = torch.load(checkpoint, weights_only=True)
+    assert got["ema"] == expected["ema"]
+    for weights in ("model", "train_model"):
+        assert got[weights].keys() == expected[weights].keys()
+        for key in expected[weights]:
+            assert torch.equal(got[weights][key], expected[weights][key]), (weights, key)
 
 
 def free_port() -> int:
@@ -150,7 +160,9 @@ def test_two_ddp_processes_end_with_identical_weights(tmp_path):
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "import train\n"
         f"run = train.main({args!r} + ['--distributed=True'])\n"
-        f"torch.save(run.net.state_dict(), os.path.join({str(tmp_path)!r}, f\"rank{{os.environ['RANK']}}.pt\"))\n")
+        f"torch.save(run.net.state_dict(), os.path.join({str(tmp_path)!r}, f\"rank{{os.environ['RANK']}}.pt\"))\n"
+        f"torch.save(run.ema.module.state_dict(), os.path.join({str(tmp_path)!r}, "
+        f"f\"ema{{os.environ['RANK']}}.pt\"))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                              f"--master_port={free_port()}", str(script)], cwd=REPO, env=env, capture_output=True,
@@ -158,10 +170,15 @@ def test_two_ddp_processes_end_with_identical_weights(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    saved = torch.load(tmp_path / "logs" / "last_epoch_weights.pth", weights_only=True)["model"]
+    saved = torch.load(tmp_path / "logs" / "last_epoch_weights.pth", weights_only=True)
     for key in rank0:
-        assert torch.equal(rank0[key], saved[key]), key  # rank 0 checkpointed the weights it ended with
+        assert torch.equal(rank0[key], saved["train_model"][key]), key  # rank 0 checkpointed the weights it ended with
         assert torch.allclose(rank0[key].float(), rank1[key].float(), atol=1e-6), key
+    # Every rank keeps the EMA of its (identical) weights; BatchNorm statistics are rank 0's after each epoch.
+    ema0, ema1 = (torch.load(tmp_path / f"ema{rank}.pt", weights_only=True) for rank in (0, 1))
+    for key in ema0:
+        assert torch.equal(ema0[key], saved["model"][key]), key
+        assert torch.allclose(ema0[key].float(), ema1[key].float(), atol=1e-6), key
 
 
 def test_bad_settings_are_refused(tmp_path):
@@ -202,7 +219,9 @@ def test_frozen_backbone_stays_fixed_then_trains(tmp_path, monkeypatch):
 
     def recording(run, epoch, state):
         row = original(run, epoch, state)
-        snapshots.append({k: v.detach().clone() for k, v in run.net.named_parameters()})
+        snapshots.append({"params": {k: v.detach().clone() for k, v in run.net.named_parameters()},
+                          "buffers": {k: v.clone() for k, v in run.net.named_buffers()},
+                          "ema": {k: v.clone() for k, v in run.ema.module.state_dict().items()}})
         return row
 
     monkeypatch.setattr(trainer, "run_epoch", recording)
@@ -218,6 +237,18 @@ def test_frozen_backbone_stays_fixed_then_trains(tmp_path, monkeypatch):
     start = dict(fresh.named_parameters())
     backbone = [k for k in start if k.startswith("backbone.")]
     heads = [k for k in start if k.startswith("heads.")]
-    assert all(torch.equal(after_frozen[k], start[k]) for k in backbone)
-    assert any(not torch.equal(after_frozen[k], start[k]) for k in heads)
-    assert any(not torch.equal(after_unfrozen[k], after_frozen[k]) for k in backbone)
+    assert all(torch.equal(after_frozen["params"][k], start[k]) for k in backbone)
+    assert any(not torch.equal(after_frozen["params"][k], start[k]) for k in heads)
+    assert any(not torch.equal(after_unfrozen["params"][k], after_frozen["params"][k]) for k in backbone)
+    # BatchNorm running statistics of the frozen backbone stay as initialised (mean 0, var 1, no batches counted),
+    # in the weights and in their EMA; they move once the backbone trains.
+    start_buffers = dict(fresh.named_buffers())
+    backbone_buffers = [k for k in start_buffers if k.startswith("backbone.")]
+    assert any(k.endswith("running_mean") for k in backbone_buffers)
+    for k in backbone_buffers:
+        assert torch.equal(after_frozen["buffers"][k], start_buffers[k]), k
+        assert torch.equal(after_frozen["ema"][k], start_buffers[k]), k
+    for k in backbone:
+        assert torch.equal(after_frozen["ema"][k], start[k]), k
+    assert any(not torch.equal(after_unfrozen["buffers"][k], start_buffers[k])
+               for k in backbone_buffers if k.endswith("running_mean"))

@@ -2,7 +2,9 @@
 
 This project's checkpoints are dicts with at least ``model`` (state_dict) and ``config`` (the resolved
 training config: classes, anchors, masks, input size, model variant, ...), so later tools need no
-repeated settings. Training checkpoints add optimizer, scaler, schedule, epoch and RNG states.
+repeated settings. Training checkpoints add optimizer, scaler, schedule, epoch and RNG states. With the
+weights' moving average on (train.py's ``ema``), ``model`` holds the averaged weights, the ones to infer
+with, and ``train_model`` and ``ema`` (its update count) hold what resuming needs besides.
 """
 import os
 import tempfile

@@ -80,15 +80,19 @@ def train_one_epoch(*, model: nn.Module, criterion: nn.Module, loader, optimizer
                     scaler: torch.amp.GradScaler, amp: AmpSettings, device: torch.device, epoch: int,
                     total_epochs: int, start_iteration: int, lr_for_iteration: Callable[[int], float],
                     on_iteration_end: Callable[[int], None], dist_info: DistInfo,
-                    max_grad_norm: float | None = None) -> dict[str, float]:
+                    max_grad_norm: float | None = None,
+                    frozen_modules: tuple[nn.Module, ...] = ()) -> dict[str, float]:
     """Trains one epoch from ``start_iteration`` (non-zero when resuming mid-epoch).
 
-    ``lr_for_iteration(i)`` sets the learning rate before iteration i; ``on_iteration_end(i)`` lets the
-    caller save an interrupt checkpoint knowing how far the epoch got.
+    ``lr_for_iteration(i)`` sets the learning rate before iteration i; ``on_iteration_end(i)`` runs after
+    the optimizer step (EMA update; lets the caller save an interrupt checkpoint knowing how far the epoch got).
+    ``frozen_modules`` run in eval mode, so their BatchNorm running statistics stay as frozen as their weights.
     """
     model.train()
     if amp.channels_last:
         model.to(memory_format=torch.channels_last)  # a no-op once the weights have that layout
+    for module in frozen_modules:
+        module.eval()
     means = RunningMeans()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs} train", initial=start_iteration,
                total=start_iteration + len(loader), disable=not dist_info.is_main, dynamic_ncols=True, leave=False)

@@ -19,6 +19,7 @@ from utils.config import ConfigError, print_config, resolve_settings
 from utils.datacheck import check_annotation_files
 from utils.dataloader import YoloDataset, yolo_collate
 from utils.distributed import EpochSampler, barrier, cleanup_distributed, init_distributed, sync_buffers
+from utils.ema import ModelEMA
 from utils.engine import AmpSettings, NonFiniteLossError, train_one_epoch, validation_loss
 from utils.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from utils.utils import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, ModelSpec, check_anchors_mask, get_anchors,
@@ -120,9 +121,12 @@ class Run:
         self.val_set = YoloDataset(annotation_lines=self.val_lines, train=False, **common)
         self.start_epoch, self.start_iteration, self.best = config.init_epoch, 0, None
         history_rows = []
+        self.ema = ModelEMA(self.net, decay=config.ema_decay, tau=config.ema_tau) if config.ema else None
         if config.resume:
             checkpoint = read_checkpoint(config.resume)
-            self.net.load_state_dict(checkpoint["model"])
+            self.net.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))  # "model" alone: no EMA
+            if self.ema is not None:  # a checkpoint written without EMA restarts the average from its weights
+                self.ema.load(weights=checkpoint["model"], state=checkpoint.get("ema", {"updates": 0}))
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scaler.load_state_dict(checkpoint["scaler"])
             torch.set_rng_state(checkpoint["torch_rng"])
@@ -130,6 +134,11 @@ class Run:
             self.best, history_rows = checkpoint["best"], checkpoint["history"]
             self.log(f"resumed {config.resume} at epoch {self.start_epoch + 1}, iteration {self.start_iteration}")
         self.history = LossHistory(self.save_dir, rows=history_rows) if self.dist.is_main else None
+
+    @property
+    def inference_net(self) -> nn.Module:
+        """The weights that are validated, evaluated and saved as a checkpoint's ``model``: the EMA when on."""
+        return self.ema.module if self.ema is not None else self.net
 
     def log(self, message: str) -> None:
         if self.dist.is_main:
@@ -149,7 +158,8 @@ class Run:
                           persistent_workers=False)
 
     def checkpoint_state(self, *, epoch: int, iteration: int) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "model": self.net.state_dict(), "config": self.run_config,
+        ema = {"train_model": self.net.state_dict(), "ema": self.ema.state_dict()} if self.ema is not None else {}
+        return {"format": CHECKPOINT_FORMAT, "model": self.inference_net.state_dict(), **ema, "config": self.run_config,
                 "epoch": epoch, "iteration": iteration, "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(), "best": self.best,
                 "history": self.history.rows if self.history else []}
@@ -157,7 +167,7 @@ class Run:
     def evaluate_map(self) -> dict:
         from yolo import YOLO
 
-        detector = YOLO.from_model(self.net, config=self.run_config, confidence=0.001, nms_iou=0.5,
+        detector = YOLO.from_model(self.inference_net, config=self.run_config, confidence=0.001, nms_iou=0.5,
                                    device=str(self.device))
         image_paths = sorted(line_image_path(line) for line in self.val_lines)
         results = evaluate_voc_images(detector=detector, image_paths=image_paths, class_names=self.spec.class_names,
@@ -235,16 +245,21 @@ def run_epoch(run: Run, epoch: int, state: dict) -> dict:
         return value
 
     def on_iteration_end(i: int) -> None:
+        if run.ema is not None:
+            run.ema.update(run.net)
         state.update(epoch=epoch, iteration=i + 1)
 
     started = time.time()
     train_terms = train_one_epoch(model=model, criterion=run.criterion, loader=train_loader, optimizer=run.optimizer,
                                   scaler=run.scaler, amp=run.amp, device=run.device, epoch=epoch, total_epochs=total,
                                   start_iteration=start_iteration, lr_for_iteration=lr_for_iteration,
-                                  on_iteration_end=on_iteration_end, dist_info=run.dist)
+                                  on_iteration_end=on_iteration_end, dist_info=run.dist,
+                                  frozen_modules=(run.net.backbone,) if frozen else ())
     state.update(epoch=epoch + 1, iteration=0)
     sync_buffers(run.net, run.dist)
-    val_terms = validation_loss(model=run.net, criterion=run.criterion,
+    if run.ema is not None:  # every rank averages its own BatchNorm statistics: rank 0's are kept, as for the net
+        sync_buffers(run.ema.module, run.dist)
+    val_terms = validation_loss(model=run.inference_net, criterion=run.criterion,
                                 loader=run.loader(run.val_set, batch_size=batch_size, shuffle=False), amp=run.amp,
                                 device=run.device, epoch=epoch, total_epochs=total, dist_info=run.dist)
     row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], "frozen": frozen,
@@ -259,7 +274,7 @@ def run_epoch(run: Run, epoch: int, state: dict) -> dict:
     score = row["map"] if config.eval_flag else -row["val_loss"]  # higher is better
     if score is not None and (run.best is None or score > run.best):
         run.best = score
-        save_atomic({"format": CHECKPOINT_FORMAT, "model": run.net.state_dict(), "config": run.run_config,
+        save_atomic({"format": CHECKPOINT_FORMAT, "model": run.inference_net.state_dict(), "config": run.run_config,
                      "epoch": epoch + 1, "metrics": row}, run.save_dir / "best_epoch_weights.pth")
         if config.save_darknet:
             write_darknet_model(run.net, weights_path=run.save_dir / "best_epoch_weights.weights",
