@@ -66,7 +66,7 @@ def test_second_invocation_skips_finished_runs(mini_comparison, capsys):
     out, argv, rows = mini_comparison
     stamp = (out / "runs" / "bce__seed11" / "last_epoch_weights.pth").stat().st_mtime
     again = compare_focal.main(argv)
-    assert capsys.readouterr().out.count("finished earlier, skipped") == 2
+    assert capsys.readouterr().out.count("finished earlier with the same settings, reused") == 2
     assert (out / "runs" / "bce__seed11" / "last_epoch_weights.pth").stat().st_mtime == stamp
     assert [r["map"] for r in again] == [r["map"] for r in rows]
 

@@ -191,3 +191,18 @@ def parse_annotation_line(line: str) -> tuple[str, np.ndarray]:
     box_tokens = match.group("boxes").split()
     boxes_xyxy_cls = np.array([token.split(",") for token in box_tokens], dtype=np.float32).reshape(-1, 5)
     return match.group("path"), boxes_xyxy_cls
+
+
+def check_class_ids(*, annotation_path: str | os.PathLike, classes_path: str, num_classes: int) -> None:
+    """Raises ValueError naming the file, line and id when an annotation line has a class id outside the
+    classes file (lines made with another classes file)."""
+    with open(annotation_path, encoding="utf-8") as file:
+        for lineno, line in enumerate(file, 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            ids = parse_annotation_line(line)[1][:, 4].astype(np.int64)
+            bad = ids[(ids < 0) | (ids >= num_classes)]
+            if len(bad):
+                raise ValueError(f"{annotation_path}, line {lineno}: class id {int(bad[0])} is outside {classes_path} "
+                                 f"({num_classes} classes, ids 0..{num_classes - 1}); remake the annotation files "
+                                 f"with python voc_annotation.py --classes_path={classes_path}")
