@@ -117,8 +117,8 @@ def weighted_map(records: ImageRecords, image_weights: np.ndarray) -> np.ndarray
         per_class.append(ap_all_point(tp_ranked=records.det_tp[ranked].astype(np.float64),
                                       weights=image_weights[:, records.det_image[ranked]], n_gt=n_gt))
     per_class = np.stack(per_class, axis=1)  # (B, C)
-    with np.errstate(invalid="ignore"):
-        return np.where(np.isnan(per_class).all(axis=1), 0.0, np.nanmean(per_class, axis=1))
+    scored = ~np.isnan(per_class)
+    return np.where(scored, per_class, 0.0).sum(axis=1) / np.maximum(scored.sum(axis=1), 1)  # 0 with no gt at all
 
 
 def paired_bootstrap(*, focal: ImageRecords, reference: ImageRecords, resamples: int, seed: int,
