@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if cfg["print_commands"]:
         return write_commands(jobs=to_train, out_dir=out_dir)
     devices = [d.strip() for d in cfg["devices"].split(",") if d.strip()]
-    if (cfg["parallel"] > 1 or devices) and len(to_train) > 1:
+    if devices or (cfg["parallel"] > 1 and len(to_train) > 1):
         compare.train_in_subprocesses(jobs=to_train, parallel=cfg["parallel"], progress=progress, devices=devices)
     else:
         for run, run_dir in to_train:

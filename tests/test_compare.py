@@ -112,3 +112,31 @@ def test_grid_heatmap_is_drawn(tmp_path):
     rows = compare.summarise(evaluations, runs)
     plot_grid_heatmap(rows=rows, out_path=tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_devices_run_one_process_per_gpu_each_seeing_only_its_gpu(tmp_path, monkeypatch):
+    launched = []
+
+    class FakeProcess:
+        returncode = 0
+
+        def __init__(self, command, **kwargs):
+            running = [e for e in launched if e["running"]]
+            launched.append({"command": command, "gpu": kwargs["env"]["CUDA_VISIBLE_DEVICES"], "running": True,
+                             "busy": {e["gpu"] for e in running}})
+
+        def poll(self):
+            for e in launched:
+                e["running"] = False
+            return 0
+
+    monkeypatch.setattr(compare.subprocess, "Popen", FakeProcess)
+    runs = compare.plan_runs(arms=[{"name": "bce"}], sweep=[{}], seeds=[1, 2, 3])
+    jobs = [(r, tmp_path / r.name) for r in runs]
+    for _, run_dir in jobs:
+        run_dir.mkdir()
+    compare.train_in_subprocesses(jobs=jobs, parallel=1, progress=compare.Progress(runs, 1), devices=["0", "1"],
+                                  poll_seconds=0)
+    assert [e["gpu"] for e in launched] == ["0", "1", "0"] or [e["gpu"] for e in launched] == ["0", "1", "1"]
+    assert launched[1]["busy"] == {"0"}  # the second run started while the first held GPU 0
+    assert all(e["command"][-1].startswith("--config=") for e in launched)

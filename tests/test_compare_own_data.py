@@ -83,7 +83,7 @@ def test_a_changed_setting_is_refused_then_trained_anew_with_the_flag(tiny, caps
         compare_focal.main([*argv, "--init_lr=0.2"])
     assert "--on_changed=new" in str(err.value) and "focal__seed11" in str(err.value)
     bce_only = [*argv, "--arms=[{'name': 'bce', 'focal_loss': False}]", "--init_lr=0.2"]
-    compare_focal.main([*bce_only, "--on_changed=new"])
+    compare_focal.main([*bce_only, "--on_changed=new", "--devices=0"])  # a train.py process that sees GPU 0 only
     assert checkpoint_config(root, "bce__seed11__v2")["init_lr"] == 0.2
     assert checkpoint_config(root, "bce__seed11")["init_lr"] == 0.1
     capsys.readouterr()
@@ -109,12 +109,11 @@ def test_a_class_id_outside_the_classes_file_stops_before_training(tmp_path):
     assert not (root / "out" / "runs").exists()
 
 
-def test_yolov4_three_levels_on_two_devices(tmp_path):
-    """The VOC recipe (YOLOv4, 3 levels) on the user's data; --devices runs one train.py per device at once
-    (on a machine without GPUs each falls back to the CPU)."""
+def test_yolov4_three_levels(tmp_path):
+    """The VOC recipe (YOLOv4, 3 levels) on the user's data."""
     write_shapes_voc(tmp_path, images=12)
     rows = compare_focal.main(tool_argv(tmp_path, "--config=configs/voc_yolov4.toml", "--input_shape=[32,32]",
-                                        "--devices=0,1", "--mosaic=False", "--mixup=False"))
+                                        "--parallel=1", "--mosaic=False", "--mixup=False"))
     expected = auto_anchors(annotation_path=str(tmp_path / "ann" / "2007_train.txt"), input_shape=(32, 32), k=9)
     for run in ("bce__seed11", "focal__seed11"):
         config = checkpoint_config(tmp_path, run)
