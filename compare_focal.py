@@ -26,7 +26,8 @@ config: str = "configs/bccd_tiny.toml"  # the recipe: a TOML/JSON file of train.
 results_dir: str = "runs/compare"  # everything goes here: runs/<run>/ (ordinary train.py runs), tables, plots
 arms: list[dict] = [  # loss settings per arm, the first is the reference; each needs a "name", the rest are train.py settings
     {"name": "bce", "focal_loss": False},
-    {"name": "focal", "focal_loss": True, "focal_alpha": 0.25, "focal_gamma": 2.0},
+    {"name": "focal", "focal_loss": True, "focal_alpha": 0.25, "focal_gamma": 2.0,
+     "focal_conf_scale": "match_bce_at_init"},  # same weighted conf term as BCE at init: compares reweighting only
 ]
 grid: bool = False  # replace the arms by plain BCE + focal over gamma {0,0.5,1,2,5} x alpha {0.25,0.5,0.75}
 seeds: int = 1  # runs per arm, seeds seed, seed+1, ...

@@ -45,7 +45,8 @@ def test_tables_and_plots_are_written(mini_comparison):
     for name in ("summary.md", "summary.csv", "summary.json", "loss_curves.png", "per_class_ap.png", "loss_cdf.png"):
         assert (out / name).stat().st_size > 0, name
     table = (out / "summary.md").read_text()
-    assert "mean over kept cells, focal x10" in table and "| bce |" in table
+    assert "mean over kept cells, focal x" in table and "(matched to BCE at init)" in table and "| bce |" in table
+    assert table.strip().splitlines()[-1].startswith("Verdict at 95 %: ")
     assert {"map", "map_voc07", "coco_ap", "ap_RBC", "final_loss_conf", "train_minutes"} <= set(rows[0])
 
 

@@ -43,7 +43,8 @@ class RunSpec:
 
 def grid_arms() -> list[dict]:
     arms = [{"name": "bce", "focal_loss": False}]
-    arms += [{"name": f"focal_a{a:g}_g{g:g}", "focal_loss": True, "focal_alpha": a, "focal_gamma": g}
+    arms += [{"name": f"focal_a{a:g}_g{g:g}", "focal_loss": True, "focal_alpha": a, "focal_gamma": g,
+              "focal_conf_scale": "match_bce_at_init"}
              for g in GRID_GAMMAS for a in GRID_ALPHAS]
     return arms
 
