@@ -24,7 +24,7 @@ from utils.config import ConfigError, resolve_config, resolve_settings, run_cli,
 
 config: str = "configs/bccd_tiny.toml"  # the recipe: a TOML/JSON file of train.py settings ("" = train.py defaults)
 results_dir: str = "runs/compare"  # everything goes here: runs/<run>/ (ordinary train.py runs), tables, plots
-arms: list[dict] = [  # loss settings per arm, the first is the reference; each needs a "name", the rest are train.py settings
+arms: list[dict] = [  # loss settings per arm (the first is the reference): a "name" and train.py settings
     {"name": "bce", "focal_loss": False},
     {"name": "focal", "focal_loss": True, "focal_alpha": 0.25, "focal_gamma": 2.0,
      "focal_conf_scale": "match_bce_at_init"},  # same weighted conf term as BCE at init: compares reweighting only

@@ -43,8 +43,9 @@ def paired_comparisons(*, evaluations: dict[str, dict], runs: list, run_dirs: di
                                         for c in mine["per_class_ap"]},
                           **{size: _difference(mine["coco"][key], theirs["coco"][key]) for key, size in COCO_SIZES}})
         if seeds:
-            comparisons.append({"arm": arm_name + tag.replace("__", " "), "reference": reference + tag.replace("__", " "),
-                                "seeds": seeds, "over_seeds": t_interval([s["map"] for s in seeds])})
+            shown = tag.replace("__", " ")
+            comparisons.append({"arm": arm_name + shown, "reference": reference + shown, "seeds": seeds,
+                                "over_seeds": t_interval([s["map"] for s in seeds])})
     return comparisons
 
 
@@ -87,8 +88,9 @@ def paired_table(comparisons: list[dict], class_names: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for comp in comparisons:
         for s in comp["seeds"]:
-            lines.append("| " + " | ".join([f"{comp['arm']} − {comp['reference']}", str(s["seed"]), _fmt(s["map"], True),
-                                            f"[{s['bootstrap_low']:+.4f}, {s['bootstrap_high']:+.4f}]",
+            interval = f"[{s['bootstrap_low']:+.4f}, {s['bootstrap_high']:+.4f}]"
+            lines.append("| " + " | ".join([f"{comp['arm']} − {comp['reference']}", str(s["seed"]),
+                                            _fmt(s["map"], True), interval,
                                             *[_fmt(s["per_class"][c], True) for c in class_names],
                                             *[_fmt(s[size], True) for _, size in COCO_SIZES]]) + " |")
         over = comp["over_seeds"]
