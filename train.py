@@ -20,7 +20,7 @@ sync_bn: bool = False  # SyncBatchNorm across GPUs under DDP (CUDA only)
 fp16: bool = True  # mixed precision: on CUDA only, unless amp_dtype="bfloat16" (which also runs on CPU)
 amp_dtype: str = "float16"  # "float16" (with a GradScaler) or "bfloat16"
 classes_path: str = "model_data/bccd_classes.txt"  # class names, one per line
-anchors_path: str | None = None  # None: model_data/yolo_anchors.txt (yolov4) or yolo_tiny_anchors.txt (tiny)
+anchors_path: str | None = None  # None: the variant's default file; "auto": k-means on the training boxes
 anchors_mask: list[list[int]] | None = None  # anchor indices per level, coarsest first; None: the variant's default
 model: str = "yolov4"  # "yolov4" or "yolov4-tiny"
 model_path: str = ""  # start weights: checkpoint of this project, published state_dict, darknet .weights; "" = none
@@ -50,6 +50,7 @@ focal_loss: bool = False  # reweight the confidence BCE by alpha_t * (1 - p_t)^g
 focal_alpha: float = 0.25  # focal alpha on positives (1 - alpha on negatives)
 focal_gamma: float = 2.0  # focal gamma
 focal_loss_ratio: float = 10.0  # extra weight on the focal confidence term with "mean" normalisation (reference: 10)
+focal_conf_scale: float | str = 1.0  # factor on the focal conf term; "match_bce_at_init": equal to BCE's at init
 conf_normalization: str = "mean"  # "mean" over kept cells (reference recipe) or "num_pos" (Focal Loss paper)
 iou_type: str = "ciou"  # location loss: "ciou", "diou" or "giou"
 box_ratio: float = 0.05  # weight of loss_loc

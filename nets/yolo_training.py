@@ -23,7 +23,8 @@ Conventions
 - Weights, applied only in ``weighted_total``: box 0.05, class C / 80, objectness
   5 * (H * W) / 416^2 * balance[stride] (balance 0.4 / 1.0 / 4 for stride 32 / 16 / 8), and, with
   focal loss and 'mean' normalisation, ``focal_loss_ratio`` (10) on the confidence term, which the
-  reference recipe uses to bring the focal mean back to the scale of the plain BCE mean.
+  reference recipe uses to bring the focal mean back to the scale of the plain BCE mean; with focal
+  loss, also ``focal_conf_scale`` (1, or computed at the start of training: utils/conf_calibration.py).
 """
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,7 @@ class YOLOLoss(nn.Module):
     def __init__(self, *, anchors_px: Tensor, anchors_mask: list[list[int]], num_classes: int,
                  input_shape: tuple[int, int], label_smoothing: float = 0.0, focal_loss: bool = False,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, focal_loss_ratio: float = 10.0,
+                 focal_conf_scale: float = 1.0,
                  conf_normalization: str = "mean", iou_type: str = "ciou", ignore_threshold: float = 0.5,
                  multi_anchor_threshold: float | None = None, scale_x_y: list[float] | None = None,
                  box_ratio: float = 0.05, cls_ratio: float | None = None, obj_ratio: float | None = None):
@@ -87,6 +89,7 @@ class YOLOLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.focal_loss, self.focal_alpha, self.focal_gamma = focal_loss, focal_alpha, focal_gamma
         self.focal_loss_ratio = focal_loss_ratio
+        self.focal_conf_scale = focal_conf_scale  # set from the first batch by utils.conf_calibration when asked
         self.conf_normalization = conf_normalization
         self.iou_loss = IOU_LOSSES[iou_type]
         self.ignore_threshold = ignore_threshold
@@ -116,7 +119,9 @@ class YOLOLoss(nn.Module):
         return gt_index, anchor_index
 
     def conf_weight(self, stride: float) -> float:
-        focal = self.focal_loss_ratio if self.focal_loss and self.conf_normalization == "mean" else 1.0
+        focal = 1.0
+        if self.focal_loss:
+            focal = self.focal_conf_scale * (self.focal_loss_ratio if self.conf_normalization == "mean" else 1.0)
         return self.obj_ratio * BALANCE_BY_STRIDE.get(round(stride), 1.0) * focal
 
     def weighted_total(self, terms: dict[str, Tensor], strides: list[float]) -> Tensor:
@@ -290,6 +295,7 @@ def build_loss(*, config, spec) -> YOLOLoss:
                     label_smoothing=config.label_smoothing, focal_loss=config.focal_loss,
                     focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
                     focal_loss_ratio=config.focal_loss_ratio, conf_normalization=config.conf_normalization,
+                    focal_conf_scale=config.focal_conf_scale if not isinstance(config.focal_conf_scale, str) else 1.0,
                     iou_type=config.iou_type, ignore_threshold=config.ignore_threshold,
                     multi_anchor_threshold=config.multi_anchor_threshold, scale_x_y=config.scale_x_y,
                     box_ratio=config.box_ratio, cls_ratio=config.cls_ratio, obj_ratio=config.obj_ratio)

@@ -45,7 +45,8 @@ def test_tables_and_plots_are_written(mini_comparison):
     for name in ("summary.md", "summary.csv", "summary.json", "loss_curves.png", "per_class_ap.png", "loss_cdf.png"):
         assert (out / name).stat().st_size > 0, name
     table = (out / "summary.md").read_text()
-    assert "mean over kept cells, focal x10" in table and "| bce |" in table
+    assert "mean over kept cells, focal x" in table and "(matched to BCE at init)" in table and "| bce |" in table
+    assert table.strip().splitlines()[-1].startswith("Verdict at 95 %: ")
     assert {"map", "map_voc07", "coco_ap", "ap_RBC", "final_loss_conf", "train_minutes"} <= set(rows[0])
 
 
@@ -66,7 +67,7 @@ def test_second_invocation_skips_finished_runs(mini_comparison, capsys):
     out, argv, rows = mini_comparison
     stamp = (out / "runs" / "bce__seed11" / "last_epoch_weights.pth").stat().st_mtime
     again = compare_focal.main(argv)
-    assert capsys.readouterr().out.count("finished earlier, skipped") == 2
+    assert capsys.readouterr().out.count("finished earlier with the same settings, reused") == 2
     assert (out / "runs" / "bce__seed11" / "last_epoch_weights.pth").stat().st_mtime == stamp
     assert [r["map"] for r in again] == [r["map"] for r in rows]
 
@@ -112,3 +113,83 @@ def test_grid_heatmap_is_drawn(tmp_path):
     rows = compare.summarise(evaluations, runs)
     plot_grid_heatmap(rows=rows, out_path=tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_devices_run_one_process_per_gpu_each_seeing_only_its_gpu(tmp_path, monkeypatch):
+    launched = []
+
+    class FakeProcess:
+        returncode = 0
+
+        def __init__(self, command, **kwargs):
+            running = [e for e in launched if e["running"]]
+            launched.append({"command": command, "gpu": kwargs["env"]["CUDA_VISIBLE_DEVICES"], "running": True,
+                             "busy": {e["gpu"] for e in running}})
+
+        def poll(self):
+            for e in launched:
+                e["running"] = False
+            return 0
+
+    monkeypatch.setattr(compare.subprocess, "Popen", FakeProcess)
+    runs = compare.plan_runs(arms=[{"name": "bce"}], sweep=[{}], seeds=[1, 2, 3])
+    jobs = [(r, tmp_path / r.name) for r in runs]
+    for _, run_dir in jobs:
+        run_dir.mkdir()
+    compare.train_in_subprocesses(jobs=jobs, parallel=1, progress=compare.Progress(runs, 1), devices=["0", "1"],
+                                  poll_seconds=0)
+    assert [e["gpu"] for e in launched] == ["0", "1", "0"] or [e["gpu"] for e in launched] == ["0", "1", "1"]
+    assert launched[1]["busy"] == {"0"}  # the second run started while the first held GPU 0
+    assert all(e["command"][-1].startswith("--config=") for e in launched)
+
+
+def test_recipe_files_resolve_to_train_settings():
+    from utils.config import resolve_settings
+
+    bccd = resolve_settings(train.TrainConfig, ["--config=configs/bccd_tiny.toml", "--init_lr=0.2"])
+    assert (bccd.model, bccd.input_shape, bccd.anchors_mask) == ("yolov4-tiny", [352, 480], [[3, 4, 5], [0, 1, 2]])
+    assert (bccd.unfreeze_epoch, bccd.unfreeze_batch_size, bccd.min_lr, bccd.amp_dtype) == (45, 8, 0.001, "bfloat16")
+    assert bccd.init_lr == 0.2  # the command line wins over the file
+    assert bccd.focal_loss_ratio == train.focal_loss_ratio  # and the file over train.py's defaults
+    voc = resolve_settings(train.TrainConfig, ["--config=configs/voc_yolov4.toml"])
+    assert (voc.model, voc.input_shape, voc.freeze_epoch, voc.freeze_batch_size) == ("yolov4", [416, 416], 50, 8)
+    assert (voc.unfreeze_epoch, voc.unfreeze_batch_size, voc.init_lr, voc.min_lr) == (300, 4, 0.01, 0.0001)
+    assert (voc.optimizer_type, voc.lr_decay_type, voc.mosaic, voc.mixup) == ("sgd", "cos", True, True)
+
+
+def test_focal_scale_matches_bce_on_the_first_batch():
+    from nets.yolo import build_model, init_weights
+    from nets.yolo_training import build_loss
+    from utils.conf_calibration import calibrate_conf_term, first_batch, weighted_conf_term
+    from utils.dataloader import YoloDataset
+    from utils.trainer import model_spec
+
+    lines = annotation_lines(ids("train", 4))
+    config = train.TrainConfig(model="yolov4-tiny", input_shape=[64, 64], focal_loss=True, obj_prior=0.01,
+                               focal_conf_scale="match_bce_at_init", seed=3)
+    spec = model_spec(config)
+    torch.manual_seed(0)
+    net = build_model(model="yolov4-tiny", num_classes=3)
+    init_weights(net, obj_prior=0.01)
+    dataset = YoloDataset(annotation_lines=lines, input_shape=(64, 64), train=True, seed=3)
+    criterion = build_loss(config=config, spec=spec)
+    rng_before = torch.get_rng_state()
+    stored = calibrate_conf_term(net=net, criterion=criterion, config=config, spec=spec, dataset=dataset,
+                                 batch_size=2, device=torch.device("cpu"), saved=None)
+    assert torch.equal(torch.get_rng_state(), rng_before) and net.training  # training stream and mode untouched
+    images, targets = first_batch(dataset=dataset, batch_size=2, seed=3, epoch=0)
+    with torch.no_grad():
+        outputs = net.eval()(images)
+    plain = build_loss(config=train.TrainConfig(model="yolov4-tiny", input_shape=[64, 64], obj_prior=0.01), spec=spec)
+    bce_term = weighted_conf_term(plain, outputs, targets)
+    assert stored["conf_term_at_init"] == pytest.approx(bce_term, rel=1e-5)
+    assert weighted_conf_term(criterion, outputs, targets) == pytest.approx(bce_term, rel=1e-5)
+    criterion.focal_conf_scale = 1.0
+    unmatched = weighted_conf_term(criterion, outputs, targets)
+    assert stored["focal_conf_scale_value"] == pytest.approx(bce_term / unmatched, rel=1e-5)
+    again = calibrate_conf_term(net=net, criterion=criterion, config=config, spec=spec, dataset=dataset, batch_size=2,
+                                device=torch.device("cpu"), saved={**stored, "focal_conf_scale": "x"})
+    assert again == stored and criterion.focal_conf_scale == stored["focal_conf_scale_value"]  # resume keeps it
+    with pytest.raises(ConfigError, match="focal_conf_scale"):
+        calibrate_conf_term(net=net, criterion=criterion, config=train.TrainConfig(focal_conf_scale="twice"),
+                            spec=spec, dataset=dataset, batch_size=2, device=torch.device("cpu"), saved=None)

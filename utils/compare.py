@@ -1,8 +1,9 @@
 """Runs behind compare_focal.py: plan (arms x sweep values x seeds), train (skip / resume), evaluate, summarise.
 
-Each run is an ordinary train.py run in ``<results_dir>/runs/<name>`` with its own checkpoints and logs.
-A run is finished once its ``eval.json`` exists; a run with a checkpoint but no ``eval.json`` is resumed
-(or only evaluated when its training already reached the last epoch).
+Each run is an ordinary train.py run in ``<results_dir>/runs/<name>`` with its own checkpoints and logs,
+started as ``train.py --config=<run folder>/run_config.json`` (utils/compare_runs.py). A run is finished
+once its ``eval.json`` exists; a run with a checkpoint but no ``eval.json`` is resumed (or only evaluated
+when its training already reached the last epoch).
 """
 import json
 import os
@@ -20,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from utils.checkpoint import read_checkpoint
+from utils.compare_runs import train_argv
 from utils.config import ConfigError, parse_value
+from utils.paired import image_records
 
 GRID_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)  # the Focal Loss paper's Table 1 ablation
 GRID_ALPHAS = (0.25, 0.5, 0.75)
@@ -34,11 +37,14 @@ class RunSpec:
     arm: str
     seed: int
     overrides: dict = field(default_factory=dict)  # train.py settings of this run (arm, sweep values, seed)
+    base_arm: str = ""  # the arm's name without the sweep values
+    tag: str = ""  # the sweep values, shared by the runs that are compared with each other
 
 
 def grid_arms() -> list[dict]:
     arms = [{"name": "bce", "focal_loss": False}]
-    arms += [{"name": f"focal_a{a:g}_g{g:g}", "focal_loss": True, "focal_alpha": a, "focal_gamma": g}
+    arms += [{"name": f"focal_a{a:g}_g{g:g}", "focal_loss": True, "focal_alpha": a, "focal_gamma": g,
+              "focal_conf_scale": "match_bce_at_init"}
              for g in GRID_GAMMAS for a in GRID_ALPHAS]
     return arms
 
@@ -80,16 +86,13 @@ def plan_runs(*, arms: list[dict], sweep: list[dict], seeds: list[int]) -> list[
             for seed in seeds:
                 tag = "".join(f"__{k}={_slug(v)}" for k, v in combo.items())
                 runs.append(RunSpec(name=f"{arm['name']}{tag}__seed{seed}", arm=arm["name"] + tag.replace("__", " "),
-                                    seed=seed, overrides={**settings, **combo, "seed": seed}))
+                                    seed=seed, overrides={**settings, **combo, "seed": seed}, base_arm=arm["name"],
+                                    tag=tag))
     return runs
 
 
 def _slug(value) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", json.dumps(value)).strip("-")
-
-
-def to_argv(settings: dict) -> list[str]:
-    return [f"--{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in settings.items()]
 
 
 class Progress:
@@ -117,28 +120,22 @@ class Progress:
               f"all runs {finished}/{total} epochs | ETA {eta / 60:.1f} min", flush=True)
 
 
-def run_argv(*, run: RunSpec, run_dir: Path, base: dict) -> list[str]:
-    """train.py arguments of a run; resumes from its last checkpoint when there is one."""
-    argv = to_argv({**base, **run.overrides, "save_dir": str(run_dir)})
-    checkpoint = run_dir / "last_epoch_weights.pth"
-    if checkpoint.is_file():
-        argv.append(f"--resume={checkpoint}")
-    return argv
-
-
-def train_in_process(*, run: RunSpec, run_dir: Path, base: dict, progress: Progress, config_class: type) -> None:
+def train_in_process(*, run: RunSpec, run_dir: Path, progress: Progress, config_class: type) -> None:
     """Trains one run in this process, with train.py's own progress bars; ``config_class`` is train.TrainConfig."""
     from utils.trainer import fit, resolve_training_config
 
-    config = resolve_training_config(config_class, run_argv(run=run, run_dir=run_dir, base=base))
+    config = resolve_training_config(config_class, train_argv(run_dir))
     fit(config, on_epoch_end=lambda row: progress.set_done(run.name, row["epoch"]))
 
 
-def train_in_subprocesses(*, jobs: list[tuple[RunSpec, Path]], base: dict, parallel: int, progress: Progress,
-                          poll_seconds: float = 2.0) -> None:
+def train_in_subprocesses(*, jobs: list[tuple[RunSpec, Path]], parallel: int, progress: Progress,
+                          devices: list[str] | None = None, poll_seconds: float = 2.0) -> None:
     """Trains runs as ``python train.py`` processes, ``parallel`` at a time, each with an equal share of the
     CPU threads (on a CPU, two single-threaded runs beat one run after the other with two threads).
+    With ``devices`` (GPU indices) one run per GPU at once, each seeing only its GPU (CUDA_VISIBLE_DEVICES).
     Each run's output goes to ``<run_dir>/train.log``."""
+    free = list(devices or [])
+    parallel = len(free) or parallel
     threads = max(1, (os.cpu_count() or 1) // parallel)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     pending, active = list(jobs), []
@@ -146,23 +143,26 @@ def train_in_subprocesses(*, jobs: list[tuple[RunSpec, Path]], base: dict, paral
         while pending or active:
             while pending and len(active) < parallel:
                 run, run_dir = pending.pop(0)
-                run_dir.mkdir(parents=True, exist_ok=True)
+                gpu = free.pop(0) if devices else None
                 log = open(run_dir / "train.log", "a", encoding="utf-8")
-                command = [sys.executable, str(REPO / "train.py"), *run_argv(run=run, run_dir=run_dir, base=base)]
-                active.append((run, run_dir, log, subprocess.Popen(command, cwd=os.getcwd(), env=env, stdout=log,
-                                                                   stderr=subprocess.STDOUT)))
+                command = [sys.executable, str(REPO / "train.py"), *train_argv(run_dir)]
+                run_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
+                active.append((run, run_dir, log, gpu, subprocess.Popen(command, cwd=os.getcwd(), env=run_env,
+                                                                        stdout=log, stderr=subprocess.STDOUT)))
             time.sleep(poll_seconds)
             for job in list(active):
-                run, run_dir, log, process = job
+                run, run_dir, log, gpu, process = job
                 progress.set_done(run.name, _history_epochs(run_dir))
                 if process.poll() is not None:
                     log.close()
                     active.remove(job)
+                    if gpu is not None:
+                        free.append(gpu)
                     if process.returncode != 0:
                         raise RuntimeError(f"run {run.name} failed (exit code {process.returncode}); "
                                            f"see {run_dir / 'train.log'}")
     finally:
-        for _, _, log, process in active:  # interrupted or failed: stop the others the way Ctrl-C would,
+        for _, _, log, _, process in active:  # interrupted or failed: stop the others the way Ctrl-C would,
             process.send_signal(signal.SIGINT)  # so each writes a resumable checkpoint
             process.wait()
             log.close()
@@ -180,34 +180,58 @@ def epochs_done(run_dir: Path) -> int:
     return read_checkpoint(checkpoint)["epoch"] if checkpoint.is_file() else 0
 
 
-def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_class: type) -> dict:
-    """mAP (all-point and VOC07), COCO AP and per-class AP of the run's final weights on the test images,
-    with get_map.py's code and settings, plus the confidence-loss CDFs of the Focal Loss paper's Figure 4."""
+EVAL_FORMAT = 2  # eval.json of earlier versions lack the per-image records and are evaluated again
+
+
+def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_class: type,
+                 test_annotation_path: str) -> dict:
+    """mAP (all-point and VOC07), COCO AP (and by object size) and per-class AP of the run's final weights on
+    the test images, with get_map.py's code and settings; the per-image records the paired bootstrap needs
+    (``eval_images.npz``); the confidence term at init; the Focal Loss paper's Figure 4 CDFs."""
     from utils.trainer import line_image_path
-    from utils.evaluation import evaluate_voc_images
+    from utils.evaluation import predict_images, read_ground_truth, score_detections, voc_annotation_path
     from yolo import YOLO
 
     checkpoint = run_dir / "last_epoch_weights.pth"
     detector = YOLO(model_path=str(checkpoint), confidence=0.001, nms_iou=0.5, device=device)
-    results = evaluate_voc_images(detector=detector, image_paths=[line_image_path(l) for l in test_lines],
-                                  class_names=detector.class_names, coco=True)
+    names = detector.class_names
+    by_id = {Path(p).stem: p for p in sorted((line_image_path(l) for l in test_lines), key=lambda p: Path(p).stem)}
+    predictions = predict_images(detector=detector, image_paths=by_id)  # get_map.py's evaluator and rules
+    gt, _ = read_ground_truth(xml_paths={image_id: voc_annotation_path(path) for image_id, path in by_id.items()
+                                         if image_id not in predictions.unreadable}, class_names=names)
+    dets = {image_id: predictions.dets.get(image_id, []) for image_id in gt}
+    results = score_detections(gt=gt, dets=dets, class_names=names, coco=True)
+    coco = results["coco"]
+    image_records(gt=gt, dets=dets, class_names=names).to_npz(run_dir / "eval_images.npz")
     saved = read_checkpoint(checkpoint)
     history = saved["history"]
     last = history[-1] if history else {}
     evaluation = {
-        "map": results["map"], "map_voc07": results["map_voc07"], "coco_ap": results["coco"]["AP"],
-        "coco_ap50": results["coco"]["AP50"],
-        "per_class_ap": {name: v["ap"] for name, v in results["per_class"].items()},
+        "format": EVAL_FORMAT, "test_annotation_path": test_annotation_path,
+        "map": results["map"], "map_voc07": results["map_voc07"], "coco_ap": coco["AP"], "coco_ap50": coco["AP50"],
+        "coco": coco, "per_class_ap": {name: v["ap"] for name, v in results["per_class"].items()},
         "final_train": {k: last.get(f"train_{k}") for k in ("loss_loc", "loss_conf", "loss_cls")},
         "train_seconds": round(sum(row.get("seconds", 0.0) for row in history), 1),
         "config": {k: saved["config"].get(k) for k in ("focal_loss", "focal_alpha", "focal_gamma",
-                                                        "focal_loss_ratio", "conf_normalization", "seed",
-                                                        "init_lr", "unfreeze_epoch", "input_shape", "model")},
+                                                        "focal_loss_ratio", "focal_conf_scale", "conf_normalization",
+                                                        "seed", "init_lr", "unfreeze_epoch", "input_shape", "model",
+                                                        "focal_conf_scale_value", "conf_term_at_init")},
         "cdf": confidence_loss_cdf(detector=detector, config=saved["config"], test_lines=test_lines,
                                    config_class=config_class),
     }
     (run_dir / "eval.json").write_text(json.dumps(evaluation, indent=1), encoding="utf-8")
     return evaluation
+
+
+def reusable_evaluation(run_dir: Path, test_annotation_path: str) -> dict | None:
+    """The run's eval.json when it is of this version and scored on these test images."""
+    try:
+        evaluation = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    ok = (evaluation.get("format") == EVAL_FORMAT and evaluation.get("test_annotation_path") == test_annotation_path
+          and (run_dir / "eval_images.npz").is_file())
+    return evaluation if ok else None
 
 
 @torch.no_grad()
@@ -255,9 +279,13 @@ def confidence_loss_cdf(*, detector, config: dict, test_lines: list[str], config
 
 def conf_normalization_note(config: dict) -> str:
     norm = "mean over kept cells" if config["conf_normalization"] == "mean" else "sum / number of positives"
-    if config["focal_loss"] and config["conf_normalization"] == "mean":
-        return f"{norm}, focal x{config['focal_loss_ratio']:g}"
-    return norm
+    if not config["focal_loss"]:
+        return norm
+    factor = config["focal_loss_ratio"] if config["conf_normalization"] == "mean" else 1.0
+    scale = config.get("focal_conf_scale_value") or 1.0
+    if config.get("focal_conf_scale") == "match_bce_at_init":
+        return f"{norm}, focal x{factor * scale:.3g} (matched to BCE at init)"
+    return f"{norm}, focal x{factor * scale:g}" if factor * scale != 1.0 else norm
 
 
 def summarise(evaluations: dict[str, dict], runs: list[RunSpec]) -> list[dict]:
@@ -273,7 +301,8 @@ def summarise(evaluations: dict[str, dict], runs: list[RunSpec]) -> list[dict]:
                "conf_normalization": conf_normalization_note(evs[0]["config"]),
                "focal": evs[0]["config"]["focal_loss"], "alpha": evs[0]["config"]["focal_alpha"],
                "gamma": evs[0]["config"]["focal_gamma"],
-               "train_minutes": statistics.fmean(e["train_seconds"] for e in evs) / 60}
+               "train_minutes": statistics.fmean(e["train_seconds"] for e in evs) / 60,
+               "conf_term_at_init": _mean_or_none(e["config"].get("conf_term_at_init") for e in evs)}
         for name in evs[0]["per_class_ap"]:
             values = [e["per_class_ap"][name] for e in evs if e["per_class_ap"][name] is not None]
             row[f"ap_{name}"] = statistics.fmean(values) if values else None
@@ -282,3 +311,8 @@ def summarise(evaluations: dict[str, dict], runs: list[RunSpec]) -> list[dict]:
             row[f"final_{term}"] = statistics.fmean(values) if values else None
         rows.append(row)
     return rows
+
+
+def _mean_or_none(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None

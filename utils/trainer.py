@@ -15,6 +15,7 @@ from nets.yolo import build_model, init_weights
 from nets.yolo_training import build_loss
 from utils.callbacks import LossHistory
 from utils.checkpoint import CHECKPOINT_FORMAT, load_weights, read_checkpoint, save_atomic, saved_config
+from utils.conf_calibration import calibrate_conf_term
 from utils.config import ConfigError, print_config, resolve_settings
 from utils.datacheck import check_annotation_files
 from utils.dataloader import YoloDataset, yolo_collate
@@ -51,9 +52,15 @@ def resolve_training_config(config_class: type, argv: list[str] | None):
 
 def model_spec(config) -> ModelSpec:
     """Classes, anchors and masks resolved from the config's paths; stored in every checkpoint."""
-    anchors_path = config.anchors_path or str(DEFAULT_ANCHORS_PATH[config.model])
-    anchors = get_anchors(anchors_path)
     anchors_mask = config.anchors_mask or DEFAULT_ANCHORS_MASK[config.model]
+    anchors_path = config.anchors_path or str(DEFAULT_ANCHORS_PATH[config.model])
+    if anchors_path == "auto":  # k-means on the training boxes (kmeans_for_anchors.py), one anchor per mask index
+        from utils.anchors import auto_anchors
+
+        anchors = auto_anchors(annotation_path=config.train_annotation_path, input_shape=tuple(config.input_shape),
+                               k=1 + max(max(m) for m in anchors_mask))
+    else:
+        anchors = get_anchors(anchors_path)
     check_anchors_mask(anchors_mask, num_anchors=len(anchors), num_levels=len(DEFAULT_ANCHORS_MASK[config.model]),
                        source=anchors_path)
     return ModelSpec(class_names=get_classes(config.classes_path), anchors=anchors, anchors_mask=anchors_mask,
@@ -119,6 +126,10 @@ class Run:
                                      mixup_prob=config.mixup_prob, special_aug_ratio=config.special_aug_ratio,
                                      total_epochs=config.unfreeze_epoch, **common)
         self.val_set = YoloDataset(annotation_lines=self.val_lines, train=False, **common)
+        self.run_config.update(calibrate_conf_term(  # the focal scale asked for and the weighted conf term at init
+            net=self.net, criterion=self.criterion, config=config, spec=self.spec, dataset=self.train_set,
+            batch_size=self.phase(config.init_epoch)[1], device=device,
+            saved=saved_config(config.resume) if config.resume else None))
         self.start_epoch, self.start_iteration, self.best = config.init_epoch, 0, None
         history_rows = []
         self.ema = ModelEMA(self.net, decay=config.ema_decay, tau=config.ema_tau) if config.ema else None
