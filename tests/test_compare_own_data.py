@@ -104,7 +104,7 @@ def test_a_class_id_outside_the_classes_file_stops_before_training(tmp_path):
     for split in ("train", "val", "test"):
         (ann / f"2007_{split}.txt").write_text(f"{root}/VOCdevkit/VOC2007/JPEGImages/shape_000.jpg 1,1,9,9,1\n"
                                                f"{root}/VOCdevkit/VOC2007/JPEGImages/shape_001.jpg 1,1,9,9,2\n")
-    with pytest.raises(ConfigError, match=r"2007_train.txt, line 2: class id 2 is outside .*shapes_classes.txt"):
+    with pytest.raises(ConfigError, match=r"2007_train.txt line 2: class id 2 but .*shapes_classes.txt"):
         compare_focal.main(tool_argv(root, "--input_shape=[32,64]"))
     assert not (root / "out" / "runs").exists()
 
