@@ -8,10 +8,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from utils.callbacks import LOSS_TERMS
+from utils.config import UserError
 from utils.distributed import DistInfo, all_reduce_mean
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError):
     """The loss became inf/NaN; the run stops and the last good checkpoint is kept."""
 
 
