@@ -34,7 +34,7 @@ from nets.yolo import build_model, init_weights  # noqa: E402
 from nets.yolo_training import YOLOLoss  # noqa: E402
 from parity_loss import parity_reference_loss  # noqa: E402
 from utils.config import resolve_config, run_cli, settings_of  # noqa: E402
-from utils.inference import cpu_has_native_bf16  # noqa: E402
+from utils.inference import cpu_has_native_bf16, resolve_precision  # noqa: E402
 from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
 from yolo import YOLO  # noqa: E402
 
@@ -51,9 +51,9 @@ CLASSES = 20
 IMAGE = REPO / "VOCdevkit" / "VOC2007" / "JPEGImages" / "BloodImage_00000.jpg"
 # Variants per figure; the first is the baseline the speed-ups are relative to.
 VARIANTS = {
-    "forward": ["fp32 unfolded", "fp32 folded+CL", "default", "onnxruntime"],
-    "detect": ["fp32 unfolded", "fp32 folded+CL", "default", "onnxruntime"],
-    "train": ["fp32", "default"],
+    "forward": ["fp32 unfolded", "fp32 folded+CL", "bf16 folded+CL", "onnxruntime"],
+    "detect": ["fp32 unfolded", "fp32 folded+CL", "bf16 folded+CL", "onnxruntime"],
+    "train": ["fp32", "bf16 autocast + CL"],
     "loss": ["parity reference", "YOLOLoss"],
 }
 
@@ -68,17 +68,18 @@ def net_and_config(model: str) -> tuple[torch.nn.Module, dict]:
     return net, config
 
 
-def default_train_levers() -> tuple[bool, bool]:
-    """(bf16 autocast, channels_last) of the 'default' training variant: both where the CPU computes bf16
-    natively (on CUDA, fp16 autocast is measured separately)."""
-    native = cpu_has_native_bf16()
-    return native, native
+def train_levers(variant: str) -> tuple[bool, bool]:
+    """(bf16 autocast, channels_last) of a training variant; bf16 only where the CPU computes it natively (on
+    CUDA, fp16 autocast is measured separately)."""
+    if variant == "fp32":
+        return False, False
+    return cpu_has_native_bf16(), True
 
 
 def detector_for(model: str, variant: str):
     net, config = net_and_config(model)
     options = {"fp32 unfolded": dict(precision="fp32", optimize=False), "fp32 folded+CL": dict(precision="fp32"),
-               "default": dict(precision="auto"), "onnxruntime": dict(precision="fp32")}[variant]
+               "bf16 folded+CL": dict(precision="bf16"), "onnxruntime": dict(precision="fp32")}[variant]
     detector = YOLO.from_model(net.eval(), config=config, confidence=0.5, nms_iou=0.3, device="cpu", **options)
     return detector.onnx_detector() if variant == "onnxruntime" else detector
 
@@ -104,7 +105,7 @@ def make_case(figure: str, model: str, variant: str):
 def train_case(model: str, variant: str, *, batch: int = 4):
     net, config = net_and_config(model)
     net.train()
-    bf16, channels_last = default_train_levers() if variant == "default" else (False, False)
+    bf16, channels_last = train_levers(variant)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     criterion = YOLOLoss(anchors_px=torch.tensor(config["anchors"]), anchors_mask=config["anchors_mask"],
@@ -201,12 +202,13 @@ def label(figure: str, model: str) -> str:
 
 
 def variant_note(figure: str, variant: str) -> str:
-    if variant != "default":
-        return variant
-    if figure == "train":
-        bf16, channels_last = default_train_levers()
-        return "bf16 autocast + CL" if bf16 and channels_last else "fp32 (no native bf16)"
-    return "default: " + ("bf16 folded+CL" if cpu_has_native_bf16() else "fp32 folded+CL")
+    """The variant's name, marked where it is what predict.py / get_map.py run by default on this machine."""
+    if figure in ("forward", "detect"):
+        default = {"fp32": "fp32 folded+CL", "bf16": "bf16 folded+CL"}[resolve_precision("auto", torch.device("cpu"))]
+        return f"{variant} (default)" if variant == default else variant
+    if figure == "train" and variant != "fp32" and not cpu_has_native_bf16():
+        return "fp32 + CL (no native bf16)"
+    return variant
 
 
 def print_rows(figure: str, model: str, warm: dict[str, list[float]], fresh_results: dict[str, dict]) -> None:
