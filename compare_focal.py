@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import sys
 
     import train
+    import voc_annotation
     from utils import compare, compare_plots, compare_runs
     from utils.compare_report import paired_comparisons, write_tables
     from utils.config import settings_of_class
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise ConfigError(f"arm {arm}: needs a 'name'; unknown train.py settings {unknown}")
     base = resolve_settings(train.TrainConfig, ([f"--config={cfg['config']}"] if cfg["config"] else []) + for_train)
     compare_runs.prepare_annotations(config=base, test_annotation_path=cfg["test_annotation_path"],
-                                     voc_path=cfg["VOCdevkit_path"])
+                                     voc_path=cfg["VOCdevkit_path"], make_annotations=voc_annotation.main)
     arm_list = compare.grid_arms() if cfg["grid"] else cfg["arms"]
     runs = compare.plan_runs(arms=arm_list, sweep=compare.parse_sweep(cfg["sweep"], train_settings),
                              seeds=[cfg["seed"] + i for i in range(cfg["seeds"])])

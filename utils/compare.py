@@ -190,7 +190,7 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_cl
     (``eval_images.npz``); the confidence term at init; the Focal Loss paper's Figure 4 CDFs."""
     from utils.trainer import line_image_path
     from utils.evaluation import predict_images, read_ground_truth, score_detections, voc_annotation_path
-    from yolo import YOLO
+    from utils.detector import YOLO
 
     checkpoint = run_dir / "last_epoch_weights.pth"
     detector = YOLO(model_path=str(checkpoint), confidence=0.001, nms_iou=0.5, device=device)

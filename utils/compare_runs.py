@@ -79,11 +79,10 @@ def train_argv(run_dir: Path) -> list[str]:
     return argv
 
 
-def prepare_annotations(*, config, test_annotation_path: str, voc_path: str) -> None:
-    """Makes missing annotation files from ``voc_path`` with the run's classes file (voc_annotation.py,
-    a seeded split when the VOCdevkit has none), then checks every class id of every file against it."""
-    import voc_annotation
-
+def prepare_annotations(*, config, test_annotation_path: str, voc_path: str, make_annotations) -> None:
+    """Makes missing annotation files from ``voc_path`` with the run's classes file (``make_annotations`` is
+    voc_annotation.main: a seeded split when the VOCdevkit has none), then checks every class id of every file
+    against it."""
     paths = [config.train_annotation_path, config.val_annotation_path, test_annotation_path]
     missing = [Path(p) for p in paths if not Path(p).is_file()]
     if missing:
@@ -92,7 +91,7 @@ def prepare_annotations(*, config, test_annotation_path: str, voc_path: str) -> 
             raise FileNotFoundError(f"annotation files {', '.join(map(str, missing))}: not found; make them with "
                                     f"python voc_annotation.py --classes_path={config.classes_path}")
         print(f"[compare] annotation files missing: making them from {voc_path} with {config.classes_path}")
-        voc_annotation.main([f"--classes_path={config.classes_path}", f"--VOCdevkit_path={voc_path}",
+        make_annotations([f"--classes_path={config.classes_path}", f"--VOCdevkit_path={voc_path}",
                              f"--out_dir={missing[0].parent}", "--annotation_mode=0",
                              f"--VOCdevkit_sets={json.dumps([[m.group(1), m.group(2)] for m in sets])}"])
     names = get_classes(config.classes_path)

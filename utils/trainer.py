@@ -176,7 +176,7 @@ class Run:
                 "history": self.history.rows if self.history else []}
 
     def evaluate_map(self) -> dict:
-        from yolo import YOLO
+        from utils.detector import YOLO
 
         detector = YOLO.from_model(self.inference_net, config=self.run_config, confidence=0.001, nms_iou=0.5,
                                    device=str(self.device))
@@ -288,7 +288,7 @@ def run_epoch(run: Run, epoch: int, state: dict) -> dict:
         save_atomic({"format": CHECKPOINT_FORMAT, "model": run.inference_net.state_dict(), "config": run.run_config,
                      "epoch": epoch + 1, "metrics": row}, run.save_dir / "best_epoch_weights.pth")
         if config.save_darknet:
-            write_darknet_model(run.net, weights_path=run.save_dir / "best_epoch_weights.weights",
+            write_darknet_model(run.inference_net, weights_path=run.save_dir / "best_epoch_weights.weights",
                                 config=run.run_config)
     run.history.append(row)
     checkpoint = run.checkpoint_state(epoch=epoch + 1, iteration=0)
@@ -297,7 +297,8 @@ def run_epoch(run: Run, epoch: int, state: dict) -> dict:
         name = f"ep{epoch + 1:03d}-loss{row['train_loss']:.3f}-val_loss{row['val_loss']:.3f}.pth"
         save_atomic(checkpoint, run.save_dir / name)
         if config.save_darknet:
-            write_darknet_model(run.net, weights_path=run.save_dir / f"{name[:-4]}.weights", config=run.run_config)
+            write_darknet_model(run.inference_net, weights_path=run.save_dir / f"{name[:-4]}.weights",
+                                config=run.run_config)
     shown = f"map {row['map']:.4f}" if row["map"] is not None else "map -"
     print(f"epoch {epoch + 1}/{total}  train loss {row['train_loss']:.4f} (loc {row['train_loss_loc']:.4f} "
           f"conf {row['train_loss_conf']:.4f} cls {row['train_loss_cls']:.4f})  val loss {row['val_loss']:.4f}  "
