@@ -113,7 +113,7 @@ class Run:
         use_fp16 = config.fp16 and config.amp_dtype == "float16" and device.type == "cuda"
         use_bf16 = config.fp16 and config.amp_dtype == "bfloat16"
         self.amp = AmpSettings(enabled=use_fp16 or use_bf16, device_type=device.type,
-                               dtype=torch.float16 if use_fp16 else torch.bfloat16)
+                               dtype=torch.float16 if use_fp16 else torch.bfloat16, channels_last=config.channels_last)
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
         train_file, val_file = check_annotation_files(
             [read_annotation_file(config.train_annotation_path), read_annotation_file(config.val_annotation_path)],
