@@ -12,7 +12,7 @@ TERMS = ("loss", "loss_loc", "loss_conf", "loss_cls")
 
 def _save(fig, out_path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    fig.savefig(out_path, dpi=100, bbox_inches="tight")  # keeps legends placed beside the axes
     plt.close(fig)
 
 
@@ -29,7 +29,9 @@ def plot_loss_curves(*, histories: dict[str, list[dict]], out_path: Path) -> Non
             ax.set_title(f"{split} {term}")
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    columns = 1 + len(labels) // 12  # a grid's 16 runs and their seeds stay legible beside the panels
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), ncol=columns)
     _save(fig, out_path)
 
 
@@ -46,16 +48,20 @@ def plot_per_class_ap(*, rows: list[dict], class_names: list[str], out_path: Pat
     ax.set_ylim(0, 1)
     ax.set_ylabel("AP@0.5 (test)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), ncol=1 + len(rows) // 12)
     _save(fig, out_path)
 
 
 def plot_cdfs(*, cdfs: dict[str, dict], out_path: Path) -> None:
     """The Focal Loss paper's Figure 4 for each trained model: CDF of the normalised loss, positives and negatives."""
-    fig, axes = plt.subplots(len(cdfs), 2, figsize=(10, 3.6 * len(cdfs)), squeeze=False)
-    for row_index, (name, cdf) in enumerate(cdfs.items()):
+    per_row = 2 if len(cdfs) > 4 else 1  # models per row: a 16-arm grid wraps into 8 rows of 4 panels
+    rows = -(-len(cdfs) // per_row)
+    fig, axes = plt.subplots(rows, 2 * per_row, figsize=(5 * 2 * per_row, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[2 * len(cdfs):]:
+        ax.set_visible(False)
+    for index, (name, cdf) in enumerate(cdfs.items()):
         for col, group in enumerate(("positive", "negative")):
-            ax = axes[row_index][col]
+            ax = axes[index // per_row][2 * (index % per_row) + col]
             for gamma, values in cdf["curves"].get(group, {}).items():
                 ax.plot(cdf["fractions"], values, label=f"gamma = {gamma}")
             count = cdf["num_positive"] if group == "positive" else cdf["num_negative"]
