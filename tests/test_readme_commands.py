@@ -12,7 +12,7 @@ from tests.shapes_dataset import write_shapes_voc
 from tests.test_train import annotation_lines, ids
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-TINY = ["--unfreeze_epoch=1", "--input_shape=[32,32]", "--num_workers=0", "--eval_flag=False", "--fp16=False",
+TINY = ["--unfreeze_epoch=1", "--input_shape=[64,64]", "--num_workers=0", "--eval_flag=False", "--fp16=False",
         "--freeze_train=False", "--unfreeze_batch_size=2", "--mosaic=False", "--mixup=False", "--bootstrap=100"]
 
 
