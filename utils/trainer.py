@@ -126,15 +126,15 @@ class Run:
                                      mixup_prob=config.mixup_prob, special_aug_ratio=config.special_aug_ratio,
                                      total_epochs=config.unfreeze_epoch, **common)
         self.val_set = YoloDataset(annotation_lines=self.val_lines, train=False, **common)
+        checkpoint = read_checkpoint(config.resume) if config.resume else None  # read once: it can be large
         self.run_config.update(calibrate_conf_term(  # the focal scale asked for and the weighted conf term at init
             net=self.net, criterion=self.criterion, config=config, spec=self.spec, dataset=self.train_set,
             batch_size=self.phase(config.init_epoch)[1], device=device,
-            saved=saved_config(config.resume) if config.resume else None))
+            saved=checkpoint["config"] if checkpoint is not None else None))
         self.start_epoch, self.start_iteration, self.best = config.init_epoch, 0, None
         history_rows = []
         self.ema = ModelEMA(self.net, decay=config.ema_decay, tau=config.ema_tau) if config.ema else None
-        if config.resume:
-            checkpoint = read_checkpoint(config.resume)
+        if checkpoint is not None:
             self.net.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))  # "model" alone: no EMA
             if self.ema is not None:  # a checkpoint written without EMA restarts the average from its weights
                 self.ema.load(weights=checkpoint["model"], state=checkpoint.get("ema", {"updates": 0}))
