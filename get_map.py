@@ -102,6 +102,7 @@ def _build_detector(cfg: dict, class_names: list[str] | None):
     """The detector of modes 0 / 1. A checkpoint of this project keeps its own classes (a differing classes_path
     is refused); a bare state_dict takes classes_path, model, anchors_path and anchors_mask as predict.py does."""
     from utils.checkpoint import saved_config
+    from utils.detector import BACKENDS
     from yolo import YOLO
 
     darknet = cfg["cfg_path"] or Path(cfg["model_path"]).suffix.lower() == ".weights"
@@ -109,8 +110,8 @@ def _build_detector(cfg: dict, class_names: list[str] | None):
     if saved is not None and class_names is not None and list(saved.get("class_names") or []) != class_names:
         raise ConfigError(f"classes_path {cfg['classes_path']}: classes {class_names} differ from the checkpoint's "
                           f"{saved.get('class_names')}")
-    if cfg["backend"] not in ("torch", "onnxruntime"):
-        raise ConfigError(f"backend must be torch or onnxruntime, got {cfg['backend']!r}")
+    if cfg["backend"] not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg['backend']!r}")
     detector = YOLO(model_path=cfg["model_path"], classes_path=cfg["classes_path"] if saved is None else None,
                     anchors_path=cfg["anchors_path"], anchors_mask=cfg["anchors_mask"], model=cfg["model"],
                     confidence=cfg["confidence"], nms_iou=cfg["nms_iou"], nms_type=cfg["nms_type"],

@@ -189,16 +189,14 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_cl
     the test images, with get_map.py's code and settings; the per-image records the paired bootstrap needs
     (``eval_images.npz``); the confidence term at init; the Focal Loss paper's Figure 4 CDFs."""
     from utils.trainer import line_image_path
-    from utils.evaluation import predict_images, read_ground_truth, score_detections, voc_annotation_path
+    from utils.evaluation import predict_with_ground_truth, score_detections
     from utils.detector import YOLO
 
     checkpoint = run_dir / "last_epoch_weights.pth"
     detector = YOLO(model_path=str(checkpoint), confidence=0.001, nms_iou=0.5, device=device)
     names = detector.class_names
-    by_id = {Path(p).stem: p for p in sorted((line_image_path(l) for l in test_lines), key=lambda p: Path(p).stem)}
-    predictions = predict_images(detector=detector, image_paths=by_id)  # get_map.py's evaluator and rules
-    gt, _ = read_ground_truth(xml_paths={image_id: voc_annotation_path(path) for image_id, path in by_id.items()
-                                         if image_id not in predictions.unreadable}, class_names=names)
+    gt, predictions = predict_with_ground_truth(  # get_map.py's evaluator and rules
+        detector=detector, image_paths=[line_image_path(line) for line in test_lines], class_names=names)
     dets = {image_id: predictions.dets.get(image_id, []) for image_id in gt}
     results = score_detections(gt=gt, dets=dets, class_names=names, coco=True)
     coco = results["coco"]

@@ -131,6 +131,20 @@ def score_detections(*, gt: dict[str, list[GTBox]], dets: dict[str, list[DetBox]
     return results
 
 
+def predict_with_ground_truth(*, detector, image_paths: list[str | Path], class_names: list[str],
+                              progress: bool = False, dist_info: DistInfo | None = None
+                              ) -> tuple[dict[str, list[GTBox]], Predictions]:
+    """The ground truth (image id -> objects, readable images only, ids sorted) and the detector's predictions
+    of a VOC-layout image list, as get_map.py reads and predicts them."""
+    by_id = {Path(p).stem: p for p in sorted(image_paths, key=lambda p: Path(p).stem)}
+    predictions = predict_images_shared(detector=detector, image_paths=by_id, dist_info=dist_info or DistInfo(),
+                                        progress=progress)
+    readable = {image_id: voc_annotation_path(path) for image_id, path in by_id.items()
+                if image_id not in predictions.unreadable}
+    gt, _ = read_ground_truth(xml_paths=readable, class_names=class_names)
+    return gt, predictions
+
+
 def evaluate_voc_images(*, detector, image_paths: list[str | Path], class_names: list[str],
                         iou_threshold: float = 0.5, score_threshold: float = 0.5, coco: bool = False,
                         progress: bool = False, dist_info: DistInfo | None = None) -> dict:
@@ -141,12 +155,8 @@ def evaluate_voc_images(*, detector, image_paths: list[str | Path], class_names:
     (image id -> reason, left out) to the results. With ``dist_info`` of a DDP run every rank must call this;
     each predicts its share of the images and all get the same results.
     """
-    by_id = {Path(p).stem: p for p in sorted(image_paths, key=lambda p: Path(p).stem)}
-    predictions = predict_images_shared(detector=detector, image_paths=by_id, dist_info=dist_info or DistInfo(),
-                                        progress=progress)
-    readable = {image_id: voc_annotation_path(path) for image_id, path in by_id.items()
-                if image_id not in predictions.unreadable}
-    gt, _ = read_ground_truth(xml_paths=readable, class_names=class_names)
+    gt, predictions = predict_with_ground_truth(detector=detector, image_paths=image_paths, class_names=class_names,
+                                                progress=progress, dist_info=dist_info)
     results = score_detections(gt=gt, dets=predictions.dets, class_names=class_names, iou_threshold=iou_threshold,
                                score_threshold=score_threshold, coco=coco)
     results.update(images=len(gt), background_images=sum(not boxes for boxes in gt.values()),
