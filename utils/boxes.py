@@ -22,22 +22,6 @@ def box_cxcywh_to_xyxy(boxes_cxcywh: Tensor) -> Tensor:
     return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
 
 
-def box_iou_batched(boxes1_xyxy: Tensor, boxes2_xyxy: Tensor) -> Tensor:
-    """IoU of every pair within each batch element.
-
-    boxes1_xyxy: (B, N, 4), boxes2_xyxy: (B, M, 4), same units. Returns (B, N, M).
-    torchvision's box_iou is 2-D only; this is its batched twin for the loss's ignore mask.
-    """
-    x1a, y1a, x2a, y2a = (t[:, :, None] for t in boxes1_xyxy.unbind(-1))  # each (B, N, 1)
-    x1b, y1b, x2b, y2b = (t[:, None, :] for t in boxes2_xyxy.unbind(-1))  # each (B, 1, M)
-    # Width and height of the overlaps as separate (B, N, M) tensors, updated in place: this is the
-    # loss's hottest line (every cell against every ground truth), so no (B, N, M, 2) temporaries.
-    inter = torch.min(x2a, x2b).sub_(torch.max(x1a, x1b)).clamp_(min=0)
-    inter.mul_(torch.min(y2a, y2b).sub_(torch.max(y1a, y1b)).clamp_(min=0))  # (B, N, M)
-    union = ((x2a - x1a) * (y2a - y1a)) + ((x2b - x1b) * (y2b - y1b)) - inter
-    return inter.div_(union.clamp_(min=1e-9))
-
-
 def wh_iou(wh1: Tensor, wh2: Tensor) -> Tensor:
     """IoU of boxes that share a centre (shape IoU), used to match ground truths to anchors.
 
