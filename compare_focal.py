@@ -42,6 +42,7 @@ on_changed: str = "refuse"  # a run folder made with other settings: "refuse" (l
 print_commands: bool = False  # write one train.py command per pending run to results_dir/commands.txt and exit
 bootstrap: int = 1000  # paired bootstrap resamples of the test images per seed
 bootstrap_seed: int = 0  # seeds the bootstrap (plus the run's seed)
+calibration_min_score: float = 0.1  # D-ECE and reliability diagrams over the test detections scored at least this
 
 
 def split_argv(argv: list[str], own: dict, train_settings: dict) -> tuple[list[str], list[str]]:
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import train
     import voc_annotation
     from utils import compare, compare_plots, compare_runs
+    from utils.calibration import plot_reliability_diagrams
     from utils.compare_report import paired_comparisons, write_tables
     from utils.config import settings_of_class
     from utils.trainer import read_annotation_lines
@@ -133,7 +135,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                      config_class=train.TrainConfig,
                                                      test_annotation_path=cfg["test_annotation_path"])
         print(f"[compare] {run.name}: test mAP@0.5 {evaluations[run.name]['map']:.4f}")
-    rows = compare.summarise(evaluations, runs)
+    calibrations = {r.name: compare.calibration_of(run_dirs[r.name], min_score=cfg["calibration_min_score"])
+                    for r in runs}
+    rows = compare.summarise(evaluations, runs, calibrations)
     comparisons = paired_comparisons(evaluations=evaluations, runs=runs, run_dirs=run_dirs,
                                      resamples=cfg["bootstrap"], seed=cfg["bootstrap_seed"])
     class_names = list(next(iter(evaluations.values()))["per_class_ap"])
@@ -142,9 +146,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     compare_plots.plot_per_class_ap(rows=rows, class_names=class_names, out_path=out_dir / "per_class_ap.png")
     compare_plots.plot_cdfs(cdfs={r.name: evaluations[r.name]["cdf"] for r in runs if r.seed == cfg["seed"]},
                             out_path=out_dir / "loss_cdf.png")
+    plot_reliability_diagrams(arms={r.name: calibrations[r.name] for r in runs if r.seed == cfg["seed"]},
+                              out_path=out_dir / "reliability.png",
+                              title=f"test detections scored >= {cfg['calibration_min_score']:g}, matched at IoU 0.5")
     if cfg["grid"]:
         compare_plots.plot_grid_heatmap(rows=rows, out_path=out_dir / "grid_map.png")
-    print(write_tables(rows=rows, comparisons=comparisons, class_names=class_names, out_dir=out_dir))
+    print(write_tables(rows=rows, comparisons=comparisons, class_names=class_names, out_dir=out_dir,
+                       machine=compare.hardware_summary(evaluations),
+                       calibration_min_score=cfg["calibration_min_score"]))
     print(f"[compare] results in {out_dir}: summary.md, summary.csv, summary.json and plots")
     return rows
 

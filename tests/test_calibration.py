@@ -1,65 +1,49 @@
-"""Calibration: VOC matching, reliability bins and D-ECE against numbers worked out by hand."""
+"""Calibration: the evaluator's matching, reliability bins and D-ECE against numbers worked out by hand."""
 import math
 
 import numpy as np
 import pytest
 
-from utils.calibration import match_detections, plot_reliability_diagrams, reliability_bins
+from utils.calibration import plot_reliability_diagrams, reliability_bins
+from utils.paired import image_records
+from utils.utils_map import DetBox, GTBox
 
 # Image A: ground truth g0 class 0, g1 class 0 (difficult), g2 class 1. Image B: h0, h1 class 0.
-GT_A = dict(boxes=[[0, 0, 10, 10], [20, 0, 30, 10], [0, 20, 10, 30]], classes=[0, 0, 1], difficult=[False, True, False])
-GT_B = dict(boxes=[[0, 0, 10, 10], [100, 100, 110, 110]], classes=[0, 0], difficult=[False, False])
+# Boxes in VOC pixels (inclusive ends, so [0, 0, 9, 9] is 10 x 10 = 100 pixels).
+GT = {"A": [GTBox("c0", 0, 0, 9, 9), GTBox("c0", 20, 0, 29, 9, difficult=True), GTBox("c1", 0, 20, 9, 29)],
+      "B": [GTBox("c0", 0, 0, 9, 9), GTBox("c0", 100, 100, 109, 109)]}
 # Detections in a shuffled order, so only the score decides who matches first.
-DETS_A = [  # (box, score, class, what the VOC rule makes of it)
-    ([0, 0, 10, 9], 0.85, 0),  # best g0 (IoU 0.9), but d1 scores higher and took g0: duplicate, FP
-    ([0, 0, 10, 10], 0.65, 1),  # on g0's box but class 1; g2 (class 1) is elsewhere: FP
-    ([0, 0, 10, 10], 0.95, 0),  # d1: g0 at IoU 1: TP
-    ([0, 0, 5, 10], 0.35, 0),  # g0 at IoU 0.5, already taken: FP
-    ([20, 0, 30, 10], 0.75, 0),  # on the difficult g1: left out
-    ([0, 20, 10, 30], 0.15, 1),  # g2 at IoU 1: TP
-]
-DETS_B = [
-    ([0, 0, 5, 10], 0.55, 0),  # h0 at IoU exactly 0.5 (50 / 100): TP, the threshold is inclusive
-    ([100, 100, 110, 104], 0.45, 0),  # h1 at IoU 0.4: FP
-    ([100, 100, 110, 110], 0.05, 0),  # h1 at IoU 1, still free: TP
-]
-
-
-def as_arrays(dets):
-    return (np.array([d[0] for d in dets], dtype=float), np.array([d[1] for d in dets]), np.array([d[2] for d in dets]))
+DETS = {"A": [DetBox("c0", 0.85, 0, 0, 9, 8),  # best g0 (IoU 0.9), but the 0.95 one took g0: duplicate, FP
+              DetBox("c1", 0.65, 0, 0, 9, 9),  # on g0's box but class 1; g2 (class 1) is elsewhere: FP
+              DetBox("c0", 0.95, 0, 0, 9, 9),  # g0 at IoU 1: TP
+              DetBox("c0", 0.35, 0, 0, 4, 9),  # g0 at IoU 0.5, already taken: FP
+              DetBox("c0", 0.75, 20, 0, 29, 9),  # on the difficult g1: left out
+              DetBox("c1", 0.15, 0, 20, 9, 29)],  # g2 at IoU 1: TP
+        "B": [DetBox("c0", 0.55, 0, 0, 4, 9),  # h0 at IoU exactly 0.5 (50 / 100): TP, the threshold is inclusive
+              DetBox("c0", 0.45, 100, 100, 109, 103),  # h1 at IoU 0.4: FP
+              DetBox("c0", 0.05, 100, 100, 109, 109)]}  # h1 at IoU 1, still free: TP
 
 
 def matched_fixture():
-    boxes_a, scores_a, classes_a = as_arrays(DETS_A)
-    boxes_b, scores_b, classes_b = as_arrays(DETS_B)
-    return match_detections(det_boxes_xyxy=[boxes_a, boxes_b], det_scores=[scores_a, scores_b],
-                            det_classes=[classes_a, classes_b],
-                            gt_boxes_xyxy=[np.array(GT_A["boxes"]), np.array(GT_B["boxes"])],
-                            gt_classes=[GT_A["classes"], GT_B["classes"]],
-                            gt_difficult=[GT_A["difficult"], GT_B["difficult"]])
+    records = image_records(gt=GT, dets=DETS, class_names=["c0", "c1"])
+    return records.det_score, records.det_tp
 
 
-def test_voc_matching_by_hand():
+def test_detections_are_matched_as_the_map_counts_them():
+    """The flags the diagrams bin are the evaluator's: VOC rule, in score order per image, difficult left out."""
     scores, matched = matched_fixture()
-    assert scores.tolist() == [0.85, 0.65, 0.95, 0.35, 0.15, 0.55, 0.45, 0.05]  # the 0.75 one is left out
-    assert matched.tolist() == [False, False, True, False, True, True, False, True]
-
-
-def test_images_without_ground_truth_or_detections():
-    scores, matched = match_detections(det_boxes_xyxy=[np.zeros((0, 4)), [[0, 0, 5, 5]]], det_scores=[[], [0.3]],
-                                       det_classes=[[], [0]], gt_boxes_xyxy=[[[0, 0, 5, 5]], np.zeros((0, 4))],
-                                       gt_classes=[[0], []])
-    assert scores.tolist() == [0.3] and matched.tolist() == [False]
-    with pytest.raises(ValueError, match="differ in length"):
-        match_detections(det_boxes_xyxy=[], det_scores=[[]], det_classes=[], gt_boxes_xyxy=[], gt_classes=[])
+    assert scores.tolist() == [0.95, 0.85, 0.65, 0.35, 0.15, 0.55, 0.45, 0.05]  # the 0.75 one is left out
+    assert matched.tolist() == [True, False, False, False, True, True, False, True]
 
 
 def test_dece_of_the_matched_fixture():
-    """One detection in each of 8 bins: D-ECE = (0.95 + 0.85 + 0.35 + 0.45 + 0.45 + 0.65 + 0.85 + 0.05) / 8."""
+    """One detection in each of 8 bins: D-ECE = (0.05 + 0.85 + 0.65 + 0.35 + 0.85 + 0.45 + 0.45 + 0.95) / 8."""
     scores, matched = matched_fixture()
     bins = reliability_bins(scores=scores, matched=matched, num_bins=10)
     assert bins.count.tolist() == [1, 1, 0, 1, 1, 1, 1, 0, 1, 1]
     assert bins.dece == pytest.approx(4.6 / 8, abs=1e-12)
+    above = reliability_bins(scores=scores, matched=matched, num_bins=10, min_score=0.4)  # 0.95 .. 0.45
+    assert above.total == 5 and above.dece == pytest.approx((0.05 + 0.85 + 0.65 + 0.45 + 0.45) / 5, abs=1e-12)
 
 
 def test_bins_and_dece_by_hand():

@@ -1,5 +1,7 @@
 """A miniature focal-vs-BCE comparison end to end, and the tool's planning helpers."""
+import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import compare_focal
 import train
 from tests.test_train import annotation_lines, ids
 from utils import compare
+from utils.calibration import reliability_bins
 from utils.config import ConfigError, settings_of
 
 
@@ -42,10 +45,12 @@ def test_both_arms_trained_with_their_loss_settings(mini_comparison):
 
 def test_tables_and_plots_are_written(mini_comparison):
     out, _, rows = mini_comparison
-    for name in ("summary.md", "summary.csv", "summary.json", "loss_curves.png", "per_class_ap.png", "loss_cdf.png"):
+    for name in ("summary.md", "summary.csv", "summary.json", "loss_curves.png", "per_class_ap.png", "loss_cdf.png",
+                 "reliability.png"):
         assert (out / name).stat().st_size > 0, name
     table = (out / "summary.md").read_text()
     assert "mean over kept cells, focal x" in table and "(matched to BCE at init)" in table and "| bce |" in table
+    assert "D-ECE" in table and f", torch {torch.__version__} (2 runs)" in table
     assert table.strip().splitlines()[-1].startswith("Verdict at 95 %: ")
     assert {"map", "map_voc07", "coco_ap", "ap_RBC", "final_loss_conf", "train_minutes"} <= set(rows[0])
 
@@ -61,6 +66,24 @@ def test_cdfs_are_monotone_and_end_at_one(mini_comparison):
                 assert np.all(np.diff(values) >= -1e-12)
                 assert values[-1] == pytest.approx(1.0)
                 assert values[0] >= 0
+
+
+def test_easy_negatives_at_init_follow_from_the_objectness_prior(mini_comparison):
+    """The recipe starts every objectness at p = 0.01 (obj_prior), so at init every kept negative is easy and
+    carries -log(0.99) of plain BCE against -log(0.01) per positive: the easy share follows by hand (the
+    network is rebuilt from the run's seed; with any other start the shares would be far off)."""
+    out, _, _ = mini_comparison
+    for arm in ("bce", "focal"):
+        evaluation = json.loads((out / "runs" / f"{arm}__seed11" / "eval.json").read_text())
+        init, trained = evaluation["easy_negatives"]["init"], evaluation["easy_negatives"]["trained"]
+        positives, negatives = evaluation["cdf"]["num_positive"], evaluation["cdf"]["num_negative"]
+        assert init["cells"] == trained["cells"] == positives + negatives
+        assert init["easy_negatives"] == negatives  # every negative is easy at init
+        by_hand = negatives * -math.log(0.99) / (negatives * -math.log(0.99) + positives * -math.log(0.01))
+        assert init["bce_share"] == pytest.approx(by_hand, rel=0.05)
+        # focal: negatives weigh (1 - alpha) p^gamma, positives alpha (1 - p)^gamma
+        neg, pos = 0.75 * 0.01 ** 2 * -math.log(0.99), 0.25 * 0.99 ** 2 * -math.log(0.01)
+        assert init["focal_share"] == pytest.approx(negatives * neg / (negatives * neg + positives * pos), rel=0.1)
 
 
 def test_second_invocation_skips_finished_runs(mini_comparison, capsys):
@@ -86,20 +109,32 @@ def test_grid_sweep_and_seeds_plan():
 
 
 def fake_evaluation(map_value: float, *, focal: bool, alpha: float = 0.25, gamma: float = 2.0) -> dict:
+    shares = {"init": {"bce_share": 0.9, "focal_share": 0.3}, "trained": {"bce_share": map_value, "focal_share": 0.1}}
     return {"map": map_value, "map_voc07": map_value - 0.01, "coco_ap": map_value / 2,
             "per_class_ap": {"RBC": map_value, "WBC": None}, "train_seconds": 120.0,
-            "final_train": {"loss_loc": 0.5, "loss_conf": 0.1, "loss_cls": 0.05},
+            "final_train": {"loss_loc": 0.5, "loss_conf": 0.1, "loss_cls": 0.05}, "easy_negatives": shares,
             "config": {"focal_loss": focal, "focal_alpha": alpha, "focal_gamma": gamma, "focal_loss_ratio": 10.0,
                        "conf_normalization": "mean"}}
 
 
+def fake_calibrations(runs, dece_values) -> dict:
+    bins = reliability_bins(scores=[0.5], matched=[True])
+    return {r.name: dataclasses.replace(bins, dece=d) for r, d in zip(runs, dece_values)}
+
+
 def test_seeds_are_aggregated_as_mean_and_sample_std():
-    runs = compare.plan_runs(arms=[{"name": "bce", "focal_loss": False}], sweep=[{}], seeds=[1, 2, 3])
-    evaluations = {r.name: fake_evaluation(m, focal=False) for r, m in zip(runs, (0.6, 0.7, 0.8))}
-    (row,) = compare.summarise(evaluations, runs)
-    assert row["runs"] == 3 and row["map"] == pytest.approx(0.7) and row["map_std"] == pytest.approx(0.1)
-    assert row["map_runs"] == [0.6, 0.7, 0.8] and row["ap_RBC"] == pytest.approx(0.7) and row["ap_WBC"] is None
-    assert row["train_minutes"] == pytest.approx(2.0)
+    runs = compare.plan_runs(arms=[{"name": "bce", "focal_loss": False}, {"name": "focal", "focal_loss": True}],
+                             sweep=[{}], seeds=[1, 2, 3])
+    evaluations = {r.name: fake_evaluation(m, focal=r.arm == "focal")
+                   for r, m in zip(runs, (0.6, 0.7, 0.8, 0.5, 0.5, 0.5))}
+    bce, focal = compare.summarise(evaluations, runs, fake_calibrations(runs, (0.1, 0.2, 0.6, 0.3, 0.3, math.nan)))
+    assert bce["runs"] == 3 and bce["map"] == pytest.approx(0.7) and bce["map_std"] == pytest.approx(0.1)
+    assert bce["map_runs"] == [0.6, 0.7, 0.8] and bce["ap_RBC"] == pytest.approx(0.7) and bce["ap_WBC"] is None
+    assert bce["train_minutes"] == pytest.approx(2.0)
+    assert bce["dece"] == pytest.approx(0.3) and focal["dece"] == pytest.approx(0.3)  # a NaN (no detections) is left out
+    # each arm's easy-negative share is of the loss it trains with: plain BCE for bce, focal for focal
+    assert (bce["easy_negative_share_init"], bce["easy_negative_share_trained"]) == pytest.approx((0.9, 0.7))
+    assert (focal["easy_negative_share_init"], focal["easy_negative_share_trained"]) == pytest.approx((0.3, 0.1))
 
 
 def test_grid_heatmap_is_drawn(tmp_path):
@@ -110,7 +145,7 @@ def test_grid_heatmap_is_drawn(tmp_path):
     evaluations = {r.name: fake_evaluation(0.5 + 0.01 * i, focal=arm.get("focal_loss", False),
                                            alpha=arm.get("focal_alpha", 0.25), gamma=arm.get("focal_gamma", 2.0))
                    for i, (r, arm) in enumerate(zip(runs, arms))}
-    rows = compare.summarise(evaluations, runs)
+    rows = compare.summarise(evaluations, runs, fake_calibrations(runs, [0.1] * len(runs)))
     plot_grid_heatmap(rows=rows, out_path=tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 0
 

@@ -5,7 +5,9 @@ started as ``train.py --config=<run folder>/run_config.json`` (utils/compare_run
 once its ``eval.json`` exists; a run with a checkpoint but no ``eval.json`` is resumed (or only evaluated
 when its training already reached the last epoch).
 """
+import dataclasses
 import json
+import math
 import os
 import re
 import signal
@@ -20,10 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.calibration import ReliabilityBins, reliability_bins
 from utils.checkpoint import read_checkpoint
 from utils.compare_runs import train_argv
 from utils.config import ConfigError, parse_value
-from utils.paired import image_records
+from utils.easy_negatives import confidence_samples_over, easy_negative_share
+from utils.paired import ImageRecords, image_records
 
 GRID_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)  # the Focal Loss paper's Table 1 ablation
 GRID_ALPHAS = (0.25, 0.5, 0.75)
@@ -180,14 +184,15 @@ def epochs_done(run_dir: Path) -> int:
     return read_checkpoint(checkpoint)["epoch"] if checkpoint.is_file() else 0
 
 
-EVAL_FORMAT = 2  # eval.json of earlier versions lack the per-image records and are evaluated again
+EVAL_FORMAT = 3  # eval.json of earlier versions lack the easy-negative shares and are evaluated again
 
 
 def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_class: type,
                  test_annotation_path: str) -> dict:
     """mAP (all-point and VOC07), COCO AP (and by object size) and per-class AP of the run's final weights on
-    the test images, with get_map.py's code and settings; the per-image records the paired bootstrap needs
-    (``eval_images.npz``); the confidence term at init; the Focal Loss paper's Figure 4 CDFs."""
+    the test images, with get_map.py's code and settings; the per-image records the paired bootstrap and the
+    reliability diagrams need (``eval_images.npz``); the confidence term at init; the Focal Loss paper's
+    Figure 4 CDFs and the easy negatives' share of the confidence loss, at initialisation and trained."""
     from utils.trainer import line_image_path
     from utils.evaluation import predict_with_ground_truth, score_detections
     from utils.detector import YOLO
@@ -204,6 +209,8 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_cl
     saved = read_checkpoint(checkpoint)
     history = saved["history"]
     last = history[-1] if history else {}
+    samples = confidence_samples(detector=detector, config=saved["config"], test_lines=test_lines,
+                                 config_class=config_class)
     evaluation = {
         "format": EVAL_FORMAT, "test_annotation_path": test_annotation_path,
         "map": results["map"], "map_voc07": results["map_voc07"], "coco_ap": coco["AP"], "coco_ap50": coco["AP50"],
@@ -213,9 +220,13 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_cl
         "config": {k: saved["config"].get(k) for k in ("focal_loss", "focal_alpha", "focal_gamma",
                                                         "focal_loss_ratio", "focal_conf_scale", "conf_normalization",
                                                         "seed", "init_lr", "unfreeze_epoch", "input_shape", "model",
-                                                        "focal_conf_scale_value", "conf_term_at_init")},
-        "cdf": confidence_loss_cdf(detector=detector, config=saved["config"], test_lines=test_lines,
-                                   config_class=config_class),
+                                                        "focal_conf_scale_value", "conf_term_at_init",
+                                                        "trained_on")},
+        "cdf": confidence_loss_cdf(*samples["trained"]),
+        "easy_negatives": {stage: easy_negative_share(logits=logits, positive=positive,
+                                                      alpha=saved["config"]["focal_alpha"],
+                                                      gamma=saved["config"]["focal_gamma"])
+                           for stage, (logits, positive) in samples.items()},
     }
     (run_dir / "eval.json").write_text(json.dumps(evaluation, indent=1), encoding="utf-8")
     return evaluation
@@ -232,37 +243,41 @@ def reusable_evaluation(run_dir: Path, test_annotation_path: str) -> dict | None
     return evaluation if ok else None
 
 
-@torch.no_grad()
-def confidence_loss_cdf(*, detector, config: dict, test_lines: list[str], config_class: type,
-                        points: int = 200) -> dict:
-    """Cumulative distribution of the normalised confidence loss over positive and negative cells.
+def confidence_samples(*, detector, config: dict, test_lines: list[str], config_class: type
+                       ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{"init": ..., "trained": ...}: (K,) objectness logits and (K,) positive flags of every kept cell over the
+    test images, from the run's network as it started (rebuilt from its seed: bit-identical to the run's start)
+    and from its final weights (``detector``). ``config`` is the checkpoint's stored config, ``config_class``
+    train.TrainConfig."""
+    from nets.yolo_training import build_loss
+    from utils.dataloader import YoloDataset
+    from utils.trainer import initial_network, settings_from_saved
+
+    train_config, spec = settings_from_saved(config, config_class)
+    train_config = dataclasses.replace(train_config, resume="")
+    criterion = build_loss(config=train_config, spec=spec).to(detector.device)
+    dataset = YoloDataset(annotation_lines=test_lines, input_shape=tuple(train_config.input_shape), train=False)
+    start = initial_network(train_config, spec, log=lambda message: None).to(detector.device).eval()
+    return {
+        "init": confidence_samples_over(forward=lambda images: start(images.to(detector.device)),
+                                        criterion=criterion, dataset=dataset),
+        "trained": confidence_samples_over(forward=lambda images: detector.raw_outputs(images.numpy()),
+                                           criterion=criterion, dataset=dataset),
+    }
+
+
+def confidence_loss_cdf(logits: torch.Tensor, positive: torch.Tensor, *, points: int = 200) -> dict:
+    """Cumulative distribution of the normalised confidence loss over (K,) positive and negative cells.
 
     For gamma in CDF_GAMMAS, each kept cell's loss is FL_gamma = (1 - p_t)^gamma * CE (alpha only scales
     a whole group, which the normalisation cancels); cells are sorted by loss and the cumulative share of
-    the group's total loss is sampled at ``points`` fractions. Cells and their positive / negative / ignored
-    status come from YOLOLoss's own assignment, over the test images. ``config`` is the checkpoint's
-    stored config, ``config_class`` train.TrainConfig.
+    the group's total loss is sampled at ``points`` fractions.
     """
-    from nets.yolo_training import build_loss
-    from utils.dataloader import YoloDataset, yolo_collate
-    from utils.trainer import settings_from_saved
-
-    train_config, spec = settings_from_saved(config, config_class)
-    criterion = build_loss(config=train_config, spec=spec).to(detector.device)
-    dataset = YoloDataset(annotation_lines=test_lines, input_shape=tuple(config["input_shape"]), train=False)
-    logits, positive = [], []
-    for start in range(0, len(dataset), 8):
-        images, targets = yolo_collate([dataset[i] for i in range(start, min(start + 8, len(dataset)))])
-        outputs = detector.raw_outputs(images.numpy())
-        batch_logits, batch_positive = criterion.confidence_samples(outputs, targets)
-        logits.append(batch_logits.cpu())
-        positive.append(batch_positive.cpu())
-    logits_all, positive_all = torch.cat(logits), torch.cat(positive)
-    ce = F.binary_cross_entropy_with_logits(logits_all, positive_all.float(), reduction="none")
-    one_minus_pt = torch.sigmoid(torch.where(positive_all, -logits_all, logits_all))
+    ce = F.binary_cross_entropy_with_logits(logits, positive.float(), reduction="none")
+    one_minus_pt = torch.sigmoid(torch.where(positive, -logits, logits))
     fractions = np.linspace(0, 1, points + 1)[1:]
     curves = {}
-    for group, mask in (("positive", positive_all), ("negative", ~positive_all)):
+    for group, mask in (("positive", positive), ("negative", ~positive)):
         curves[group] = {}
         for gamma in CDF_GAMMAS:
             loss = (ce[mask] * one_minus_pt[mask] ** gamma).double().sort().values.numpy()
@@ -271,8 +286,8 @@ def confidence_loss_cdf(*, detector, config: dict, test_lines: list[str], config
             cumulative = np.cumsum(loss) / loss.sum()
             index = np.clip(np.ceil(fractions * loss.size).astype(int) - 1, 0, loss.size - 1)
             curves[group][f"{gamma:g}"] = cumulative[index].tolist()
-    return {"fractions": fractions.tolist(), "curves": curves, "num_positive": int(positive_all.sum()),
-            "num_negative": int((~positive_all).sum())}
+    return {"fractions": fractions.tolist(), "curves": curves, "num_positive": int(positive.sum()),
+            "num_negative": int((~positive).sum())}
 
 
 def conf_normalization_note(config: dict) -> str:
@@ -286,11 +301,34 @@ def conf_normalization_note(config: dict) -> str:
     return f"{norm}, focal x{factor * scale:g}" if factor * scale != 1.0 else norm
 
 
-def summarise(evaluations: dict[str, dict], runs: list[RunSpec]) -> list[dict]:
-    """One row per arm (seeds aggregated: mean and std of every figure, plus each run's mAP)."""
+def calibration_of(run_dir: Path, *, min_score: float) -> ReliabilityBins:
+    """Reliability bins (and D-ECE) of a run's test detections scored >= ``min_score``, true positives as the
+    mAP counted them (its ``eval_images.npz``)."""
+    records = ImageRecords.from_npz(run_dir / "eval_images.npz")
+    return reliability_bins(scores=records.det_score, matched=records.det_tp, min_score=min_score)
+
+
+def hardware_summary(evaluations: dict[str, dict]) -> str:
+    """One line on where the runs trained (device, CPU threads per run, torch), counting runs per setting."""
+    counts: dict[str, int] = {}
+    for evaluation in evaluations.values():
+        where = evaluation["config"].get("trained_on") or "not recorded (trained by an earlier version)"
+        counts[where] = counts.get(where, 0) + 1
+    return "Trained on: " + "; ".join(f"{where} ({n} run{'s' * (n > 1)})" for where, n in counts.items()) + "."
+
+
+def own_loss_share(shares: dict, *, focal: bool) -> float:
+    """The easy negatives' share of the confidence loss the run trained with (focal or plain BCE)."""
+    return shares["focal_share"] if focal else shares["bce_share"]
+
+
+def summarise(evaluations: dict[str, dict], runs: list[RunSpec], calibrations: dict) -> list[dict]:
+    """One row per arm (seeds aggregated: mean and std of every figure, plus each run's mAP).
+    ``calibrations``: run name -> utils.calibration.ReliabilityBins of its test detections."""
     rows = []
     for arm in dict.fromkeys(r.arm for r in runs):
-        evs = [evaluations[r.name] for r in runs if r.arm == arm]
+        names = [r.name for r in runs if r.arm == arm]
+        evs = [evaluations[name] for name in names]
         maps = [e["map"] for e in evs]
         row = {"arm": arm, "runs": len(evs), "map": statistics.fmean(maps),
                "map_std": statistics.stdev(maps) if len(maps) > 1 else 0.0, "map_runs": maps,
@@ -300,7 +338,11 @@ def summarise(evaluations: dict[str, dict], runs: list[RunSpec]) -> list[dict]:
                "focal": evs[0]["config"]["focal_loss"], "alpha": evs[0]["config"]["focal_alpha"],
                "gamma": evs[0]["config"]["focal_gamma"],
                "train_minutes": statistics.fmean(e["train_seconds"] for e in evs) / 60,
-               "conf_term_at_init": _mean_or_none(e["config"].get("conf_term_at_init") for e in evs)}
+               "conf_term_at_init": _mean_or_none(e["config"].get("conf_term_at_init") for e in evs),
+               "dece": _mean_or_none(calibrations[name].dece for name in names),
+               **{f"easy_negative_share_{stage}": _mean_or_none(
+                   own_loss_share(e["easy_negatives"][stage], focal=e["config"]["focal_loss"]) for e in evs)
+                  for stage in ("init", "trained")}}
         for name in evs[0]["per_class_ap"]:
             values = [e["per_class_ap"][name] for e in evs if e["per_class_ap"][name] is not None]
             row[f"ap_{name}"] = statistics.fmean(values) if values else None
@@ -312,5 +354,5 @@ def summarise(evaluations: dict[str, dict], runs: list[RunSpec]) -> list[dict]:
 
 
 def _mean_or_none(values) -> float | None:
-    values = [v for v in values if v is not None]
+    values = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.fmean(values) if values else None

@@ -67,17 +67,27 @@ def _fmt(value: float | None, sign: bool = False) -> str:
     return "-" if value is None else (f"{value:+.4f}" if sign else f"{value:.4f}")
 
 
+def _mean_over_seeds(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
 def arm_table(rows: list[dict], class_names: list[str]) -> str:
     header = ["arm", "mAP@0.5", "VOC07 mAP", "COCO AP", *[f"AP {c}" for c in class_names], "final loc",
               "final conf", "final cls", "train min", "conf term normalisation", "weighted conf term at init",
-              "runs (mAP)"]
+              "D-ECE", "easy negatives' share of conf loss: init → trained", "runs (mAP)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["arm"], f"{r['map']:.4f}" + (f" ± {r['map_std']:.4f}" if r["runs"] > 1 else ""),
                  _fmt(r["map_voc07"]), _fmt(r["coco_ap"]), *[_fmt(r.get(f"ap_{c}")) for c in class_names],
                  _fmt(r["final_loss_loc"]), _fmt(r["final_loss_conf"]), _fmt(r["final_loss_cls"]),
                  f"{r['train_minutes']:.1f}", r["conf_normalization"], _fmt(r.get("conf_term_at_init")),
-                 " ".join(f"{m:.4f}" for m in r["map_runs"])]
+                 _fmt(r.get("dece")), f"{_percent(r.get('easy_negative_share_init'))} → "
+                 f"{_percent(r.get('easy_negative_share_trained'))}", " ".join(f"{m:.4f}" for m in r["map_runs"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -95,16 +105,18 @@ def paired_table(comparisons: list[dict], class_names: list[str]) -> str:
                                             *[_fmt(s[size], True) for _, size in COCO_SIZES]]) + " |")
         over = comp["over_seeds"]
         interval = "-" if over["low"] is None else f"[{over['low']:+.4f}, {over['high']:+.4f}] (t, {over['n']} seeds)"
-        mean_cells = [np.mean([s["per_class"][c] for s in comp["seeds"] if s["per_class"][c] is not None])
-                      if any(s["per_class"][c] is not None for s in comp["seeds"]) else None for c in class_names]
+        mean_cells = [_mean_over_seeds(s["per_class"][c] for s in comp["seeds"]) for c in class_names]
+        size_cells = [_mean_over_seeds(s[size] for s in comp["seeds"]) for _, size in COCO_SIZES]
         lines.append("| " + " | ".join([f"{comp['arm']} − {comp['reference']}", "mean", _fmt(over["mean"], True),
                                         interval, *[_fmt(m, True) for m in mean_cells],
-                                        *["" for _ in COCO_SIZES]]) + " |")
+                                        *[_fmt(m, True) for m in size_cells]]) + " |")
     return "\n".join(lines)
 
 
-def write_tables(*, rows: list[dict], comparisons: list[dict], class_names: list[str], out_dir: Path) -> str:
-    """summary.md / .csv / .json; returns the markdown, which ends with the verdict line(s)."""
+def write_tables(*, rows: list[dict], comparisons: list[dict], class_names: list[str], out_dir: Path,
+                 machine: str, calibration_min_score: float) -> str:
+    """summary.md / .csv / .json; returns the markdown, which ends with the verdict line(s). ``machine``: one
+    line on where the runs trained (results differ with the thread count)."""
     (out_dir / "summary.json").write_text(json.dumps({"arms": rows, "paired": comparisons}, indent=1),
                                           encoding="utf-8")
     with open(out_dir / "summary.csv", "w", newline="", encoding="utf-8") as file:
@@ -113,7 +125,11 @@ def write_tables(*, rows: list[dict], comparisons: list[dict], class_names: list
         writer.writerows({**r, "map_runs": " ".join(f"{m:.4f}" for m in r["map_runs"])} for r in rows)
     text = ("# Focal vs plain BCE on the confidence term\n\nScored on the test images with get_map.py's code "
             "(confidence 0.001, NMS IoU 0.5, AP at IoU 0.5); losses are the last epoch's training means, "
-            "unweighted. The weighted confidence term at init is measured on each run's first training batch.\n\n"
+            "unweighted. The weighted confidence term at init is measured on each run's first training batch. "
+            f"D-ECE: detection expected calibration error of the test detections scored >= {calibration_min_score:g} "
+            "(10 confidence bins, true positive as mAP counts it; reliability.png). Easy negatives: kept negative "
+            "cells with p < 0.1 over the test images; their share of the confidence loss the arm trains with, "
+            "with the network as it started and as trained.\n\n" + machine + "\n\n"
             + arm_table(rows, class_names) + "\n")
     if comparisons:
         text += ("\n## Paired differences\n\nSame seed, data order and schedule in both arms. Bootstrap: test images "

@@ -5,7 +5,8 @@ BCE loss (about 40x the hard ones' share) although each is nearly solved; focal 
 shrinks them. Here an easy negative is a kept negative cell (not positive, not ignored) whose predicted
 objectness p = sigmoid(logit) is below ``easy_below`` (0.1). Shares are ratios of sums over the kept
 cells, so the loss's normalisation (mean over cells or per positive) and any constant weight cancel.
-Feed it ``YOLOLoss.confidence_samples(outputs, targets)``, at initialisation and after training.
+Feed it ``YOLOLoss.confidence_samples(outputs, targets)``, or ``confidence_samples_over`` a whole image set,
+at initialisation and after training.
 """
 import math
 
@@ -14,6 +15,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nets.yolo_training import focal_ratio
+
+
+@torch.no_grad()
+def confidence_samples_over(*, forward, criterion, dataset, batch_size: int = 8) -> tuple[Tensor, Tensor]:
+    """(K,) objectness logits and (K,) positive flags of every kept cell over all images of ``dataset``.
+
+    ``forward`` maps a (B, 3, H, W) float batch to the network's raw level outputs; cells, and whether they
+    are positive, negative or ignored, come from ``criterion``'s (a YOLOLoss) own assignment. Returned on the CPU.
+    """
+    from utils.dataloader import yolo_collate
+
+    logits, positive = [], []
+    for start in range(0, len(dataset), batch_size):
+        images, targets = yolo_collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch_logits, batch_positive = criterion.confidence_samples(forward(images), targets)
+        logits.append(batch_logits.float().cpu())
+        positive.append(batch_positive.cpu())
+    if not logits:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(logits), torch.cat(positive)
 
 
 def easy_negative_share(*, logits: Tensor, positive: Tensor, alpha: float, gamma: float,

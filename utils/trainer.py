@@ -1,6 +1,7 @@
 """The training run behind train.py: set-up, the freeze/unfreeze epochs, evaluation, checkpoints, resume."""
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -80,6 +81,27 @@ def read_annotation_lines(path: str) -> list[str]:
     return read_annotation_file(path).lines
 
 
+def hardware_line(device: torch.device) -> str:
+    """Where a run trains, for result tables: results differ with the device and the CPU thread count."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"CPU ({os.cpu_count()} cores), {threads} thread{'s' * (threads > 1)}, torch {torch.__version__}"
+
+
+def initial_network(config, spec: ModelSpec, *, log=print) -> nn.Module:
+    """The network a run starts from: seeded initialisation (then ``model_path``'s weights, unless resuming).
+    Equal settings give bit-identical networks, so the state at initialisation can be rebuilt after training."""
+    torch.manual_seed(config.seed)
+    net = build_model(model=config.model, num_classes=len(spec.class_names),
+                      anchors_per_level=len(spec.anchors_mask[0]))
+    init_weights(net, obj_prior=config.obj_prior)
+    if config.model_path and not config.resume:
+        report = load_weights(net, config.model_path, model=config.model, strict=False, cfg_path=config.cfg_path)
+        log(f"start weights {config.model_path}: {report}")
+    return net
+
+
 class Run:
     """Holds what one training run needs between epochs."""
 
@@ -92,16 +114,10 @@ class Run:
             torch.cuda.set_device(device)
         self.device = device
         self.spec = model_spec(config)
-        self.run_config = {**dataclasses.asdict(config), **dataclasses.asdict(self.spec)}  # what checkpoints store
+        self.run_config = {**dataclasses.asdict(config), **dataclasses.asdict(self.spec),  # what checkpoints store
+                           "trained_on": hardware_line(device)}
         self.save_dir = Path(config.save_dir)
-        torch.manual_seed(config.seed)
-        self.net = build_model(model=config.model, num_classes=len(self.spec.class_names),
-                               anchors_per_level=len(self.spec.anchors_mask[0]))
-        init_weights(self.net, obj_prior=config.obj_prior)
-        if config.model_path and not config.resume:
-            report = load_weights(self.net, config.model_path, model=config.model, strict=False,
-                                  cfg_path=config.cfg_path)
-            self.log(f"start weights {config.model_path}: {report}")
+        self.net = initial_network(config, self.spec, log=self.log)
         if config.sync_bn and self.dist.enabled:
             if device.type != "cuda":
                 raise ConfigError("sync_bn=True needs CUDA; SyncBatchNorm does not run on the CPU")
