@@ -1,7 +1,9 @@
 """Every speed figure of the project in one table: forward (416, batch 1), end-to-end detection (preprocess,
 forward, decode, NMS of a 640x480 BCCD image), training step (416, batch 4: forward, loss, backward, SGD) for
 YOLOv4 and YOLOv4-tiny, and the loss forward (batch 16, 100 boxes per image, YOLOv4 geometry, 20 classes)
-against a per-image-vectorised baseline of the same algorithm (benchmarks/parity_loss.py).
+against a per-image-vectorised baseline of the same algorithm (benchmarks/parity_loss.py), with boxes 4 to 300 px
+wide uniformly ("loss": large boxes, the worst case of the ignore test's windows) and 8 to 200 px
+log-uniformly ("loss_small": most boxes small, as in crowded scenes).
 
 Each figure is measured twice:
 - fresh: a new Python process per variant (the cost a one-off command pays): its first call, the median of the
@@ -12,7 +14,7 @@ Each figure is measured twice:
 Random weights (objectness prior 0.01); timings, not accuracy. With CUDA present it also prints training
 images/s with fp16 autocast (YOLOv4, 416, batch 16 and 32) and inference images/s at batch 1 and 32.
 
-    python benchmarks/bench_speed.py [--figures="['forward','detect','train','loss']"] [--reps=7] [--fresh=False]
+    python benchmarks/bench_speed.py [--figures="['forward','detect','train','loss','loss_small']"] [--reps=7]
 """
 import json
 import resource
@@ -38,7 +40,7 @@ from utils.inference import cpu_has_native_bf16, resolve_precision  # noqa: E402
 from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
 from yolo import YOLO  # noqa: E402
 
-figures: list[str] = ["forward", "detect", "train", "loss"]  # which rows to measure
+figures: list[str] = ["forward", "detect", "train", "loss", "loss_small"]  # which rows to measure
 models: list[str] = ["yolov4", "yolov4-tiny"]
 reps: int = 7  # timed rounds per figure (warm) and timed calls after the first (fresh)
 train_reps: int = 3  # the same for the (slow) training step
@@ -55,7 +57,9 @@ VARIANTS = {
     "detect": ["fp32 unfolded", "fp32 folded+CL", "bf16 folded+CL", "onnxruntime"],
     "train": ["fp32", "bf16 autocast + CL"],
     "loss": ["parity reference", "YOLOLoss"],
+    "loss_small": ["parity reference", "YOLOLoss"],
 }
+LOSS_FIGURES = ("loss", "loss_small")
 
 
 def net_and_config(model: str) -> tuple[torch.nn.Module, dict]:
@@ -97,8 +101,8 @@ def make_case(figure: str, model: str, variant: str):
         return lambda: detector.detect(rgb)
     if figure == "train":
         return train_case(model, variant)
-    if figure == "loss":
-        return loss_case(variant)
+    if figure in LOSS_FIGURES:
+        return loss_case(variant, small_boxes=figure == "loss_small")
     raise ValueError(f"unknown figure {figure!r}")
 
 
@@ -126,21 +130,25 @@ def train_case(model: str, variant: str, *, batch: int = 4):
     return step
 
 
-def random_targets(batch: int, boxes: int, gen: torch.Generator) -> torch.Tensor:
-    """(batch * boxes, 6) [img_idx, cls, x1, y1, x2, y2], boxes xyxy in input pixels, 4 to 300 px wide."""
+def random_targets(batch: int, boxes: int, gen: torch.Generator, *, small: bool = False) -> torch.Tensor:
+    """(batch * boxes, 6) [img_idx, cls, x1, y1, x2, y2], boxes xyxy in input pixels, 4 to 300 px wide
+    uniformly, or (small) 8 to 200 px log-uniformly."""
     img = torch.arange(batch).repeat_interleave(boxes).float()
     cls = torch.randint(CLASSES, (batch * boxes,), generator=gen).float()
     cxcy = torch.rand(batch * boxes, 2, generator=gen) * INPUT
-    wh = torch.rand(batch * boxes, 2, generator=gen) * 296 + 4
+    if small:
+        wh = 8 * 25 ** torch.rand(batch * boxes, 2, generator=gen)
+    else:
+        wh = torch.rand(batch * boxes, 2, generator=gen) * 296 + 4
     x1y1 = (cxcy - wh / 2).clamp(0, INPUT - 1)
     x2y2 = torch.maximum((cxcy + wh / 2).clamp(max=INPUT), x1y1 + 1)
     return torch.cat([img[:, None], cls[:, None], x1y1, x2y2], dim=1)
 
 
-def loss_case(variant: str):
+def loss_case(variant: str, *, small_boxes: bool = False):
     gen = torch.Generator().manual_seed(0)
     outputs = [torch.randn(16, 3 * (5 + CLASSES), INPUT // s, INPUT // s, generator=gen) for s in (32, 16, 8)]
-    targets = random_targets(16, 100, gen)
+    targets = random_targets(16, 100, gen, small=small_boxes)
     criterion = YOLOLoss(anchors_px=torch.tensor(get_anchors(str(DEFAULT_ANCHORS_PATH["yolov4"]))),
                          anchors_mask=DEFAULT_ANCHORS_MASK["yolov4"], num_classes=CLASSES, input_shape=(INPUT, INPUT))
     if variant == "parity reference":
@@ -148,10 +156,11 @@ def loss_case(variant: str):
     return lambda: criterion(outputs, targets)["loss"]
 
 
-def check_loss_parity() -> str:
+def check_loss_parity(small_boxes: bool) -> str:
     """Both loss variants must compute the same number, or the speed-up compares different work."""
     with torch.no_grad():
-        ours, parity = float(loss_case("YOLOLoss")()), float(loss_case("parity reference")())
+        ours = float(loss_case("YOLOLoss", small_boxes=small_boxes)())
+        parity = float(loss_case("parity reference", small_boxes=small_boxes)())
     if abs(ours - parity) > 1e-4 * abs(parity):
         raise RuntimeError(f"parity reference loss {parity} differs from YOLOLoss {ours}")
     return f"loss value {ours:.5f} in both"
@@ -197,8 +206,9 @@ def warm_figures(figure: str, model: str, count: int) -> dict[str, list[float]]:
 
 def label(figure: str, model: str) -> str:
     return {"forward": f"{model} forward {INPUT} b1", "detect": f"{model} detect end to end (640x480 image, {INPUT})",
-            "train": f"{model} train step {INPUT} b4", "loss": "loss forward b16, 100 boxes/image, YOLOv4 geometry"
-            }[figure]
+            "train": f"{model} train step {INPUT} b4",
+            "loss": "loss forward b16, 100 boxes/image (4-300 px), YOLOv4 geometry",
+            "loss_small": "loss forward b16, 100 boxes/image (8-200 px, mostly small), YOLOv4 geometry"}[figure]
 
 
 def variant_note(figure: str, variant: str) -> str:
@@ -277,12 +287,13 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure_one(config["one"], config["reps"])))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native CPU bf16: {cpu_has_native_bf16()}")
-    if "loss" in config["figures"]:
-        print(f"loss parity check: {check_loss_parity()}")
+    for figure in LOSS_FIGURES:
+        if figure in config["figures"]:
+            print(f"{figure} parity check: {check_loss_parity(small_boxes=figure == 'loss_small')}")
     print("\n| figure | variant | fresh: first call ms | fresh: median ms | fresh: peak RSS GiB | warm: median ms "
           "(IQR) | warm speed-up vs first variant |\n|---|---|---|---|---|---|---|")
     for figure in config["figures"]:
-        for model in (config["models"] if figure != "loss" else ["yolov4"]):
+        for model in (config["models"] if figure not in LOSS_FIGURES else ["yolov4"]):
             count = config["train_reps"] if figure == "train" else config["reps"]
             fresh_results = ({variant: fresh_figures(f"{figure}/{model}/{variant}", count, config)
                               for variant in VARIANTS[figure]} if config["fresh"] else {})

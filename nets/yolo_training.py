@@ -31,14 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
+from nets.ignore import cells_overlapping
 from utils.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, wh_iou
 from utils.decode import decode_level, decode_txywh, level_strides, split_levels
 
 IOU_LOSSES = {"ciou": complete_box_iou_loss, "diou": distance_box_iou_loss, "giou": generalized_box_iou_loss}
 BALANCE_BY_STRIDE = {32: 0.4, 16: 1.0, 8: 4.0}
-# Largest ground-truth x cell IoU block the ignore mask builds at once: 2**18 floats, 1 MB per buffer, so the
-# three buffers stay in cache (measured fastest between 2**15 and 2**22 on a 2-core CPU).
-IGNORE_CHUNK_ELEMENTS = 1 << 18
 
 
 def focal_ratio(logits: Tensor, is_positive: Tensor, *, alpha: float, gamma: float) -> Tensor:
@@ -50,23 +48,6 @@ def focal_ratio(logits: Tensor, is_positive: Tensor, *, alpha: float, gamma: flo
     alpha_t = torch.where(is_positive, alpha, 1.0 - alpha)
     logit_t = torch.where(is_positive, logits, -logits)
     return alpha_t * torch.exp(gamma * F.logsigmoid(-logit_t))
-
-
-def pad_per_image(img_idx: Tensor, boxes: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
-    """Regroups (N, 4) boxes of a flat target tensor into (B, M, 4) with M the most boxes in one image.
-
-    Returns the padded boxes and a (B, M) validity mask. Vectorised: rank of each box within its image.
-    """
-    counts = torch.bincount(img_idx, minlength=batch_size)  # (B,)
-    max_boxes = int(counts.max()) if img_idx.numel() else 0
-    order = torch.argsort(img_idx, stable=True)
-    first_of_image = torch.cumsum(counts, 0) - counts  # (B,)
-    rank = torch.arange(img_idx.numel(), device=img_idx.device) - first_of_image[img_idx[order]]
-    padded = boxes.new_zeros(batch_size, max_boxes, 4)
-    valid = torch.zeros(batch_size, max_boxes, dtype=torch.bool, device=boxes.device)
-    padded[img_idx[order], rank] = boxes[order]
-    valid[img_idx[order], rank] = True
-    return padded, valid
 
 
 class YOLOLoss(nn.Module):
@@ -138,15 +119,13 @@ class YOLOLoss(nn.Module):
         with torch.autocast(device_type=device.type, enabled=False):
             return self._forward_fp32([out.float() for out in outputs], targets.to(device=device, dtype=torch.float32))
 
-    def _prepare_targets(self, targets: Tensor, batch_size: int) -> dict[str, Tensor]:
+    def _prepare_targets(self, targets: Tensor) -> dict[str, Tensor]:
         """Target tensors shared by all levels: classes, boxes, positive (gt, anchor) pairs, per-image padding."""
         img_idx, gt_xyxy_px = targets[:, 0].long(), targets[:, 2:6]
         gt_cxcywh_px = box_xyxy_to_cxcywh(gt_xyxy_px)
         pair_gt, pair_anchor = self.match_anchors(gt_cxcywh_px[:, 2:])
-        gt_padded_xyxy_px, gt_valid = pad_per_image(img_idx, gt_xyxy_px, batch_size)  # (B, M, 4), (B, M)
         return {"img_idx": img_idx, "cls": targets[:, 1].long(), "gt_xyxy_px": gt_xyxy_px,
-                "gt_cxcywh_px": gt_cxcywh_px, "pair_gt": pair_gt, "pair_anchor": pair_anchor,
-                "gt_padded_xyxy_px": gt_padded_xyxy_px, "gt_valid": gt_valid}
+                "gt_cxcywh_px": gt_cxcywh_px, "pair_gt": pair_gt, "pair_anchor": pair_anchor}
 
     def _assign_level(self, level: Tensor, level_index: int, prepared: dict[str, Tensor]) -> dict:
         """Positives of one level (as index tensors), its objectness targets and the kept-cell mask.
@@ -166,12 +145,12 @@ class YOLOLoss(nn.Module):
         cell_y = (prepared["gt_cxcywh_px"][gt_i, 1] / stride_yx[0]).floor().long().clamp(0, height - 1)
         is_obj = torch.zeros(level.shape[:4], dtype=torch.bool, device=level.device)  # (B, A, H, W)
         is_obj[img_i, anchor_i, cell_y, cell_x] = True
-        ignored = self.ignore_mask(level, anchors_px, level_index, prepared["gt_padded_xyxy_px"], prepared["gt_valid"])
+        ignored = self.ignore_mask(level, anchors_px, level_index, prepared)
         return {"gt_i": gt_i, "anchor_i": anchor_i, "img_i": img_i, "cell_y": cell_y, "cell_x": cell_x,
                 "is_obj": is_obj, "kept": is_obj | ~ignored, "stride_yx": stride_yx, "anchors_px": anchors_px}
 
     def _forward_fp32(self, outputs: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
-        prepared = self._prepare_targets(targets, outputs[0].shape[0])
+        prepared = self._prepare_targets(targets)
         terms, conf_sums, kept_counts, strides = {}, [], [], []
         num_pos = outputs[0].new_zeros(())
         for level_index, raw in enumerate(outputs):
@@ -222,7 +201,7 @@ class YOLOLoss(nn.Module):
         loss-distribution analyses such as the Focal Loss paper's Figure 4.
         """
         outputs = [out.float() for out in outputs]
-        prepared = self._prepare_targets(targets.to(outputs[0].device, torch.float32), outputs[0].shape[0])
+        prepared = self._prepare_targets(targets.to(outputs[0].device, torch.float32))
         logits, positive = [], []
         for level_index, raw in enumerate(outputs):
             level = split_levels(raw, len(self.anchors_mask[level_index]))
@@ -232,60 +211,13 @@ class YOLOLoss(nn.Module):
         return torch.cat(logits), torch.cat(positive)
 
     @torch.no_grad()
-    def ignore_mask(self, level: Tensor, anchors_px: Tensor, level_index: int, gt_padded_xyxy_px: Tensor,
-                    gt_valid: Tensor) -> Tensor:
+    def ignore_mask(self, level: Tensor, anchors_px: Tensor, level_index: int, prepared: dict[str, Tensor]) -> Tensor:
         """(B, A, H, W) True where a cell's decoded box overlaps a ground truth of its image above the threshold."""
-        if gt_valid.shape[1] == 0:
-            return torch.zeros(level.shape[:4], dtype=torch.bool, device=level.device)
         pred_cxcywh_px = decode_level(level.detach(), anchors_px=anchors_px, input_shape=self.input_shape,
                                       scale_x_y=self.scale_x_y[level_index])  # (B, A, H, W, 4)
-        pred_xyxy_px = box_cxcywh_to_xyxy(pred_cxcywh_px).flatten(1, 3)  # (B, A*H*W, 4)
-        overlaps = any_iou_above(pred_xyxy_px, gt_padded_xyxy_px, gt_valid, threshold=self.ignore_threshold)
-        return overlaps.view(level.shape[:4])
-
-
-def any_iou_above(pred_xyxy_px: Tensor, gt_padded_xyxy_px: Tensor, gt_valid: Tensor, *, threshold: float) -> Tensor:
-    """(B, N) bool: whether a predicted box has IoU > ``threshold`` with a valid ground truth of its image.
-
-    pred_xyxy_px (B, N, 4), gt_padded_xyxy_px (B, M, 4) with validity gt_valid (B, M), threshold >= 0.
-    IoU > t is tested as inter > t / (1 + t) * (area_pred + area_gt), which needs no union and no division;
-    it differs from comparing the divided IoU only where the two round differently at exactly the threshold.
-    The (ground truth x box) block is built in pieces (whole images, or slices of one image's boxes) of at most
-    IGNORE_CHUNK_ELEMENTS elements, in buffers reused across pieces: a cache-sized working set instead of
-    B x N x M fresh memory per call (hundreds of MB at batch 16 with 100 boxes per image, which a fresh process
-    pays for in page faults). Ground truths run along dim 1 and boxes along the contiguous last dim, so every
-    broadcast reads contiguous rows.
-    """
-    batch, num_boxes, _ = pred_xyxy_px.shape
-    max_gt = gt_padded_xyxy_px.shape[1]
-    scale = threshold / (1.0 + threshold)
-    pred_coords = pred_xyxy_px.permute(2, 0, 1).contiguous()  # (4, B, N): x1, y1, x2, y2 rows
-    pred_area = (pred_coords[2] - pred_coords[0]) * (pred_coords[3] - pred_coords[1]) * scale  # (B, N), scaled
-    # Padded slots become empty boxes at the origin: zero intersection with anything, so never above.
-    gt_xyxy = gt_padded_xyxy_px.masked_fill(~gt_valid[..., None], 0.0).permute(2, 0, 1)[..., None]  # (4, B, M, 1)
-    gt_area = (gt_xyxy[2] - gt_xyxy[0]) * (gt_xyxy[3] - gt_xyxy[1]) * scale  # (B, M, 1), scaled
-    margin = pred_area.new_empty(batch, num_boxes)  # max over ground truths of inter - scaled area sum
-    images_per_block = max(1, IGNORE_CHUNK_ELEMENTS // max(1, num_boxes * max_gt))
-    boxes_per_block = num_boxes if images_per_block > 1 else max(1, IGNORE_CHUNK_ELEMENTS // max(1, max_gt))
-    block_elements = min(images_per_block, batch) * max_gt * min(boxes_per_block, num_boxes)
-    inter_buf, low_buf, high_buf = (pred_area.new_empty(block_elements) for _ in range(3))
-    for image_start in range(0, batch, images_per_block):
-        images = slice(image_start, image_start + images_per_block)
-        gx1, gy1, gx2, gy2 = (coord[images] for coord in gt_xyxy)  # each (b, M, 1)
-        for box_start in range(0, num_boxes, boxes_per_block):
-            boxes = slice(box_start, box_start + boxes_per_block)
-            px1, py1, px2, py2 = (coord[images, None, boxes] for coord in pred_coords)  # each (b, 1, n)
-            size = px1.shape[0] * max_gt * px1.shape[2]
-            shape = (px1.shape[0], max_gt, px1.shape[2])
-            inter, low, high = (buf[:size].view(shape) for buf in (inter_buf, low_buf, high_buf))
-            # Overlap width clamped at 0; the height is not: a negative height then gives inter <= 0, which is
-            # never above the (non-negative) right-hand side, exactly as a clamped height would.
-            torch.minimum(px2, gx2, out=inter).sub_(torch.maximum(px1, gx1, out=low)).clamp_(min=0)
-            inter.mul_(torch.minimum(py2, gy2, out=high).sub_(torch.maximum(py1, gy1, out=low)))
-            # A float max of the margin, then one comparison: CPU kernels for bool compare/any are much slower.
-            inter.sub_(torch.add(pred_area[images, None, boxes], gt_area[images], out=low))
-            torch.amax(inter, dim=1, out=margin[images, boxes])
-    return margin > 0
+        return cells_overlapping(box_cxcywh_to_xyxy(pred_cxcywh_px), prepared["gt_xyxy_px"], prepared["img_idx"],
+                                 threshold=self.ignore_threshold, scale_x_y=self.scale_x_y[level_index],
+                                 input_shape=self.input_shape)
 
 
 def build_loss(*, config, spec) -> YOLOLoss:

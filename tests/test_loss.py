@@ -8,6 +8,7 @@ from torchvision.ops import box_iou, complete_box_iou_loss, sigmoid_focal_loss
 
 from loss_reference import assign_anchors, reference_loss
 from nets.yolo_training import YOLOLoss, focal_ratio
+from utils.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
 YOLOV4_ANCHORS = [[12, 16], [19, 36], [40, 28], [36, 75], [76, 55], [72, 146], [142, 110], [192, 243], [459, 401]]
 YOLOV4_MASK = [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
@@ -349,28 +350,51 @@ def test_confidence_samples_are_the_conf_term_cells():
     torch.testing.assert_close(conf_sum / ref["num_pos"], ref["loss_conf"], rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("chunk_elements", [1, 7 * 15, 7 * 40 * 2, 1 << 30])
-def test_chunked_ignore_test_equals_dense_iou(chunk_elements, monkeypatch):
-    import nets.yolo_training as yolo_training
+@pytest.mark.parametrize("method_cost", [0, 10 ** 9])  # windowed always, dense always
+@pytest.mark.parametrize("chunk_elements", [1, 3 * 50, 1 << 30])
+@pytest.mark.parametrize("scale_x_y", [1.0, 1.2])
+def test_ignore_test_equals_iou_over_all_cells(method_cost, chunk_elements, scale_x_y, monkeypatch):
+    """Both methods (windowed: only cells near a ground truth; dense: all, in blocks) must equal torchvision's
+    IoU over all cells, in pieces of any size (1: one ground truth, or one box, per piece)."""
+    import nets.ignore as ignore
 
-    # one box at a time, 15-box slices of one image (uneven), 2 whole images, all at once
-    monkeypatch.setattr(yolo_training, "IGNORE_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(ignore, "WINDOWED_PAIR_COST", method_cost)
+    monkeypatch.setattr(ignore, "IGNORE_CHUNK_ELEMENTS", chunk_elements)
     gen = torch.Generator().manual_seed(3)
-    pred_xy = torch.rand(5, 40, 2, generator=gen) * 100
-    pred_xyxy = torch.cat([pred_xy, pred_xy + torch.rand(5, 40, 2, generator=gen) * 50], dim=-1)  # (5, 40, 4)
-    gt_xy = torch.rand(5, 7, 2, generator=gen) * 100
-    gt_xyxy = torch.cat([gt_xy, gt_xy + torch.rand(5, 7, 2, generator=gen) * 50], dim=-1)  # (5, 7, 4)
-    valid = torch.rand(5, 7, generator=gen) < 0.7
-    valid[2] = False  # an image without ground truth
-    dense = torch.stack([box_iou(p, g).masked_fill(~v[None, :], 0.0).amax(dim=1)  # torchvision, image by image
-                         for p, g, v in zip(pred_xyxy, gt_xyxy, valid)])  # (5, 40)
-    for threshold in (0.0, 0.3, 0.5):
-        above = yolo_training.any_iou_above(pred_xyxy, gt_xyxy, valid, threshold=threshold)
-        assert torch.equal(above, dense > threshold)
+    input_shape, strides = (96, 128), (32, 8)
+    gt_xy = torch.rand(14, 2, generator=gen) * torch.tensor([128.0, 96.0])
+    gt_wh = torch.rand(14, 2, generator=gen) ** 2 * 120 + 1  # 1 to 121 px, mostly small
+    gt_xyxy = torch.cat([gt_xy, gt_xy + gt_wh], dim=1)  # some reach past the image
+    gt_img = torch.tensor([0] * 6 + [1] * 8)  # image 2 has no ground truth
+    hits = {}
+    for stride in strides:
+        height, width = 96 // stride, 128 // stride
+        # Centres anywhere in their cell widened by scale_x_y (as decoding places them), sizes like the ground truths.
+        grid_x = torch.arange(width).view(1, 1, 1, width).expand(3, 3, height, width)
+        grid_y = torch.arange(height).view(1, 1, height, 1).expand(3, 3, height, width)
+        offset = torch.rand(2, 3, 3, height, width, generator=gen) * scale_x_y - (scale_x_y - 1) / 2
+        pred_cxcywh = torch.stack([(grid_x + offset[0]) * stride, (grid_y + offset[1]) * stride,
+                                   *(torch.rand(2, 3, 3, height, width, generator=gen) ** 2 * 120 + 1)], dim=-1)
+        # Near the edge of the window: a copy of each ground truth moved by 0.32 of its width (IoU 0.515), at
+        # anchor 0 of the cell its centre falls in.
+        moved = box_xyxy_to_cxcywh(gt_xyxy) + torch.tensor([1.0, 0.0, 0.0, 0.0]) * 0.32 * gt_wh[:, :1]  # (G, 4)
+        inside = (moved[:, 0] < 128) & (moved[:, 1] < 96)
+        cell_x, cell_y = (moved[inside, 0] // stride).long(), (moved[inside, 1] // stride).long()
+        pred_cxcywh[gt_img[inside], 0, cell_y, cell_x] = moved[inside]
+        pred_xyxy = box_cxcywh_to_xyxy(pred_cxcywh)  # (3, 3, H, W, 4)
+        for threshold in (0.0, 0.1, 0.3, 0.5, 0.7):
+            dense = torch.stack([  # torchvision over every cell and ground truth of each image
+                (box_iou(pred_xyxy[b].reshape(-1, 4), gt_xyxy[gt_img == b]) > threshold).any(dim=1)
+                for b in range(3)]).view(3, 3, height, width)
+            above = ignore.cells_overlapping(pred_xyxy, gt_xyxy, gt_img, threshold=threshold, scale_x_y=scale_x_y,
+                                             input_shape=input_shape)
+            assert torch.equal(above, dense), (stride, threshold)
+            hits[threshold] = hits.get(threshold, 0) + int(dense.sum())
+    assert all(hits[t] > 0 for t in (0.0, 0.1, 0.3, 0.5)), hits  # the cases are not all empty
 
 
-def test_loss_unchanged_by_ignore_chunking(monkeypatch):
-    import nets.yolo_training as yolo_training
+def test_loss_unchanged_by_ignore_method_and_chunking(monkeypatch):
+    import nets.ignore as ignore
 
     anchors, mask, strides = GEOMETRY["yolov4"]
     gen = torch.Generator().manual_seed(5)
@@ -381,6 +405,8 @@ def test_loss_unchanged_by_ignore_chunking(monkeypatch):
     loss = YOLOLoss(anchors_px=torch.tensor(anchors, dtype=torch.float32), anchors_mask=mask, num_classes=3,
                     input_shape=(128, 128))
     whole = loss(outputs, targets)
-    monkeypatch.setattr(yolo_training, "IGNORE_CHUNK_ELEMENTS", 1)  # one image per chunk
-    chunked = loss(outputs, targets)
-    assert all(torch.equal(whole[name], chunked[name]) for name in whole)
+    monkeypatch.setattr(ignore, "IGNORE_CHUNK_ELEMENTS", 1)  # one box or one ground truth per piece
+    for method_cost in (0, 10 ** 9):  # windowed, dense
+        monkeypatch.setattr(ignore, "WINDOWED_PAIR_COST", method_cost)
+        chunked = loss(outputs, targets)
+        assert all(torch.equal(whole[name], chunked[name]) for name in whole)
