@@ -66,6 +66,7 @@ ema_decay: float = 0.999  # EMA decay once warmed up: averages ~1 / (1 - decay) 
 ema_tau: float = 200.0  # EMA warm-up in optimizer steps: decay at step t is ema_decay * (1 - exp(-t / ema_tau))
 save_period: int = 10  # keep a checkpoint every this many epochs
 save_dir: str = "logs"  # checkpoints, history, curves, config.json
+val_period: int = 1  # epochs between validation losses (and always after the last): they pick "best" without eval_flag
 eval_flag: bool = True  # compute val mAP@0.5 during training (same code and settings as get_map.py)
 eval_period: int = 10  # epochs between mAP evaluations (and always after the last epoch)
 num_workers: int = 2  # DataLoader worker processes

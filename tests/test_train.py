@@ -52,10 +52,15 @@ def small_run(tmp_path: Path, *extra: str) -> list[str]:
 
 
 def test_short_training_lowers_the_loss(tmp_path):
-    run = train.main(small_run(tmp_path, "--unfreeze_epoch=6", "--init_lr=0.64", "--warmup_epochs=1"))
+    run = train.main(small_run(tmp_path, "--unfreeze_epoch=6", "--init_lr=0.64", "--warmup_epochs=1",
+                               "--val_period=4"))
     rows = run.history.rows
     assert len(rows) == 6
     assert rows[-1]["train_loss"] < 0.8 * rows[0]["train_loss"]
+    # validated every 4th epoch and after the last: only those can be "best"
+    assert [r["epoch"] for r in rows if r["val_loss"] is not None] == [4, 6]
+    best = torch.load(tmp_path / "logs" / "best_epoch_weights.pth", weights_only=True)
+    assert best["epoch"] in (4, 6)
     for name in ("best_epoch_weights.pth", "last_epoch_weights.pth", "history.csv", "loss.png", "config.json"):
         assert (tmp_path / "logs" / name).is_file(), name
     saved = torch.load(tmp_path / "logs" / "last_epoch_weights.pth", weights_only=True)
@@ -188,6 +193,8 @@ def test_bad_settings_are_refused(tmp_path):
         train.main(["--unfreeze_epoch=ten"])
     with pytest.raises(ConfigError, match="model="):
         train.main(["--model=yolov5"])
+    with pytest.raises(ConfigError, match="val_period=0: needs at least 1"):
+        train.main(["--val_period=0"])
     with pytest.raises(FileNotFoundError, match="voc_annotation.py"):
         train.main(["--train_annotation_path=missing.txt", f"--save_dir={tmp_path}"])
 

@@ -48,6 +48,9 @@ def resolve_training_config(config_class: type, argv: list[str] | None):
             raise ConfigError(f"{key}={getattr(config, key)!r}: choose one of {', '.join(allowed)}")
     if len(config.input_shape) != 2 or config.input_shape[0] % 32 or config.input_shape[1] % 32:
         raise ConfigError(f"input_shape={config.input_shape}: needs [h, w], both multiples of 32")
+    for key in ("val_period", "eval_period", "save_period"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key}={getattr(config, key)}: needs at least 1")
     return config
 
 
@@ -286,19 +289,21 @@ def run_epoch(run: Run, epoch: int, state: dict) -> dict:
     sync_buffers(run.net, run.dist)
     if run.ema is not None:  # every rank averages its own BatchNorm statistics: rank 0's are kept, as for the net
         sync_buffers(run.ema.module, run.dist)
-    val_terms = validation_loss(model=run.inference_net, criterion=run.criterion,
-                                loader=run.loader(run.val_set, batch_size=batch_size, shuffle=False), amp=run.amp,
-                                device=run.device, epoch=epoch, total_epochs=total, dist_info=run.dist)
+    last = epoch + 1 == total
+    val_terms = dict.fromkeys(train_terms)  # None: no validation this epoch
+    if (epoch + 1) % config.val_period == 0 or last:
+        val_terms = validation_loss(model=run.inference_net, criterion=run.criterion,
+                                    loader=run.loader(run.val_set, batch_size=batch_size, shuffle=False), amp=run.amp,
+                                    device=run.device, epoch=epoch, total_epochs=total, dist_info=run.dist)
     row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], "frozen": frozen,
            **{f"train_{k}": v for k, v in train_terms.items()}, **{f"val_{k}": v for k, v in val_terms.items()},
            "map": None, "seconds": round(time.time() - started, 2)}
-    last = epoch + 1 == total
     if config.eval_flag and ((epoch + 1) % config.eval_period == 0 or last):
         row["map"] = run.evaluate_map()["map"]
     if not run.dist.is_main:
         barrier(run.dist)  # wait while rank 0 writes checkpoints and history, with an explicit timeout
         return row
-    score = row["map"] if config.eval_flag else -row["val_loss"]  # higher is better
+    score = row["map"] if config.eval_flag else _negated(row["val_loss"])  # higher is better; None: not measured
     if score is not None and (run.best is None or score > run.best):
         run.best = score
         save_atomic({"format": CHECKPOINT_FORMAT, "model": run.inference_net.state_dict(), "config": run.run_config,
@@ -310,14 +315,21 @@ def run_epoch(run: Run, epoch: int, state: dict) -> dict:
     checkpoint = run.checkpoint_state(epoch=epoch + 1, iteration=0)
     save_atomic(checkpoint, run.save_dir / "last_epoch_weights.pth")
     if (epoch + 1) % config.save_period == 0 or last:
-        name = f"ep{epoch + 1:03d}-loss{row['train_loss']:.3f}-val_loss{row['val_loss']:.3f}.pth"
+        name = f"ep{epoch + 1:03d}-loss{row['train_loss']:.3f}-val_loss{_shown(row['val_loss'], '.3f')}.pth"
         save_atomic(checkpoint, run.save_dir / name)
         if config.save_darknet:
             write_darknet_model(run.inference_net, weights_path=run.save_dir / f"{name[:-4]}.weights",
                                 config=run.run_config)
-    shown = f"map {row['map']:.4f}" if row["map"] is not None else "map -"
     print(f"epoch {epoch + 1}/{total}  train loss {row['train_loss']:.4f} (loc {row['train_loss_loc']:.4f} "
-          f"conf {row['train_loss_conf']:.4f} cls {row['train_loss_cls']:.4f})  val loss {row['val_loss']:.4f}  "
-          f"{shown}  lr {row['lr']:.2e}  {row['seconds']:.1f}s", flush=True)
+          f"conf {row['train_loss_conf']:.4f} cls {row['train_loss_cls']:.4f})  val loss {_shown(row['val_loss'])}  "
+          f"map {_shown(row['map'])}  lr {row['lr']:.2e}  {row['seconds']:.1f}s", flush=True)
     barrier(run.dist)
     return row
+
+
+def _negated(value: float | None) -> float | None:
+    return None if value is None else -value
+
+
+def _shown(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
