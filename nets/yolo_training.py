@@ -120,7 +120,7 @@ class YOLOLoss(nn.Module):
             return self._forward_fp32([out.float() for out in outputs], targets.to(device=device, dtype=torch.float32))
 
     def _prepare_targets(self, targets: Tensor) -> dict[str, Tensor]:
-        """Target tensors shared by all levels: classes, boxes, positive (gt, anchor) pairs, per-image padding."""
+        """Target tensors shared by all levels: image indices, classes, boxes, positive (gt, anchor) pairs."""
         img_idx, gt_xyxy_px = targets[:, 0].long(), targets[:, 2:6]
         gt_cxcywh_px = box_xyxy_to_cxcywh(gt_xyxy_px)
         pair_gt, pair_anchor = self.match_anchors(gt_cxcywh_px[:, 2:])
