@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import train
     import voc_annotation
     from utils import compare, compare_plots, compare_runs
-    from utils.calibration import plot_reliability_diagrams
+    from utils.calibration import plot_reliability_diagrams, reliability_bins
     from utils.compare_report import paired_comparisons, write_tables
     from utils.config import settings_of_class
+    from utils.paired import ImageRecords
     from utils.trainer import read_annotation_lines
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -135,10 +136,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                      config_class=train.TrainConfig,
                                                      test_annotation_path=cfg["test_annotation_path"])
         print(f"[compare] {run.name}: test mAP@0.5 {evaluations[run.name]['map']:.4f}")
-    calibrations = {r.name: compare.calibration_of(run_dirs[r.name], min_score=cfg["calibration_min_score"])
-                    for r in runs}
+    records = {r.name: ImageRecords.from_npz(run_dirs[r.name] / "eval_images.npz") for r in runs}
+    calibrations = {name: reliability_bins(scores=rec.det_score, matched=rec.det_tp,
+                                           min_score=cfg["calibration_min_score"]) for name, rec in records.items()}
     rows = compare.summarise(evaluations, runs, calibrations)
-    comparisons = paired_comparisons(evaluations=evaluations, runs=runs, run_dirs=run_dirs,
+    comparisons = paired_comparisons(evaluations=evaluations, runs=runs, records=records,
                                      resamples=cfg["bootstrap"], seed=cfg["bootstrap_seed"])
     class_names = list(next(iter(evaluations.values()))["per_class_ap"])
     histories = {r.name: json.loads((run_dirs[r.name] / "history.json").read_text(encoding="utf-8")) for r in runs}

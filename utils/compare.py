@@ -7,7 +7,6 @@ when its training already reached the last epoch).
 """
 import dataclasses
 import json
-import math
 import os
 import re
 import signal
@@ -22,12 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.calibration import ReliabilityBins, reliability_bins
 from utils.checkpoint import read_checkpoint
 from utils.compare_runs import train_argv
 from utils.config import ConfigError, parse_value
 from utils.easy_negatives import confidence_samples_over, easy_negative_share
-from utils.paired import ImageRecords, image_records
+from utils.paired import image_records, mean_or_none
 
 GRID_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)  # the Focal Loss paper's Table 1 ablation
 GRID_ALPHAS = (0.25, 0.5, 0.75)
@@ -301,13 +299,6 @@ def conf_normalization_note(config: dict) -> str:
     return f"{norm}, focal x{factor * scale:g}" if factor * scale != 1.0 else norm
 
 
-def calibration_of(run_dir: Path, *, min_score: float) -> ReliabilityBins:
-    """Reliability bins (and D-ECE) of a run's test detections scored >= ``min_score``, true positives as the
-    mAP counted them (its ``eval_images.npz``)."""
-    records = ImageRecords.from_npz(run_dir / "eval_images.npz")
-    return reliability_bins(scores=records.det_score, matched=records.det_tp, min_score=min_score)
-
-
 def hardware_summary(evaluations: dict[str, dict]) -> str:
     """One line on where the runs trained (device, CPU threads per run, torch), counting runs per setting."""
     counts: dict[str, int] = {}
@@ -338,21 +329,14 @@ def summarise(evaluations: dict[str, dict], runs: list[RunSpec], calibrations: d
                "focal": evs[0]["config"]["focal_loss"], "alpha": evs[0]["config"]["focal_alpha"],
                "gamma": evs[0]["config"]["focal_gamma"],
                "train_minutes": statistics.fmean(e["train_seconds"] for e in evs) / 60,
-               "conf_term_at_init": _mean_or_none(e["config"].get("conf_term_at_init") for e in evs),
-               "dece": _mean_or_none(calibrations[name].dece for name in names),
-               **{f"easy_negative_share_{stage}": _mean_or_none(
+               "conf_term_at_init": mean_or_none(e["config"].get("conf_term_at_init") for e in evs),
+               "dece": mean_or_none(calibrations[name].dece for name in names),
+               **{f"easy_negative_share_{stage}": mean_or_none(
                    own_loss_share(e["easy_negatives"][stage], focal=e["config"]["focal_loss"]) for e in evs)
                   for stage in ("init", "trained")}}
         for name in evs[0]["per_class_ap"]:
-            values = [e["per_class_ap"][name] for e in evs if e["per_class_ap"][name] is not None]
-            row[f"ap_{name}"] = statistics.fmean(values) if values else None
+            row[f"ap_{name}"] = mean_or_none(e["per_class_ap"][name] for e in evs)
         for term in ("loss_loc", "loss_conf", "loss_cls"):
-            values = [e["final_train"][term] for e in evs if e["final_train"][term] is not None]
-            row[f"final_{term}"] = statistics.fmean(values) if values else None
+            row[f"final_{term}"] = mean_or_none(e["final_train"][term] for e in evs)
         rows.append(row)
     return rows
-
-
-def _mean_or_none(values) -> float | None:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return statistics.fmean(values) if values else None

@@ -5,9 +5,7 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
-
-from utils.paired import ImageRecords, paired_bootstrap, t_interval, verdict
+from utils.paired import ImageRecords, mean_or_none, paired_bootstrap, t_interval, verdict
 
 COCO_SIZES = (("APs", "small"), ("APm", "medium"), ("APl", "large"))
 
@@ -19,11 +17,12 @@ def _difference(a: float | None, b: float | None) -> float | None:
     return a - b
 
 
-def paired_comparisons(*, evaluations: dict[str, dict], runs: list, run_dirs: dict[str, Path], resamples: int,
+def paired_comparisons(*, evaluations: dict[str, dict], runs: list, records: dict[str, ImageRecords], resamples: int,
                        seed: int) -> list[dict]:
     """One entry per (arm, sweep values) other than the reference arm (the first arm): per-seed differences
-    arm - reference in mAP@0.5, per class AP and COCO AP by size, each seed's paired bootstrap interval, and
-    the mean over seeds with its t interval. Runs pair up by seed and sweep values."""
+    arm - reference in mAP@0.5, per class AP and COCO AP by size, each seed's paired bootstrap interval (over
+    ``records``, run name -> its test-image records), and the mean over seeds with its t interval. Runs pair up
+    by seed and sweep values."""
     reference = runs[0].base_arm
     by_key = {(r.base_arm, r.tag, r.seed): r for r in runs}
     comparisons = []
@@ -34,9 +33,8 @@ def paired_comparisons(*, evaluations: dict[str, dict], runs: list, run_dirs: di
             if ref is None:
                 continue
             mine, theirs = evaluations[run.name], evaluations[ref.name]
-            boot = paired_bootstrap(focal=ImageRecords.from_npz(run_dirs[run.name] / "eval_images.npz"),
-                                    reference=ImageRecords.from_npz(run_dirs[ref.name] / "eval_images.npz"),
-                                    resamples=resamples, seed=seed + run.seed)
+            boot = paired_bootstrap(focal=records[run.name], reference=records[ref.name], resamples=resamples,
+                                    seed=seed + run.seed)
             seeds.append({"seed": run.seed, "map": mine["map"] - theirs["map"],
                           "bootstrap_low": boot["low"], "bootstrap_high": boot["high"],
                           "per_class": {c: _difference(mine["per_class_ap"][c], theirs["per_class_ap"][c])
@@ -65,11 +63,6 @@ def verdict_line(comparison: dict) -> str:
 
 def _fmt(value: float | None, sign: bool = False) -> str:
     return "-" if value is None else (f"{value:+.4f}" if sign else f"{value:.4f}")
-
-
-def _mean_over_seeds(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
 
 
 def _percent(value: float | None) -> str:
@@ -105,8 +98,8 @@ def paired_table(comparisons: list[dict], class_names: list[str]) -> str:
                                             *[_fmt(s[size], True) for _, size in COCO_SIZES]]) + " |")
         over = comp["over_seeds"]
         interval = "-" if over["low"] is None else f"[{over['low']:+.4f}, {over['high']:+.4f}] (t, {over['n']} seeds)"
-        mean_cells = [_mean_over_seeds(s["per_class"][c] for s in comp["seeds"]) for c in class_names]
-        size_cells = [_mean_over_seeds(s[size] for s in comp["seeds"]) for _, size in COCO_SIZES]
+        mean_cells = [mean_or_none(s["per_class"][c] for s in comp["seeds"]) for c in class_names]
+        size_cells = [mean_or_none(s[size] for s in comp["seeds"]) for _, size in COCO_SIZES]
         lines.append("| " + " | ".join([f"{comp['arm']} − {comp['reference']}", "mean", _fmt(over["mean"], True),
                                         interval, *[_fmt(m, True) for m in mean_cells],
                                         *[_fmt(m, True) for m in size_cells]]) + " |")

@@ -10,6 +10,8 @@ set, and the mAP of any multiset of images follows from the records alone: an im
 as w copies of its detections (taken as adjacent in the ranking, copies share their score) and of its
 ground truths. That makes a bootstrap resample a weighted cumulative sum, vectorised over resamples.
 """
+import math
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,6 +140,12 @@ def paired_bootstrap(*, focal: ImageRecords, reference: ImageRecords, resamples:
     full = np.ones((1, n))
     return {"diff": float(weighted_map(focal, full)[0] - weighted_map(reference, full)[0]),
             "low": float(low), "high": float(high), "resamples": resamples, "seed": seed}
+
+
+def mean_or_none(values) -> float | None:
+    """Mean of the values that were measured (None and NaN left out); None when there are none."""
+    measured = [float(v) for v in values if v is not None and not math.isnan(v)]
+    return statistics.fmean(measured) if measured else None
 
 
 def t_interval(values: list[float]) -> dict:
