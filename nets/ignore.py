@@ -24,22 +24,23 @@ IGNORE_CHUNK_ELEMENTS = 1 << 18
 WINDOWED_PAIR_COST = 10  # cost of one gathered pair in units of one dense pair (measured on a 2-core CPU)
 
 
-def cells_overlapping(pred_xyxy_px: Tensor, gt_xyxy_px: Tensor, gt_img: Tensor, *, threshold: float,
+def cells_overlapping(pred_xyxy_planes_px: Tensor, gt_xyxy_px: Tensor, gt_img: Tensor, *, threshold: float,
                       scale_x_y: float, input_shape: tuple[int, int]) -> Tensor:
-    """(B, A, H, W) bool: whether a cell's box (pred_xyxy_px, (B, A, H, W, 4), centres inside their cells as
-    decoded with ``scale_x_y``) has IoU > ``threshold`` with a ground truth of its image (gt_xyxy_px (G, 4) in
-    input pixels, image indices gt_img (G,))."""
-    batch, num_anchors, height, width, _ = pred_xyxy_px.shape
+    """(B, A, H, W) bool: whether a cell's box (pred_xyxy_planes_px, (4, B, A, H, W): x1, y1, x2, y2 planes,
+    centres inside their cells as decoded with ``scale_x_y``) has IoU > ``threshold`` with a ground truth of its
+    image (gt_xyxy_px (G, 4) in input pixels, image indices gt_img (G,))."""
+    _, batch, num_anchors, height, width = pred_xyxy_planes_px.shape
     if len(gt_xyxy_px) == 0:
-        return torch.zeros((batch, num_anchors, height, width), dtype=torch.bool, device=pred_xyxy_px.device)
+        return torch.zeros((batch, num_anchors, height, width), dtype=torch.bool, device=gt_xyxy_px.device)
     windows = cell_windows(gt_xyxy_px, threshold=threshold, scale_x_y=scale_x_y, input_shape=input_shape,
                            grid_hw=(height, width))
     windowed_pairs = int((windows[1] - windows[0] + 1).mul(windows[3] - windows[2] + 1).sum()) * num_anchors
     dense_pairs = batch * num_anchors * height * width * int(torch.bincount(gt_img).max())
     if windowed_pairs * WINDOWED_PAIR_COST < dense_pairs:
-        return cells_overlapping_windowed(pred_xyxy_px, gt_xyxy_px, gt_img, windows=windows, threshold=threshold)
+        return cells_overlapping_windowed(pred_xyxy_planes_px, gt_xyxy_px, gt_img, windows=windows,
+                                          threshold=threshold)
     gt_padded_xyxy_px, gt_valid = pad_per_image(gt_img, gt_xyxy_px, batch)  # (B, M, 4), (B, M)
-    overlaps = any_iou_above(pred_xyxy_px.flatten(1, 3), gt_padded_xyxy_px, gt_valid, threshold=threshold)
+    overlaps = any_iou_above(pred_xyxy_planes_px.flatten(2, 4), gt_padded_xyxy_px, gt_valid, threshold=threshold)
     return overlaps.view(batch, num_anchors, height, width)
 
 
@@ -76,10 +77,11 @@ def pad_per_image(img_idx: Tensor, boxes: Tensor, batch_size: int) -> tuple[Tens
     return padded, valid
 
 
-def any_iou_above(pred_xyxy_px: Tensor, gt_padded_xyxy_px: Tensor, gt_valid: Tensor, *, threshold: float) -> Tensor:
+def any_iou_above(pred_xyxy_planes_px: Tensor, gt_padded_xyxy_px: Tensor, gt_valid: Tensor, *,
+                  threshold: float) -> Tensor:
     """(B, N) bool: whether a predicted box has IoU > ``threshold`` with a valid ground truth of its image.
 
-    pred_xyxy_px (B, N, 4), gt_padded_xyxy_px (B, M, 4) with validity gt_valid (B, M), threshold >= 0.
+    pred_xyxy_planes_px (4, B, N): x1, y1, x2, y2 planes; gt_padded_xyxy_px (B, M, 4) with validity gt_valid (B, M), threshold >= 0.
     IoU > t is tested as inter > t / (1 + t) * (area_pred + area_gt), which needs no union and no division;
     it differs from comparing the divided IoU only where the two round differently at exactly the threshold.
     The (ground truth x box) block is built in pieces (whole images, or slices of one image's boxes) of at most
@@ -88,15 +90,15 @@ def any_iou_above(pred_xyxy_px: Tensor, gt_padded_xyxy_px: Tensor, gt_valid: Ten
     pays for in page faults). Ground truths run along dim 1 and boxes along the contiguous last dim, so every
     broadcast reads contiguous rows.
     """
-    batch, num_boxes, _ = pred_xyxy_px.shape
+    _, batch, num_boxes = pred_xyxy_planes_px.shape
     max_gt = gt_padded_xyxy_px.shape[1]
     scale = threshold / (1.0 + threshold)
-    pred_coords = pred_xyxy_px.permute(2, 0, 1).contiguous()  # (4, B, N): x1, y1, x2, y2 rows
+    pred_coords = pred_xyxy_planes_px.contiguous()  # (4, B, N): x1, y1, x2, y2 rows
     pred_area = (pred_coords[2] - pred_coords[0]) * (pred_coords[3] - pred_coords[1]) * scale  # (B, N), scaled
     # Padded slots become empty boxes at the origin: zero intersection with anything, so never above.
     gt_xyxy = gt_padded_xyxy_px.masked_fill(~gt_valid[..., None], 0.0).permute(2, 0, 1)[..., None]  # (4, B, M, 1)
     gt_area = (gt_xyxy[2] - gt_xyxy[0]) * (gt_xyxy[3] - gt_xyxy[1]) * scale  # (B, M, 1), scaled
-    margin = pred_area.new_empty(batch, num_boxes)  # max over ground truths of inter - scaled area sum
+    margin = pred_area.new_empty(batch, num_boxes)  # max over ground truths of inter - scaled gt area
     images_per_block = max(1, IGNORE_CHUNK_ELEMENTS // max(1, num_boxes * max_gt))
     boxes_per_block = num_boxes if images_per_block > 1 else max(1, IGNORE_CHUNK_ELEMENTS // max(1, max_gt))
     block_elements = min(images_per_block, batch) * max_gt * min(boxes_per_block, num_boxes)
@@ -114,21 +116,21 @@ def any_iou_above(pred_xyxy_px: Tensor, gt_padded_xyxy_px: Tensor, gt_valid: Ten
             # never above the (non-negative) right-hand side, exactly as a clamped height would.
             torch.minimum(px2, gx2, out=inter).sub_(torch.maximum(px1, gx1, out=low)).clamp_(min=0)
             inter.mul_(torch.minimum(py2, gy2, out=high).sub_(torch.maximum(py1, gy1, out=low)))
-            # A float max of the margin, then one comparison: CPU kernels for bool compare/any are much slower.
-            inter.sub_(torch.add(pred_area[images, None, boxes], gt_area[images], out=low))
-            torch.amax(inter, dim=1, out=margin[images, boxes])
-    return margin > 0
+            # A float max, then one comparison (CPU kernels for bool compare/any are much slower); the box's own
+            # scaled area is the same for every ground truth, so it is subtracted after the max, once per box.
+            torch.amax(inter.sub_(gt_area[images]), dim=1, out=margin[images, boxes])
+    return margin > pred_area
 
 
-def cells_overlapping_windowed(pred_xyxy_px: Tensor, gt_xyxy_px: Tensor, gt_img: Tensor, *,
+def cells_overlapping_windowed(pred_xyxy_planes_px: Tensor, gt_xyxy_px: Tensor, gt_img: Tensor, *,
                                windows: tuple[Tensor, Tensor, Tensor, Tensor], threshold: float) -> Tensor:
     """The windowed method of ``cells_overlapping``, given ``cell_windows``."""
-    batch, num_anchors, height, width, _ = pred_xyxy_px.shape
+    _, batch, num_anchors, height, width = pred_xyxy_planes_px.shape
     x_low, x_high, y_low, y_high = windows  # (G,) each
     cols = x_high - x_low + 1  # (G,)
     cells_per_gt = cols * (y_high - y_low + 1)  # (G,)
-    ignored = torch.zeros(batch * num_anchors * height * width, dtype=torch.bool, device=pred_xyxy_px.device)
-    pred_coords = pred_xyxy_px.reshape(-1, 4).t().contiguous()  # (4, B*A*H*W): x1, y1, x2, y2 rows
+    ignored = torch.zeros(batch * num_anchors * height * width, dtype=torch.bool, device=gt_xyxy_px.device)
+    pred_coords = pred_xyxy_planes_px.reshape(4, -1)  # (4, B*A*H*W): x1, y1, x2, y2 rows
     pred_area = (pred_coords[2] - pred_coords[0]) * (pred_coords[3] - pred_coords[1])  # (B*A*H*W,)
     gt_coords = gt_xyxy_px.t().contiguous()  # (4, G)
     gt_area = (gt_coords[2] - gt_coords[0]) * (gt_coords[3] - gt_coords[1])  # (G,)

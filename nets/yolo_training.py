@@ -33,7 +33,7 @@ from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, genera
 
 from nets.ignore import cells_overlapping
 from utils.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, wh_iou
-from utils.decode import decode_level, decode_txywh, level_strides, split_levels
+from utils.decode import decode_level_xyxy_planes, decode_txywh, level_strides, split_levels
 
 IOU_LOSSES = {"ciou": complete_box_iou_loss, "diou": distance_box_iou_loss, "giou": generalized_box_iou_loss}
 BALANCE_BY_STRIDE = {32: 0.4, 16: 1.0, 8: 4.0}
@@ -213,9 +213,10 @@ class YOLOLoss(nn.Module):
     @torch.no_grad()
     def ignore_mask(self, level: Tensor, anchors_px: Tensor, level_index: int, prepared: dict[str, Tensor]) -> Tensor:
         """(B, A, H, W) True where a cell's decoded box overlaps a ground truth of its image above the threshold."""
-        pred_cxcywh_px = decode_level(level.detach(), anchors_px=anchors_px, input_shape=self.input_shape,
-                                      scale_x_y=self.scale_x_y[level_index])  # (B, A, H, W, 4)
-        return cells_overlapping(box_cxcywh_to_xyxy(pred_cxcywh_px), prepared["gt_xyxy_px"], prepared["img_idx"],
+        pred_xyxy_planes_px = decode_level_xyxy_planes(level.detach(), anchors_px=anchors_px,
+                                                       input_shape=self.input_shape,
+                                                       scale_x_y=self.scale_x_y[level_index])  # (4, B, A, H, W)
+        return cells_overlapping(pred_xyxy_planes_px, prepared["gt_xyxy_px"], prepared["img_idx"],
                                  threshold=self.ignore_threshold, scale_x_y=self.scale_x_y[level_index],
                                  input_shape=self.input_shape)
 

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou, complete_box_iou_loss, sigmoid_focal_loss
 
-from loss_reference import assign_anchors, reference_loss
+from loss_reference import assign_anchors, decode_box_xyxy, reference_loss
 from nets.yolo_training import YOLOLoss, focal_ratio
 from utils.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from utils.decode import decode_level, decode_level_xyxy_planes, split_levels
 
 YOLOV4_ANCHORS = [[12, 16], [19, 36], [40, 28], [36, 75], [76, 55], [72, 146], [142, 110], [192, 243], [459, 401]]
 YOLOV4_MASK = [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
@@ -386,7 +387,7 @@ def test_ignore_test_equals_iou_over_all_cells(method_cost, chunk_elements, scal
             dense = torch.stack([  # torchvision over every cell and ground truth of each image
                 (box_iou(pred_xyxy[b].reshape(-1, 4), gt_xyxy[gt_img == b]) > threshold).any(dim=1)
                 for b in range(3)]).view(3, 3, height, width)
-            above = ignore.cells_overlapping(pred_xyxy, gt_xyxy, gt_img, threshold=threshold, scale_x_y=scale_x_y,
+            above = ignore.cells_overlapping(pred_xyxy.permute(4, 0, 1, 2, 3), gt_xyxy, gt_img, threshold=threshold, scale_x_y=scale_x_y,
                                              input_shape=input_shape)
             assert torch.equal(above, dense), (stride, threshold)
             hits[threshold] = hits.get(threshold, 0) + int(dense.sum())
@@ -410,3 +411,22 @@ def test_loss_unchanged_by_ignore_method_and_chunking(monkeypatch):
         monkeypatch.setattr(ignore, "WINDOWED_PAIR_COST", method_cost)
         chunked = loss(outputs, targets)
         assert all(torch.equal(whole[name], chunked[name]) for name in whole)
+
+
+@pytest.mark.parametrize("scale_x_y", [1.0, 1.1])
+def test_coordinate_planes_decode_like_the_reference_and_decode_level(scale_x_y):
+    """The ignore test's decoder reads the head's channel planes; it must give the test reference's boxes (a loop
+    of plain formulas, tw clamped) and exactly decode_level's, whose layout the rest of the project uses."""
+    gen = torch.Generator().manual_seed(8)
+    anchors_px = torch.tensor([[12.0, 16.0], [19.0, 36.0], [40.0, 28.0]])
+    raw = torch.randn(2, 3 * 7, 5, 6, generator=gen) * 3  # (B, A * (5 + C), H, W), input 160 x 192: stride 32
+    raw[0, 2, 1, 1] = 40.0  # a w logit far above the clamp
+    level = split_levels(raw, 3)  # (B, A, H, W, 7)
+    planes = decode_level_xyxy_planes(level, anchors_px=anchors_px, input_shape=(160, 192), scale_x_y=scale_x_y)
+    grid_x, grid_y = torch.arange(6.0).view(1, 1, 1, 6), torch.arange(5.0).view(1, 1, 5, 1)
+    expected = decode_box_xyxy(level[..., :4], grid_x=grid_x, grid_y=grid_y, anchor_w=anchors_px[:, 0, None, None],
+                               anchor_h=anchors_px[:, 1, None, None], stride_x=32.0, stride_y=32.0, scale=scale_x_y)
+    torch.testing.assert_close(planes.permute(1, 2, 3, 4, 0), expected, rtol=1e-6, atol=1e-4)
+    channel_last = box_cxcywh_to_xyxy(decode_level(level, anchors_px=anchors_px, input_shape=(160, 192),
+                                                   scale_x_y=scale_x_y))
+    assert torch.equal(planes.permute(1, 2, 3, 4, 0), channel_last)
