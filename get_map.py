@@ -29,7 +29,7 @@ multi_label: bool = False  # a box may be reported once per class whose obj x cl
 input_shape: list[int] | None = None  # network input (h, w), multiples of 32; None: from the checkpoint
 letterbox_image: bool = True  # resize keeping the aspect ratio and pad, as in training
 device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
-precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA); auto = fp32 with BatchNorm folded and channels_last
+precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA); auto = BatchNorm folded, channels_last, bf16 on CPUs with native bf16 else fp32
 backend: str = "torch"  # torch | onnxruntime (the checkpoint exported to ONNX in memory)
 batch_size: int = 8  # images per forward pass (each letterboxed to the input size)
 score_threshold: float = 0.5  # operating point for the per-class precision / recall / F1

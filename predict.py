@@ -32,7 +32,7 @@ max_det: int = 300  # at most this many detections per image
 nms_type: str = "nms"  # nms | diou (DIoU-NMS)
 letterbox_image: bool = True  # keep the aspect ratio with gray padding, as in validation; False stretches
 device: str = "auto"  # auto | cpu | cuda | cuda:1
-precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA); auto = fp32 with BatchNorm folded and channels_last
+precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA); auto = BatchNorm folded, channels_last, bf16 on CPUs with native bf16 else fp32
 fp16: bool = False  # older spelling of precision="fp16" (CUDA only)
 backend: str = "torch"  # torch | onnxruntime (exports the checkpoint to ONNX in memory, then runs it)
 batch_size: int = 8  # dir_predict: images per forward pass

@@ -51,6 +51,9 @@ def test_tables_and_plots_are_written(mini_comparison):
     table = (out / "summary.md").read_text()
     assert "mean over kept cells, focal x" in table and "(matched to BCE at init)" in table and "| bce |" in table
     assert "D-ECE" in table and f", torch {torch.__version__} (2 runs)" in table
+    from utils.inference import resolve_precision  # the precision get_map.py's default gives on this machine
+
+    assert f"Scored in {resolve_precision('auto', torch.device('cpu'))} " in table
     assert table.strip().splitlines()[-1].startswith("Verdict at 95 %: ")
     assert {"map", "map_voc07", "coco_ap", "ap_RBC", "final_loss_conf", "train_minutes"} <= set(rows[0])
 

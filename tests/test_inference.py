@@ -147,10 +147,16 @@ def test_inference_copy_follows_weight_updates():
     assert torch.allclose(after - before, torch.ones_like(before), atol=1e-4)
 
 
-def test_resolve_precision():
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_resolve_precision(native_bf16, monkeypatch):
+    import utils.inference
+
+    monkeypatch.setattr(utils.inference, "cpu_has_native_bf16", lambda: native_bf16)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_precision("auto", cuda) == "fp32" and resolve_precision("fp16", cuda) == "fp16"
-    assert resolve_precision("auto", cpu) in ("fp32", "bf16") and resolve_precision("bf16", cpu) == "bf16"
+    # bf16 by default only where the CPU computes it in hardware (emulated bf16 is slower than fp32)
+    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16 else "fp32")
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
     with pytest.raises(ValueError, match="fp16"):
         resolve_precision("fp16", cpu)
     with pytest.raises(ValueError, match="precision must be"):

@@ -182,7 +182,7 @@ def epochs_done(run_dir: Path) -> int:
     return read_checkpoint(checkpoint)["epoch"] if checkpoint.is_file() else 0
 
 
-EVAL_FORMAT = 3  # eval.json of earlier versions lack the easy-negative shares and are evaluated again
+EVAL_FORMAT = 4  # eval.json of earlier versions lack the scoring precision (or more) and are evaluated again
 
 
 def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_class: type,
@@ -213,6 +213,7 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_cl
         "format": EVAL_FORMAT, "test_annotation_path": test_annotation_path,
         "map": results["map"], "map_voc07": results["map_voc07"], "coco_ap": coco["AP"], "coco_ap50": coco["AP50"],
         "coco": coco, "per_class_ap": {name: v["ap"] for name, v in results["per_class"].items()},
+        "scored_in": detector.precision,
         "final_train": {k: last.get(f"train_{k}") for k in ("loss_loc", "loss_conf", "loss_cls")},
         "train_seconds": round(sum(row.get("seconds", 0.0) for row in history), 1),
         "config": {k: saved["config"].get(k) for k in ("focal_loss", "focal_alpha", "focal_gamma",
@@ -300,12 +301,15 @@ def conf_normalization_note(config: dict) -> str:
 
 
 def hardware_summary(evaluations: dict[str, dict]) -> str:
-    """One line on where the runs trained (device, CPU threads per run, torch), counting runs per setting."""
+    """One line on where the runs trained (device, CPU threads per run, torch), counting runs per setting, and in
+    which precision the test images were scored."""
     counts: dict[str, int] = {}
     for evaluation in evaluations.values():
         where = evaluation["config"].get("trained_on") or "not recorded (trained by an earlier version)"
         counts[where] = counts.get(where, 0) + 1
-    return "Trained on: " + "; ".join(f"{where} ({n} run{'s' * (n > 1)})" for where, n in counts.items()) + "."
+    scored = sorted({evaluation.get("scored_in") or "fp32" for evaluation in evaluations.values()})
+    return ("Trained on: " + "; ".join(f"{where} ({n} run{'s' * (n > 1)})" for where, n in counts.items())
+            + f". Scored in {' and '.join(scored)} (get_map.py's default here).")
 
 
 def own_loss_share(shares: dict, *, focal: bool) -> float:
