@@ -17,9 +17,9 @@ seed: int = 11  # seeds model init, data order and augmentation: equal seeds giv
 device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
 distributed: bool = False  # multi-GPU DDP; start with torchrun (set automatically when torchrun runs several processes)
 sync_bn: bool = False  # SyncBatchNorm across GPUs under DDP (CUDA only)
-fp16: bool = True  # mixed precision: on CUDA only, unless amp_dtype="bfloat16" (which also runs on CPU)
-amp_dtype: str = "float16"  # "float16" (with a GradScaler) or "bfloat16"
-channels_last: bool = False  # weights and batches in NHWC layout (oneDNN / cuDNN); faster with bf16 on CPUs with native bf16
+fp16: bool = True  # mixed precision (autocast in amp_dtype); False trains in fp32
+amp_dtype: str = "auto"  # auto: float16 on CUDA, bfloat16 on CPUs with native bf16, else fp32; "float16"; "bfloat16"
+channels_last: bool | None = None  # weights and batches in NHWC layout; None: on with bf16 autocast on the CPU
 classes_path: str = "model_data/bccd_classes.txt"  # class names, one per line
 anchors_path: str | None = None  # None: the variant's default file; "auto": k-means on the training boxes
 anchors_mask: list[list[int]] | None = None  # anchor indices per level, coarsest first; None: the variant's default

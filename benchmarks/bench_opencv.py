@@ -70,15 +70,15 @@ def random_darknet_pair(*, model: str, folder: Path, size: int, seed: int) -> tu
 
 
 def describe_path(detector: YOLO) -> str:
-    """What the project's detector runs, read from the model itself (whatever path yolo.YOLO chose)."""
-    params = list(detector.net.parameters())
-    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in params})
-    batch_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in detector.net.modules())
-    conv = next(m for m in detector.net.modules() if isinstance(m, torch.nn.Conv2d))
+    """What the project's detector runs, read from the network it runs (whatever path yolo.YOLO chose)."""
+    net = detector._inference_net.get(detector.net) if detector.optimize else detector.net
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in net.parameters()})
+    batch_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
     layout = "channels_last" if conv.weight.is_contiguous(memory_format=torch.channels_last) and \
         not conv.weight.is_contiguous() else "contiguous (NCHW)"
-    return (f"{type(detector.net).__name__}, params {'/'.join(dtypes)}, {batch_norms} BatchNorm modules "
-            f"({'not folded' if batch_norms else 'folded'}), weights {layout}, fp16 autocast {detector.fp16}")
+    return (f"{type(net).__name__}, params {'/'.join(dtypes)}, {batch_norms} BatchNorm modules "
+            f"({'not folded' if batch_norms else 'folded'}), weights {layout}, precision {detector.precision}")
 
 
 def interleaved(project_fn, opencv_fn, *, repeats: int, warmup: int) -> tuple[list[float], list[float]]:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -37,6 +38,7 @@ from nets.yolo_training import YOLOLoss  # noqa: E402
 from parity_loss import parity_reference_loss  # noqa: E402
 from utils.config import resolve_config, run_cli, settings_of  # noqa: E402
 from utils.inference import cpu_has_native_bf16, resolve_precision  # noqa: E402
+from utils.trainer import training_amp  # noqa: E402
 from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
 from yolo import YOLO  # noqa: E402
 
@@ -179,8 +181,20 @@ def measure_one(spec: str, count: int) -> dict:
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
-    return {"first_ms": first * 1e3, "median_ms": statistics.median(times) * 1e3,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return {"first_ms": first * 1e3, "median_ms": statistics.median(times) * 1e3, "peak_rss_gib": peak_rss_gib()}
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory. Linux's ru_maxrss survives exec and so starts at the size of the
+    process that spawned this one (the benchmark's parent, GiBs after warm figures); VmHWM belongs to the
+    current program only."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def fresh_figures(spec: str, count: int, config: dict) -> dict:
@@ -216,8 +230,11 @@ def variant_note(figure: str, variant: str) -> str:
     if figure in ("forward", "detect"):
         default = {"fp32": "fp32 folded+CL", "bf16": "bf16 folded+CL"}[resolve_precision("auto", torch.device("cpu"))]
         return f"{variant} (default)" if variant == default else variant
-    if figure == "train" and variant != "fp32" and not cpu_has_native_bf16():
-        return "fp32 + CL (no native bf16)"
+    if figure == "train":
+        # what train.py's defaults (fp16=True, amp_dtype='auto', channels_last=None) give on this CPU
+        amp = training_amp(SimpleNamespace(fp16=True, amp_dtype="auto", channels_last=None), torch.device("cpu"))
+        name = variant if variant == "fp32" or cpu_has_native_bf16() else "fp32 + CL (no native bf16)"
+        return f"{name} (default)" if train_levers(variant) == (amp.enabled, amp.channels_last) else name
     return variant
 
 

@@ -1,4 +1,7 @@
 """Training speed levers: channels_last changes the layout, not the numbers."""
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 from nets.yolo import build_model, init_weights
@@ -42,3 +45,27 @@ def test_channels_last_training_matches_contiguous():
     for (name, p_plain), p_cl in zip(net_plain.named_parameters(), net_cl.parameters()):
         scale = p_plain.abs().max().item() + 1e-6
         assert (p_cl - p_plain).abs().max().item() <= 1e-3 * scale + 1e-6, name  # summation-order noise
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_training_precision_defaults(native_bf16, monkeypatch):
+    """The defaults (fp16=True, amp_dtype='auto', channels_last=None): float16 + GradScaler territory on CUDA, bf16
+    autocast with channels_last on CPUs with native bf16, plain fp32 on other CPUs; explicit settings win."""
+    import utils.trainer
+
+    monkeypatch.setattr(utils.trainer, "cpu_has_native_bf16", lambda: native_bf16)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+
+    def amp(**settings):
+        config = SimpleNamespace(**{"fp16": True, "amp_dtype": "auto", "channels_last": None, **settings})
+        return utils.trainer.training_amp(config, cpu)
+
+    on_cpu = amp()
+    assert (on_cpu.enabled, on_cpu.channels_last) == (native_bf16, native_bf16)
+    assert not native_bf16 or on_cpu.dtype == torch.bfloat16
+    on_cuda = utils.trainer.training_amp(SimpleNamespace(fp16=True, amp_dtype="auto", channels_last=None), cuda)
+    assert (on_cuda.enabled, on_cuda.dtype, on_cuda.channels_last) == (True, torch.float16, False)
+    assert not amp(fp16=False).enabled and not amp(fp16=False).channels_last  # fp32 asked for: no bf16 layout either
+    forced = amp(amp_dtype="bfloat16", channels_last=False)
+    assert (forced.enabled, forced.dtype, forced.channels_last) == (True, torch.bfloat16, False)
+    assert not amp(amp_dtype="float16").enabled  # float16 autocast is CUDA-only, as before

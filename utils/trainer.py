@@ -27,10 +27,12 @@ from utils.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from utils.utils import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, ModelSpec, check_anchors_mask, get_anchors,
                          get_classes, resolve_device)
 from utils.evaluation import evaluate_voc_images, unreadable_note
+from utils.inference import cpu_has_native_bf16
 from utils.voc import read_annotation_file
 
 CHOICES = {"model": ("yolov4", "yolov4-tiny"), "optimizer_type": ("sgd", "adam", "adamw"),
-           "lr_decay_type": ("cos", "step"), "amp_dtype": ("float16", "bfloat16"), "iou_type": ("ciou", "diou", "giou"),
+           "lr_decay_type": ("cos", "step"), "amp_dtype": ("auto", "float16", "bfloat16"),
+           "iou_type": ("ciou", "diou", "giou"),
            "conf_normalization": ("mean", "num_pos"), "on_corrupt": ("error", "skip")}
 
 
@@ -84,12 +86,32 @@ def read_annotation_lines(path: str) -> list[str]:
     return read_annotation_file(path).lines
 
 
-def hardware_line(device: torch.device) -> str:
-    """Where a run trains, for result tables: results differ with the device and the CPU thread count."""
+def hardware_line(device: torch.device, amp: AmpSettings) -> str:
+    """Where and how a run trains, for result tables: results differ with the device, the CPU thread count and the
+    autocast precision."""
+    how = (f"{'bf16' if amp.dtype == torch.bfloat16 else 'fp16'} autocast" if amp.enabled else "fp32") + (
+        " + channels_last" if amp.channels_last else "")
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, {how}"
     threads = torch.get_num_threads()
-    return f"CPU ({os.cpu_count()} cores), {threads} thread{'s' * (threads > 1)}, torch {torch.__version__}"
+    return f"CPU ({os.cpu_count()} cores), {threads} thread{'s' * (threads > 1)}, torch {torch.__version__}, {how}"
+
+
+def training_amp(config, device: torch.device) -> AmpSettings:
+    """Autocast and layout of training from fp16 / amp_dtype / channels_last.
+
+    amp_dtype 'auto': float16 with a GradScaler on CUDA, bfloat16 on CPUs that compute it natively, none (fp32) on
+    other CPUs, where emulated bf16 is slower than fp32. channels_last None: on with bf16 autocast on the CPU
+    (oneDNN's fast bf16 convolutions want NHWC), off elsewhere.
+    """
+    dtype = config.amp_dtype
+    if dtype == "auto":
+        dtype = "float16" if device.type == "cuda" else "bfloat16" if cpu_has_native_bf16() else "float32"
+    use_fp16 = config.fp16 and dtype == "float16" and device.type == "cuda"
+    use_bf16 = config.fp16 and dtype == "bfloat16"
+    channels_last = config.channels_last if config.channels_last is not None else use_bf16 and device.type == "cpu"
+    return AmpSettings(enabled=use_fp16 or use_bf16, device_type=device.type,
+                       dtype=torch.float16 if use_fp16 else torch.bfloat16, channels_last=channels_last)
 
 
 def initial_network(config, spec: ModelSpec, *, log=print) -> nn.Module:
@@ -117,8 +139,9 @@ class Run:
             torch.cuda.set_device(device)
         self.device = device
         self.spec = model_spec(config)
+        self.amp = training_amp(config, device)
         self.run_config = {**dataclasses.asdict(config), **dataclasses.asdict(self.spec),  # what checkpoints store
-                           "trained_on": hardware_line(device)}
+                           "trained_on": hardware_line(device, self.amp)}
         self.save_dir = Path(config.save_dir)
         self.net = initial_network(config, self.spec, log=self.log)
         if config.sync_bn and self.dist.enabled:
@@ -129,11 +152,7 @@ class Run:
         self.criterion = build_loss(config=config, spec=self.spec).to(device)
         self.optimizer = build_optimizer(self.net, optimizer_type=config.optimizer_type, lr=config.init_lr,
                                          momentum=config.momentum, weight_decay=config.weight_decay)
-        use_fp16 = config.fp16 and config.amp_dtype == "float16" and device.type == "cuda"
-        use_bf16 = config.fp16 and config.amp_dtype == "bfloat16"
-        self.amp = AmpSettings(enabled=use_fp16 or use_bf16, device_type=device.type,
-                               dtype=torch.float16 if use_fp16 else torch.bfloat16, channels_last=config.channels_last)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp.enabled and self.amp.dtype == torch.float16)
         train_file, val_file = check_annotation_files(
             [read_annotation_file(config.train_annotation_path), read_annotation_file(config.val_annotation_path)],
             class_names=self.spec.class_names, classes_path=config.classes_path, on_corrupt=config.on_corrupt,
