@@ -81,7 +81,8 @@ def any_iou_above(pred_xyxy_planes_px: Tensor, gt_padded_xyxy_px: Tensor, gt_val
                   threshold: float) -> Tensor:
     """(B, N) bool: whether a predicted box has IoU > ``threshold`` with a valid ground truth of its image.
 
-    pred_xyxy_planes_px (4, B, N): x1, y1, x2, y2 planes; gt_padded_xyxy_px (B, M, 4) with validity gt_valid (B, M), threshold >= 0.
+    pred_xyxy_planes_px (4, B, N): x1, y1, x2, y2 planes; gt_padded_xyxy_px (B, M, 4) with validity gt_valid
+    (B, M); threshold >= 0.
     IoU > t is tested as inter > t / (1 + t) * (area_pred + area_gt), which needs no union and no division;
     it differs from comparing the divided IoU only where the two round differently at exactly the threshold.
     The (ground truth x box) block is built in pieces (whole images, or slices of one image's boxes) of at most

@@ -76,10 +76,12 @@ def decode_level_xyxy_planes(level: Tensor, *, anchors_px: Tensor, input_shape: 
     planes = level.permute(4, 0, 1, 2, 3)  # (5 + C, B, A, H, W), each (H, W) contiguous
     stride_y, stride_x = level_strides(feature_hw=(height, width), input_shape=input_shape)
     anchors = anchors_px.to(level)[:, :, None, None]  # (A, 2, 1, 1)
-    cx, w = decode_axis(planes[0], planes[2], grid=torch.arange(width, device=level.device, dtype=level.dtype),
-                        anchor_px=anchors[:, 0], stride=stride_x, scale_x_y=scale_x_y)  # (B, A, H, W) each
-    cy, h = decode_axis(planes[1], planes[3], grid=torch.arange(height, device=level.device, dtype=level.dtype)[:, None],
-                        anchor_px=anchors[:, 1], stride=stride_y, scale_x_y=scale_x_y)
+    grid_x = torch.arange(width, device=level.device, dtype=level.dtype)  # (W,)
+    grid_y = torch.arange(height, device=level.device, dtype=level.dtype)[:, None]  # (H, 1)
+    cx, w = decode_axis(planes[0], planes[2], grid=grid_x, anchor_px=anchors[:, 0], stride=stride_x,
+                        scale_x_y=scale_x_y)  # (B, A, H, W) each
+    cy, h = decode_axis(planes[1], planes[3], grid=grid_y, anchor_px=anchors[:, 1], stride=stride_y,
+                        scale_x_y=scale_x_y)
     out = level.new_empty(4, batch, num_anchors, height, width)
     half_w, half_h = w / 2, h / 2
     torch.sub(cx, half_w, out=out[0])
