@@ -75,11 +75,12 @@ def net_and_config(model: str) -> tuple[torch.nn.Module, dict]:
 
 
 def train_levers(variant: str) -> tuple[bool, bool]:
-    """(bf16 autocast, channels_last) of a training variant; bf16 only where the CPU computes it natively (on
-    CUDA, fp16 autocast is measured separately)."""
+    """(bf16 autocast, channels_last) of a training variant; bf16 where train.py's amp_dtype='auto' picks it, i.e.
+    only where the CPU computes it natively (on CUDA, fp16 autocast is measured separately)."""
     if variant == "fp32":
         return False, False
-    return cpu_has_native_bf16(), True
+    amp = training_amp(SimpleNamespace(fp16=True, amp_dtype="auto", channels_last=True), torch.device("cpu"))
+    return amp.enabled, True
 
 
 def detector_for(model: str, variant: str):

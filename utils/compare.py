@@ -307,7 +307,7 @@ def hardware_summary(evaluations: dict[str, dict]) -> str:
     for evaluation in evaluations.values():
         where = evaluation["config"].get("trained_on") or "not recorded (trained by an earlier version)"
         counts[where] = counts.get(where, 0) + 1
-    scored = sorted({evaluation.get("scored_in") or "fp32" for evaluation in evaluations.values()})
+    scored = sorted({evaluation["scored_in"] for evaluation in evaluations.values()})
     return ("Trained on: " + "; ".join(f"{where} ({n} run{'s' * (n > 1)})" for where, n in counts.items())
             + f". Scored in {' and '.join(scored)} (get_map.py's default here).")
 
