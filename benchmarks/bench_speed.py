@@ -48,6 +48,7 @@ reps: int = 7  # timed rounds per figure (warm) and timed calls after the first 
 train_reps: int = 3  # the same for the (slow) training step
 threads: int = 0  # torch CPU threads; 0 = torch's default
 fresh: bool = True  # also run every variant in a fresh process
+cuda_rounds: int = 10  # interleaved timed rounds per CUDA figure (CUDA figures run when a GPU is present)
 one: str = ""  # internal: "figure/model/variant" measures one variant in this process and prints JSON
 
 INPUT = 416
@@ -252,49 +253,95 @@ def print_rows(figure: str, model: str, warm: dict[str, list[float]], fresh_resu
               f"({q1 * 1e3:.1f}-{q3 * 1e3:.1f}) | {paired:.2f}x |", flush=True)
 
 
-def cuda_figures() -> None:
-    """Training images/s with fp16 autocast (YOLOv4, 416, batch 16 and 32) and inference images/s at batch 1
-    and 32 with fp16 (folded, channels_last), on the first CUDA device."""
-    device = torch.device("cuda")
-    print(f"\nCUDA: {torch.cuda.get_device_name(device)}")
-    net, config = net_and_config("yolov4")
+def device_interleaved(cases: dict, rounds: int, device: torch.device) -> dict[str, float]:
+    """Seconds per call (median) of each case, interleaved after two warm-up calls each; queued device work
+    is waited for inside each timing."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times = {name: [] for name in cases}
+    for fn in cases.values():
+        fn(), fn()
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def device_train_case(model: str, batch: int, *, device: torch.device, fp16: bool, channels_last: bool):
+    """One training step the way train.py takes it on a GPU (fp16 autocast with a GradScaler when ``fp16``)."""
+    net, config = net_and_config(model)
+    net = net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format).train()
     criterion = YOLOLoss(anchors_px=torch.tensor(config["anchors"]), anchors_mask=config["anchors_mask"],
                          num_classes=CLASSES, input_shape=(INPUT, INPUT)).to(device)
-    net = net.to(device).train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.937)
-    scaler = torch.amp.GradScaler("cuda")
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.937, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     gen = torch.Generator().manual_seed(1)
+    images = torch.rand(batch, 3, INPUT, INPUT, generator=gen).to(
+        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    targets = random_targets(batch, 10, gen).to(device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=fp16):
+            outputs = net(images)
+        scaler.scale(criterion(outputs, targets)["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return step
+
+
+def cuda_figures(rounds: int, device: torch.device) -> None:
+    """On a CUDA device: training images/s (fp32, fp16 autocast, fp16 + channels_last as train.py runs it;
+    YOLOv4 at 416, batch 16 and 32), inference images/s at batch 1 and 32 (from a float32 numpy batch, transfer
+    included; fp32 unfolded, fp32 folded+CL, fp16 folded+CL), and the loss forward against the parity baseline."""
+    torch.backends.cudnn.benchmark = True  # fixed shapes: the autotuned algorithms are reused every call
+    print(f"\nCUDA: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, cudnn.benchmark on, "
+          f"{rounds} interleaved rounds\n\n| figure | variant | images/s (loss: ms) | speed-up vs first variant |\n"
+          "|---|---|---|---|")
+
+    def rows(title: str, seconds: dict[str, float], per_call: int) -> None:
+        base = next(iter(seconds.values()))
+        for name, value in seconds.items():
+            rate = f"{per_call / value:.1f}" if per_call else f"{value * 1e3:.2f} ms"
+            print(f"| {title} | {name} | {rate} | {base / value:.2f}x |", flush=True)
+
     for batch in (16, 32):
-        images = torch.rand(batch, 3, INPUT, INPUT, generator=gen).to(device)
-        targets = random_targets(batch, 10, gen).to(device)
-        steps = []
-        for step in range(8):
-            torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type="cuda", dtype=torch.float16):
-                outputs = net(images)
-            scaler.scale(criterion(outputs, targets)["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            torch.cuda.synchronize(device)
-            if step >= 3:
-                steps.append(time.perf_counter() - start)
-        images_per_s = batch / statistics.median(steps)
-        print(f"| YOLOv4 train {INPUT}, fp16 autocast, batch {batch} | {images_per_s:.1f} images/s |")
-    detector = YOLO.from_model(net.eval(), config=config, confidence=0.5, nms_iou=0.3, device="cuda",
-                               precision="fp16")
-    for batch in (1, 32):
-        images = np.random.default_rng(0).random((batch, 3, INPUT, INPUT), dtype=np.float32)
-        detector._forward(images)
-        times = []
-        for _ in range(10):
-            start = time.perf_counter()
-            detector._forward(images)
-            detector._sync()
-            times.append(time.perf_counter() - start)
-        print(f"| YOLOv4 inference {INPUT}, fp16 folded+CL, batch {batch} | "
-              f"{batch / statistics.median(times):.1f} images/s |")
+        cases = {name: device_train_case("yolov4", batch, device=device, fp16=fp16, channels_last=channels_last)
+                 for name, fp16, channels_last in (("fp32", False, False), ("fp16 autocast", True, False),
+                                                   ("fp16 autocast + CL (default)", True, True))}
+        rows(f"YOLOv4 train {INPUT} b{batch}", device_interleaved(cases, rounds, device), batch)
+        del cases
+        torch.cuda.empty_cache()
+    for model in ("yolov4", "yolov4-tiny"):
+        for batch in (1, 32):
+            images = np.random.default_rng(0).random((batch, 3, INPUT, INPUT), dtype=np.float32)
+            cases = {}
+            for name, options in (("fp32 unfolded", dict(precision="fp32", optimize=False)),
+                                  ("fp32 folded+CL (default)", dict(precision="fp32")),
+                                  ("fp16 folded+CL", dict(precision="fp16"))):
+                net, config = net_and_config(model)
+                detector = YOLO.from_model(net.eval(), config=config, confidence=0.5, nms_iou=0.3, device=device,
+                                           **options)
+                cases[name] = lambda detector=detector: detector._forward(images)
+            with torch.inference_mode():
+                rows(f"{model} inference {INPUT} b{batch}", device_interleaved(cases, rounds, device), batch)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        outputs = [torch.randn(16, 3 * (5 + CLASSES), INPUT // s, INPUT // s, generator=gen).to(device)
+                   for s in (32, 16, 8)]
+        targets = random_targets(16, 100, gen).to(device)
+        criterion = YOLOLoss(anchors_px=torch.tensor(get_anchors(str(DEFAULT_ANCHORS_PATH["yolov4"]))),
+                             anchors_mask=DEFAULT_ANCHORS_MASK["yolov4"], num_classes=CLASSES,
+                             input_shape=(INPUT, INPUT)).to(device)
+        cases = {"parity reference": lambda: parity_reference_loss(criterion, outputs, targets),
+                 "YOLOLoss": lambda: criterion(outputs, targets)["loss"]}
+        rows("loss forward b16, 100 boxes/image (4-300 px), ms per call", device_interleaved(cases, rounds, device), 0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -317,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
                               for variant in VARIANTS[figure]} if config["fresh"] else {})
             print_rows(figure, model, warm_figures(figure, model, count), fresh_results)
     if torch.cuda.is_available():
-        cuda_figures()
+        cuda_figures(config["cuda_rounds"], torch.device("cuda"))
 
 
 if __name__ == "__main__":

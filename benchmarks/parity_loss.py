@@ -27,8 +27,8 @@ def parity_reference_loss(criterion, outputs: list[Tensor], targets: Tensor) -> 
         stride_x, stride_y = input_w / width, input_h / height
         level = raw.view(batch, len(mask), -1, height, width).permute(0, 1, 3, 4, 2).contiguous()  # (B,A,H,W,5+C)
         anchors_px = all_anchors_px[mask]  # (A, 2)
-        ys, xs = torch.meshgrid(torch.arange(height, dtype=raw.dtype), torch.arange(width, dtype=raw.dtype),
-                                indexing="ij")
+        ys, xs = torch.meshgrid(torch.arange(height, dtype=raw.dtype, device=raw.device),
+                                torch.arange(width, dtype=raw.dtype, device=raw.device), indexing="ij")
         pred_cx = (torch.sigmoid(level[..., 0]) + xs) * stride_x  # (B, A, H, W)
         pred_cy = (torch.sigmoid(level[..., 1]) + ys) * stride_y
         pred_w = torch.exp(level[..., 2].clamp(-10, 10)) * anchors_px[:, 0, None, None]
@@ -38,13 +38,13 @@ def parity_reference_loss(criterion, outputs: list[Tensor], targets: Tensor) -> 
         conf_sum, kept_count = raw.new_zeros(()), 0
         for image in range(batch):
             rows = targets[targets[:, 0] == image]
-            obj = torch.zeros(len(mask), height, width, dtype=torch.bool)
-            kept = torch.ones(len(mask), height, width, dtype=torch.bool)
+            obj = torch.zeros(len(mask), height, width, dtype=torch.bool, device=raw.device)
+            kept = torch.ones(len(mask), height, width, dtype=torch.bool, device=raw.device)
             if len(rows):
                 gt_xyxy_px = rows[:, 2:6]
                 gt_cxcywh_px = box_xyxy_to_cxcywh(gt_xyxy_px)
                 best = wh_iou(gt_cxcywh_px[:, 2:], all_anchors_px).masked_fill(~usable, -1.0).argmax(dim=1)  # (M,)
-                local = torch.tensor([mask.index(k) if k in mask else -1 for k in best.tolist()])
+                local = torch.tensor([mask.index(k) if k in mask else -1 for k in best.tolist()], device=raw.device)
                 on_level = local >= 0
                 anchor_i = local[on_level]
                 cell_x = (gt_cxcywh_px[on_level, 0] / stride_x).floor().long().clamp(0, width - 1)

@@ -50,7 +50,8 @@ def test_channels_last_training_matches_contiguous():
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_training_precision_defaults(native_bf16, monkeypatch):
     """The defaults (fp16=True, amp_dtype='auto', channels_last=None): float16 + GradScaler territory on CUDA, bf16
-    autocast with channels_last on CPUs with native bf16, plain fp32 on other CPUs; explicit settings win."""
+    autocast on CPUs with native bf16, plain fp32 on other CPUs; channels_last with either autocast; explicit
+    settings win."""
     import utils.trainer
 
     monkeypatch.setattr(utils.trainer, "cpu_has_native_bf16", lambda: native_bf16)
@@ -64,7 +65,7 @@ def test_training_precision_defaults(native_bf16, monkeypatch):
     assert (on_cpu.enabled, on_cpu.channels_last) == (native_bf16, native_bf16)
     assert not native_bf16 or on_cpu.dtype == torch.bfloat16
     on_cuda = utils.trainer.training_amp(SimpleNamespace(fp16=True, amp_dtype="auto", channels_last=None), cuda)
-    assert (on_cuda.enabled, on_cuda.dtype, on_cuda.channels_last) == (True, torch.float16, False)
+    assert (on_cuda.enabled, on_cuda.dtype, on_cuda.channels_last) == (True, torch.float16, True)
     assert not amp(fp16=False).enabled and not amp(fp16=False).channels_last  # fp32 asked for: no bf16 layout either
     forced = amp(amp_dtype="bfloat16", channels_last=False)
     assert (forced.enabled, forced.dtype, forced.channels_last) == (True, torch.bfloat16, False)
