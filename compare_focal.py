@@ -27,7 +27,7 @@ results_dir: str = "runs/compare"  # everything goes here: runs/<run>/ (ordinary
 arms: list[dict] = [  # loss settings per arm (the first is the reference): a "name" and train.py settings
     {"name": "bce", "focal_loss": False},
     {"name": "focal", "focal_loss": True, "focal_alpha": 0.25, "focal_gamma": 2.0,
-     "focal_conf_scale": "match_bce_at_init"},  # same weighted conf term as BCE at init: compares reweighting only
+     "focal_conf_scale": 1.0},  # the reference recipe's weight: focal_loss_ratio 10 on the mean-normalised term
 ]
 grid: bool = False  # replace the arms by plain BCE + focal over gamma {0,0.5,1,2,5} x alpha {0.25,0.5,0.75}
 seeds: int = 1  # runs per arm, seeds seed, seed+1, ...
