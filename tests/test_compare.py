@@ -188,7 +188,7 @@ def test_recipe_files_resolve_to_train_settings():
     from utils.config import resolve_settings
 
     bccd = resolve_settings(train.TrainConfig, ["--config=configs/bccd_tiny.toml", "--init_lr=0.2"])
-    assert (bccd.model, bccd.input_shape, bccd.anchors_mask) == ("yolov4-tiny", [416, 576], [[3, 4, 5], [0, 1, 2]])
+    assert (bccd.model, bccd.input_shape, bccd.anchors_mask) == ("yolov4-tiny", [480, 640], [[3, 4, 5], [0, 1, 2]])
     assert (bccd.unfreeze_epoch, bccd.unfreeze_batch_size, bccd.min_lr, bccd.amp_dtype) == (26, 8, 0.001, "auto")
     assert (bccd.train_annotation_path, bccd.mosaic, bccd.channels_last) == ("2007_trainval.txt", True, None)
     assert bccd.init_lr == 0.2  # the command line wins over the file
