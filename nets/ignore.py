@@ -1,17 +1,21 @@
 """The ignore test of YOLOLoss: which cells' decoded boxes overlap a ground truth of their image above a threshold.
 
-Two exact methods; ``cells_overlapping`` picks the cheaper per level from the number of pairs each would test:
+Three exact methods; ``cells_overlapping`` picks the cheapest per level from the number of pairs each would test:
 - windowed: IoU > t needs an overlap width above t * max(w_pred, w_gt) (the overlap height is at most
   min(h_pred, h_gt) and the union at least the larger area), and so, whatever the predicted size, centres closer
   than k * w_gt in x (likewise in y) with k = max(1 - t, 1 / (2t) - 1/2): 0.5 at the usual t = 0.5, i.e. the
   predicted centre lies inside the ground truth. A cell's predicted centre stays within its cell (widened by
   scale_x_y), so each ground truth tests only the cells of a window around it, for every anchor. The pairs are
   gathered, about ten times the cost per pair of the dense method: it wins for boxes small against the image.
+- banded: the grid's rows cut into IGNORE_BANDS bands; each band tests only the ground truths whose window reaches
+  it. The bands are contiguous slices, so this is the dense computation on (image, band) pairs with fewer ground
+  truths each: it wins for boxes large against the cells but small against the image.
 - dense: every cell against every ground truth of its image, in cache-sized blocks of reused buffers.
 Both test IoU > t as inter > t / (1 + t) * (area_pred + area_gt): no union, no division; this differs from
 comparing the divided IoU only where the two round differently at exactly the threshold.
 """
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,7 +25,9 @@ from utils.boxes import box_xyxy_to_cxcywh
 # Most (ground truth, cell) pairs either method builds at once: bounds memory for any number and size of boxes
 # (2**18 floats, 1 MB per buffer, cache-sized: measured fastest between 2**15 and 2**22 on a 2-core CPU).
 IGNORE_CHUNK_ELEMENTS = 1 << 18
-WINDOWED_PAIR_COST = 10  # cost of one gathered pair in units of one dense pair (measured on a 2-core CPU)
+# Cost of one pair of each method in units of one dense pair (measured on a 2-core CPU; windowed pairs are gathered).
+PAIR_COST = {"windowed": 10.0, "banded": 1.5, "dense": 1.0}
+IGNORE_BANDS = 16  # row bands per grid for the banded method (4 to 16 measured alike on the 52-row grid)
 
 
 def cells_overlapping(pred_xyxy_planes_px: Tensor, gt_xyxy_px: Tensor, gt_img: Tensor, *, threshold: float,
@@ -34,14 +40,60 @@ def cells_overlapping(pred_xyxy_planes_px: Tensor, gt_xyxy_px: Tensor, gt_img: T
         return torch.zeros((batch, num_anchors, height, width), dtype=torch.bool, device=gt_xyxy_px.device)
     windows = cell_windows(gt_xyxy_px, threshold=threshold, scale_x_y=scale_x_y, input_shape=input_shape,
                            grid_hw=(height, width))
-    windowed_pairs = int((windows[1] - windows[0] + 1).mul(windows[3] - windows[2] + 1).sum()) * num_anchors
-    dense_pairs = batch * num_anchors * height * width * int(torch.bincount(gt_img).max())
-    if windowed_pairs * WINDOWED_PAIR_COST < dense_pairs:
+    bands = row_bands(windows, gt_img, batch=batch, height=height)
+    cells = batch * num_anchors * height * width
+    pairs = {"windowed": int((windows[1] - windows[0] + 1).mul(windows[3] - windows[2] + 1).sum()) * num_anchors,
+             "banded": cells // height * bands.rows * bands.count * bands.most_per_band,
+             "dense": cells * int(torch.bincount(gt_img).max())}
+    method = min(pairs, key=lambda name: pairs[name] * PAIR_COST[name])
+    if method == "windowed":
         return cells_overlapping_windowed(pred_xyxy_planes_px, gt_xyxy_px, gt_img, windows=windows,
                                           threshold=threshold)
+    if method == "banded":
+        return cells_overlapping_banded(pred_xyxy_planes_px, gt_xyxy_px, bands=bands, threshold=threshold)
     gt_padded_xyxy_px, gt_valid = pad_per_image(gt_img, gt_xyxy_px, batch)  # (B, M, 4), (B, M)
     overlaps = any_iou_above(pred_xyxy_planes_px.flatten(2, 4), gt_padded_xyxy_px, gt_valid, threshold=threshold)
     return overlaps.view(batch, num_anchors, height, width)
+
+
+class RowBands(NamedTuple):
+    """Which ground truths each (image, band of ``rows`` grid rows) tests: ``pair_key`` (P,) = image * count + band
+    and ``pair_gt`` (P,) index the ground truths; ``most_per_band`` is the largest number of them in one band."""
+    rows: int
+    count: int
+    pair_key: Tensor
+    pair_gt: Tensor
+    most_per_band: int
+
+
+def row_bands(windows: tuple[Tensor, Tensor, Tensor, Tensor], gt_img: Tensor, *, batch: int, height: int) -> RowBands:
+    """The (image, band) pairs of every ground truth whose window of rows (``cell_windows``) reaches the band."""
+    rows = math.ceil(height / IGNORE_BANDS)
+    count = math.ceil(height / rows)
+    band_low, band_high = windows[2] // rows, windows[3] // rows  # (G,) each
+    spans = band_high - band_low + 1  # (G,)
+    pair_gt = torch.repeat_interleave(torch.arange(len(spans), device=spans.device), spans)  # (P,)
+    first_pair = torch.cumsum(spans, 0) - spans  # (G,)
+    band = band_low[pair_gt] + torch.arange(len(pair_gt), device=spans.device) - first_pair[pair_gt]  # (P,)
+    pair_key = gt_img[pair_gt] * count + band  # (P,)
+    most = int(torch.bincount(pair_key, minlength=batch * count).max())
+    return RowBands(rows=rows, count=count, pair_key=pair_key, pair_gt=pair_gt, most_per_band=most)
+
+
+def cells_overlapping_banded(pred_xyxy_planes_px: Tensor, gt_xyxy_px: Tensor, *, bands: RowBands,
+                             threshold: float) -> Tensor:
+    """The banded method of ``cells_overlapping``, given ``row_bands``: the dense test with each (image, band) of
+    rows as an image of its own that holds only the ground truths reaching it."""
+    _, batch, num_anchors, height, width = pred_xyxy_planes_px.shape
+    padded_height = bands.rows * bands.count
+    # Rows past the grid (to fill the last band) are empty boxes at the origin: never above; cropped below.
+    planes = torch.nn.functional.pad(pred_xyxy_planes_px, (0, 0, 0, padded_height - height))  # (4, B, A, H', W)
+    band_planes = (planes.view(4, batch, num_anchors, bands.count, bands.rows * width).transpose(2, 3)
+                   .reshape(4, batch * bands.count, num_anchors * bands.rows * width))  # (4, B*bands, A*rows*W)
+    gt_padded_xyxy_px, gt_valid = pad_per_image(bands.pair_key, gt_xyxy_px[bands.pair_gt], batch * bands.count)
+    overlaps = any_iou_above(band_planes, gt_padded_xyxy_px, gt_valid, threshold=threshold)  # (B*bands, A*rows*W)
+    overlaps = overlaps.view(batch, bands.count, num_anchors, padded_height // bands.count, width).transpose(1, 2)
+    return overlaps.reshape(batch, num_anchors, padded_height, width)[:, :, :height]
 
 
 def cell_windows(gt_xyxy_px: Tensor, *, threshold: float, scale_x_y: float, input_shape: tuple[int, int],

@@ -351,16 +351,23 @@ def test_confidence_samples_are_the_conf_term_cells():
     torch.testing.assert_close(conf_sum / ref["num_pos"], ref["loss_conf"], rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("method_cost", [0, 10 ** 9])  # windowed always, dense always
+def only_method(method: str) -> dict[str, float]:
+    """A PAIR_COST for nets.ignore under which cells_overlapping always picks ``method``."""
+    return {name: 0.0 if name == method else 1e12 for name in ("windowed", "banded", "dense")}
+
+
+@pytest.mark.parametrize("method", ["windowed", "banded", "dense"])
 @pytest.mark.parametrize("chunk_elements", [1, 3 * 50, 1 << 30])
 @pytest.mark.parametrize("scale_x_y", [1.0, 1.2])
-def test_ignore_test_equals_iou_over_all_cells(method_cost, chunk_elements, scale_x_y, monkeypatch):
-    """Both methods (windowed: only cells near a ground truth; dense: all, in blocks) must equal torchvision's
-    IoU over all cells, in pieces of any size (1: one ground truth, or one box, per piece)."""
+def test_ignore_test_equals_iou_over_all_cells(method, chunk_elements, scale_x_y, monkeypatch):
+    """Every method (windowed: only cells near a ground truth; banded: bands of rows against the ground truths
+    reaching them; dense: all, in blocks) must equal torchvision's IoU over all cells, in pieces of any size (1: one
+    ground truth, or one box, per piece)."""
     import nets.ignore as ignore
 
-    monkeypatch.setattr(ignore, "WINDOWED_PAIR_COST", method_cost)
+    monkeypatch.setattr(ignore, "PAIR_COST", only_method(method))
     monkeypatch.setattr(ignore, "IGNORE_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(ignore, "IGNORE_BANDS", 2 if chunk_elements == 3 * 50 else 16)  # 2: bands of 2 rows on 3 rows
     gen = torch.Generator().manual_seed(3)
     input_shape, strides = (96, 128), (32, 8)
     gt_xy = torch.rand(14, 2, generator=gen) * torch.tensor([128.0, 96.0])
@@ -407,8 +414,8 @@ def test_loss_unchanged_by_ignore_method_and_chunking(monkeypatch):
                     input_shape=(128, 128))
     whole = loss(outputs, targets)
     monkeypatch.setattr(ignore, "IGNORE_CHUNK_ELEMENTS", 1)  # one box or one ground truth per piece
-    for method_cost in (0, 10 ** 9):  # windowed, dense
-        monkeypatch.setattr(ignore, "WINDOWED_PAIR_COST", method_cost)
+    for method in ("windowed", "banded", "dense"):
+        monkeypatch.setattr(ignore, "PAIR_COST", only_method(method))
         chunked = loss(outputs, targets)
         assert all(torch.equal(whole[name], chunked[name]) for name in whole)
 
