@@ -1,8 +1,8 @@
 """Every speed figure of the project in one table: forward (416, batch 1), end-to-end detection (preprocess,
-forward, decode, NMS of a 640x480 BCCD image), training step (416, batch 4: forward, loss, backward, SGD) for
-YOLOv4 and YOLOv4-tiny, and the loss forward (batch 16, 100 boxes per image, YOLOv4 geometry, 20 classes)
-against a per-image-vectorised baseline of the same algorithm (benchmarks/parity_loss.py), with boxes 4 to 300 px
-wide uniformly ("loss": large boxes, the worst case of the ignore test's windows) and 8 to 200 px
+forward, decode, NMS of a 640x480 BCCD image), network + decoding against OpenCV's DNN module on the same darknet
+files, training step (416, batch 4: forward, loss, backward, SGD) for YOLOv4 and YOLOv4-tiny, and the loss
+forward (batch 16, 100 boxes per image, YOLOv4 geometry, 20 classes) against a per-image-vectorised baseline of
+the same algorithm (benchmarks/parity_loss.py), with boxes 4 to 300 px wide uniformly ("loss": large boxes, the worst case of the ignore test's windows) and 8 to 200 px
 log-uniformly ("loss_small": most boxes small, as in crowded scenes).
 
 Each figure is measured twice:
@@ -12,15 +12,16 @@ Each figure is measured twice:
   processes hits them alike; median, interquartile range, and the speed-up against the figure's baseline as the
   median of per-round ratios.
 Random weights (objectness prior 0.01); timings, not accuracy. With CUDA present it also prints training
-images/s with fp16 autocast (YOLOv4, 416, batch 16 and 32) and inference images/s at batch 1 and 32.
+images/s (YOLOv4, 416, batch 16 and 32), inference images/s at batch 1 and 32, and the loss on the GPU.
 
-    python benchmarks/bench_speed.py [--figures="['forward','detect','train','loss','loss_small']"] [--reps=7]
+    python benchmarks/bench_speed.py [--figures="['forward','detect','opencv','train','loss','loss_small']"]
 """
 import json
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,20 +30,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from nets.yolo import build_model, init_weights  # noqa: E402
 from nets.yolo_training import YOLOLoss  # noqa: E402
+from bench_opencv import random_darknet_pair  # noqa: E402
 from parity_loss import parity_reference_loss  # noqa: E402
 from utils.config import resolve_config, run_cli, settings_of  # noqa: E402
 from utils.inference import cpu_has_native_bf16, resolve_precision  # noqa: E402
+from utils.postprocess import preprocess_image  # noqa: E402
 from utils.trainer import training_amp  # noqa: E402
 from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
 from yolo import YOLO  # noqa: E402
 
-figures: list[str] = ["forward", "detect", "train", "loss", "loss_small"]  # which rows to measure
+figures: list[str] = ["forward", "detect", "opencv", "train", "loss", "loss_small"]  # which rows to measure
 models: list[str] = ["yolov4", "yolov4-tiny"]
 reps: int = 7  # timed rounds per figure (warm) and timed calls after the first (fresh)
 train_reps: int = 3  # the same for the (slow) training step
@@ -58,6 +62,7 @@ IMAGE = REPO / "VOCdevkit" / "VOC2007" / "JPEGImages" / "BloodImage_00000.jpg"
 VARIANTS = {
     "forward": ["fp32 unfolded", "fp32 folded+CL", "bf16 folded+CL", "onnxruntime"],
     "detect": ["fp32 unfolded", "fp32 folded+CL", "bf16 folded+CL", "onnxruntime"],
+    "opencv": ["OpenCV DNN", "project"],
     "train": ["fp32", "bf16 autocast + CL"],
     "loss": ["parity reference", "YOLOLoss"],
     "loss_small": ["parity reference", "YOLOLoss"],
@@ -103,11 +108,37 @@ def make_case(figure: str, model: str, variant: str):
         with Image.open(IMAGE) as image:
             rgb = image.convert("RGB")
         return lambda: detector.detect(rgb)
+    if figure == "opencv":
+        return darknet_case(model, variant)
     if figure == "train":
         return train_case(model, variant)
     if figure in LOSS_FIGURES:
         return loss_case(variant, small_boxes=figure == "loss_small")
     raise ValueError(f"unknown figure {figure!r}")
+
+
+def darknet_case(model: str, variant: str):
+    """Network + box decoding of one preprocessed BCCD image from a darknet cfg + weights pair (80 classes, random
+    weights with trained-like scales: benchmarks/bench_opencv.py, which also checks both give the same outputs):
+    OpenCV's DNN module, or the project's public API on its default inference path."""
+    with tempfile.TemporaryDirectory() as folder:
+        cfg_path, weights_path = random_darknet_pair(model=model, folder=Path(folder), size=INPUT, seed=0)
+        if variant == "OpenCV DNN":
+            net = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))
+            net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+            net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        else:
+            detector = YOLO(model_path=str(weights_path), cfg_path=str(cfg_path), device="cpu")
+    with Image.open(IMAGE) as image:
+        batch = preprocess_image(image.convert("RGB"), (INPUT, INPUT), True)[0][None]  # (1, 3, H, W) RGB in [0, 1]
+    if variant == "OpenCV DNN":
+        out_names = net.getUnconnectedOutLayersNames()
+
+        def run_opencv():
+            net.setInput(batch)
+            return net.forward(out_names)
+        return run_opencv
+    return lambda: detector.decode(detector.raw_outputs(batch))
 
 
 def train_case(model: str, variant: str, *, batch: int = 4):
@@ -222,6 +253,7 @@ def warm_figures(figure: str, model: str, count: int) -> dict[str, list[float]]:
 
 def label(figure: str, model: str) -> str:
     return {"forward": f"{model} forward {INPUT} b1", "detect": f"{model} detect end to end (640x480 image, {INPUT})",
+            "opencv": f"{model} network + box decoding {INPUT} b1, darknet cfg/weights",
             "train": f"{model} train step {INPUT} b4",
             "loss": "loss forward b16, 100 boxes/image (4-300 px), YOLOv4 geometry",
             "loss_small": "loss forward b16, 100 boxes/image (8-200 px, mostly small), YOLOv4 geometry"}[figure]
@@ -229,6 +261,9 @@ def label(figure: str, model: str) -> str:
 
 def variant_note(figure: str, variant: str) -> str:
     """The variant's name, marked where it is what predict.py / get_map.py run by default on this machine."""
+    if figure == "opencv":
+        precision = resolve_precision("auto", torch.device("cpu"))
+        return f"project ({precision} folded+CL, default)" if variant == "project" else f"OpenCV {cv2.__version__} DNN"
     if figure in ("forward", "detect"):
         default = {"fp32": "fp32 folded+CL", "bf16": "bf16 folded+CL"}[resolve_precision("auto", torch.device("cpu"))]
         return f"{variant} (default)" if variant == default else variant
