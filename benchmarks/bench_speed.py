@@ -2,8 +2,9 @@
 forward, decode, NMS of a 640x480 BCCD image), network + decoding against OpenCV's DNN module on the same darknet
 files, training step (416, batch 4: forward, loss, backward, SGD) for YOLOv4 and YOLOv4-tiny, and the loss
 forward (batch 16, 100 boxes per image, YOLOv4 geometry, 20 classes) against a per-image-vectorised baseline of
-the same algorithm (benchmarks/parity_loss.py), with boxes 4 to 300 px wide uniformly ("loss": large boxes, the worst case of the ignore test's windows) and 8 to 200 px
-log-uniformly ("loss_small": most boxes small, as in crowded scenes).
+the same algorithm (benchmarks/parity_loss.py), with boxes 4 to 300 px wide uniformly ("loss": large boxes,
+the worst case of the ignore test's windows) and 8 to 200 px log-uniformly ("loss_small": most boxes small, as
+in crowded scenes).
 
 Each figure is measured twice:
 - fresh: a new Python process per variant (the cost a one-off command pays): its first call, the median of the
