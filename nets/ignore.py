@@ -11,7 +11,7 @@ Three exact methods; ``cells_overlapping`` picks the cheapest per level from the
   it. The bands are contiguous slices, so this is the dense computation on (image, band) pairs with fewer ground
   truths each: it wins for boxes large against the cells but small against the image.
 - dense: every cell against every ground truth of its image, in cache-sized blocks of reused buffers.
-Both test IoU > t as inter > t / (1 + t) * (area_pred + area_gt): no union, no division; this differs from
+All three test IoU > t as inter > t / (1 + t) * (area_pred + area_gt): no union, no division; this differs from
 comparing the divided IoU only where the two round differently at exactly the threshold.
 """
 import math
@@ -22,7 +22,7 @@ from torch import Tensor
 
 from utils.boxes import box_xyxy_to_cxcywh
 
-# Most (ground truth, cell) pairs either method builds at once: bounds memory for any number and size of boxes
+# Most (ground truth, cell) pairs any method builds at once: bounds memory for any number and size of boxes
 # (2**18 floats, 1 MB per buffer, cache-sized: measured fastest between 2**15 and 2**22 on a 2-core CPU).
 IGNORE_CHUNK_ELEMENTS = 1 << 18
 # Cost of one pair of each method in units of one dense pair (measured on a 2-core CPU; windowed pairs are gathered).
