@@ -36,9 +36,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench_opencv import random_darknet_pair  # noqa: E402
 from nets.yolo import build_model, init_weights  # noqa: E402
 from nets.yolo_training import YOLOLoss  # noqa: E402
-from bench_opencv import random_darknet_pair  # noqa: E402
 from parity_loss import parity_reference_loss  # noqa: E402
 from utils.config import resolve_config, run_cli, settings_of  # noqa: E402
 from utils.inference import cpu_has_native_bf16, resolve_precision  # noqa: E402
@@ -384,6 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     config = resolve_config(settings_of(globals()), argv)
     if config["threads"]:
         torch.set_num_threads(config["threads"])
+        cv2.setNumThreads(config["threads"])
     if config["one"]:
         print(json.dumps(measure_one(config["one"], config["reps"])))
         return
