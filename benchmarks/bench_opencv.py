@@ -69,6 +69,20 @@ def random_darknet_pair(*, model: str, folder: Path, size: int, seed: int) -> tu
     return cfg_path, weights_path
 
 
+def opencv_forward(cfg_path: Path, weights_path: Path):
+    """OpenCV's DNN module (its own CPU backend) on a darknet cfg + weights pair: a function of a (1, 3, H, W)
+    float32 RGB batch in [0, 1] returning the [yolo] layers' outputs (network + box decoding)."""
+    net = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    out_names = net.getUnconnectedOutLayersNames()
+
+    def forward(batch: np.ndarray):
+        net.setInput(batch)
+        return net.forward(out_names)
+    return forward
+
+
 def describe_path(detector: YOLO) -> str:
     """What the project's detector runs, read from the network it runs (whatever path yolo.YOLO chose)."""
     net = detector._inference_net.get(detector.net) if detector.optimize else detector.net
@@ -103,10 +117,7 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 def bench_model(*, model: str, cfg: dict, folder: Path) -> dict:
     cfg_path, weights_path = random_darknet_pair(model=model, folder=folder, size=cfg["input_size"], seed=cfg["seed"])
     detector = YOLO(model_path=str(weights_path), cfg_path=str(cfg_path), device="cpu")
-    opencv = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))
-    opencv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    opencv.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-    out_names = opencv.getUnconnectedOutLayersNames()
+    opencv = opencv_forward(cfg_path, weights_path)
     image_chw, _ = preprocess_image(Image.open(cfg["image_path"]).convert("RGB"), detector.input_shape, True)
     batch = image_chw[None]  # (1, 3, H, W) float32 RGB in [0, 1]
 
@@ -114,8 +125,7 @@ def bench_model(*, model: str, cfg: dict, folder: Path) -> dict:
         return detector.decode(detector.raw_outputs(batch))
 
     def run_opencv():
-        opencv.setInput(batch)
-        return opencv.forward(out_names)
+        return opencv(batch)
 
     # Same model on both sides: the largest objectness difference over all boxes.
     ours = run_project()[0, :, 4].numpy()

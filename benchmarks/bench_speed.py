@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench_opencv import random_darknet_pair  # noqa: E402
+from bench_opencv import opencv_forward, random_darknet_pair  # noqa: E402
 from nets.yolo import build_model, init_weights  # noqa: E402
 from nets.yolo_training import YOLOLoss  # noqa: E402
 from parity_loss import parity_reference_loss  # noqa: E402
@@ -90,11 +90,12 @@ def train_levers(variant: str) -> tuple[bool, bool]:
     return amp.enabled, True
 
 
-def detector_for(model: str, variant: str):
+def detector_for(model: str, variant: str, *, device: torch.device = torch.device("cpu")):
     net, config = net_and_config(model)
     options = {"fp32 unfolded": dict(precision="fp32", optimize=False), "fp32 folded+CL": dict(precision="fp32"),
-               "bf16 folded+CL": dict(precision="bf16"), "onnxruntime": dict(precision="fp32")}[variant]
-    detector = YOLO.from_model(net.eval(), config=config, confidence=0.5, nms_iou=0.3, device="cpu", **options)
+               "bf16 folded+CL": dict(precision="bf16"), "fp16 folded+CL": dict(precision="fp16"),
+               "onnxruntime": dict(precision="fp32")}[variant]
+    detector = YOLO.from_model(net.eval(), config=config, confidence=0.5, nms_iou=0.3, device=device, **options)
     return detector.onnx_detector() if variant == "onnxruntime" else detector
 
 
@@ -122,47 +123,45 @@ def darknet_case(model: str, variant: str):
     """Network + box decoding of one preprocessed BCCD image from a darknet cfg + weights pair (80 classes, random
     weights with trained-like scales: benchmarks/bench_opencv.py, which also checks both give the same outputs):
     OpenCV's DNN module, or the project's public API on its default inference path."""
+    with Image.open(IMAGE) as image:
+        batch = preprocess_image(image.convert("RGB"), (INPUT, INPUT), True)[0][None]  # (1, 3, H, W) RGB in [0, 1]
     with tempfile.TemporaryDirectory() as folder:
         cfg_path, weights_path = random_darknet_pair(model=model, folder=Path(folder), size=INPUT, seed=0)
         if variant == "OpenCV DNN":
-            net = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))
-            net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-            net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-        else:
-            detector = YOLO(model_path=str(weights_path), cfg_path=str(cfg_path), device="cpu")
-    with Image.open(IMAGE) as image:
-        batch = preprocess_image(image.convert("RGB"), (INPUT, INPUT), True)[0][None]  # (1, 3, H, W) RGB in [0, 1]
-    if variant == "OpenCV DNN":
-        out_names = net.getUnconnectedOutLayersNames()
-
-        def run_opencv():
-            net.setInput(batch)
-            return net.forward(out_names)
-        return run_opencv
+            opencv = opencv_forward(cfg_path, weights_path)
+            return lambda: opencv(batch)
+        detector = YOLO(model_path=str(weights_path), cfg_path=str(cfg_path), device="cpu")
     return lambda: detector.decode(detector.raw_outputs(batch))
 
 
 def train_case(model: str, variant: str, *, batch: int = 4):
-    net, config = net_and_config(model)
-    net.train()
     bf16, channels_last = train_levers(variant)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    return train_step_case(model, batch, device=torch.device("cpu"), dtype=torch.bfloat16 if bf16 else None,
+                           channels_last=channels_last)
+
+
+def train_step_case(model: str, batch: int, *, device: torch.device, dtype: torch.dtype | None,
+                    channels_last: bool):
+    """One training step the way train.py takes it: autocast in ``dtype`` (None: fp32), a GradScaler with float16,
+    forward, loss, backward, SGD."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    net, config = net_and_config(model)
+    net = net.to(device, memory_format=layout).train()
     criterion = YOLOLoss(anchors_px=torch.tensor(config["anchors"]), anchors_mask=config["anchors_mask"],
-                         num_classes=CLASSES, input_shape=(INPUT, INPUT))
+                         num_classes=CLASSES, input_shape=(INPUT, INPUT)).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.937, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     gen = torch.Generator().manual_seed(1)
-    images = torch.rand(batch, 3, INPUT, INPUT, generator=gen)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    targets = random_targets(batch, 10, gen)
+    images = torch.rand(batch, 3, INPUT, INPUT, generator=gen).to(device, memory_format=layout)
+    targets = random_targets(batch, 10, gen).to(device)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             outputs = net(images)
-        criterion(outputs, targets)["loss"].backward()
-        optimizer.step()
+        scaler.scale(criterion(outputs, targets)["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return step
 
 
@@ -181,12 +180,14 @@ def random_targets(batch: int, boxes: int, gen: torch.Generator, *, small: bool 
     return torch.cat([img[:, None], cls[:, None], x1y1, x2y2], dim=1)
 
 
-def loss_case(variant: str, *, small_boxes: bool = False):
+def loss_case(variant: str, *, small_boxes: bool = False, device: torch.device = torch.device("cpu")):
     gen = torch.Generator().manual_seed(0)
-    outputs = [torch.randn(16, 3 * (5 + CLASSES), INPUT // s, INPUT // s, generator=gen) for s in (32, 16, 8)]
-    targets = random_targets(16, 100, gen, small=small_boxes)
+    outputs = [torch.randn(16, 3 * (5 + CLASSES), INPUT // s, INPUT // s, generator=gen).to(device)
+               for s in (32, 16, 8)]
+    targets = random_targets(16, 100, gen, small=small_boxes).to(device)
     criterion = YOLOLoss(anchors_px=torch.tensor(get_anchors(str(DEFAULT_ANCHORS_PATH["yolov4"]))),
-                         anchors_mask=DEFAULT_ANCHORS_MASK["yolov4"], num_classes=CLASSES, input_shape=(INPUT, INPUT))
+                         anchors_mask=DEFAULT_ANCHORS_MASK["yolov4"], num_classes=CLASSES,
+                         input_shape=(INPUT, INPUT)).to(device)
     if variant == "parity reference":
         return lambda: parity_reference_loss(criterion, outputs, targets)
     return lambda: criterion(outputs, targets)["loss"]
@@ -309,29 +310,6 @@ def device_interleaved(cases: dict, rounds: int, device: torch.device) -> dict[s
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def device_train_case(model: str, batch: int, *, device: torch.device, fp16: bool, channels_last: bool):
-    """One training step the way train.py takes it on a GPU (fp16 autocast with a GradScaler when ``fp16``)."""
-    net, config = net_and_config(model)
-    net = net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format).train()
-    criterion = YOLOLoss(anchors_px=torch.tensor(config["anchors"]), anchors_mask=config["anchors_mask"],
-                         num_classes=CLASSES, input_shape=(INPUT, INPUT)).to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.937, weight_decay=5e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    gen = torch.Generator().manual_seed(1)
-    images = torch.rand(batch, 3, INPUT, INPUT, generator=gen).to(
-        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    targets = random_targets(batch, 10, gen).to(device)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=fp16):
-            outputs = net(images)
-        scaler.scale(criterion(outputs, targets)["loss"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    return step
-
-
 def cuda_figures(rounds: int, device: torch.device) -> None:
     """On a CUDA device: training images/s (fp32, fp16 autocast, fp16 + channels_last as train.py runs it;
     YOLOv4 at 416, batch 16 and 32), inference images/s at batch 1 and 32 (from a float32 numpy batch, transfer
@@ -348,35 +326,25 @@ def cuda_figures(rounds: int, device: torch.device) -> None:
             print(f"| {title} | {name} | {rate} | {base / value:.2f}x |", flush=True)
 
     for batch in (16, 32):
-        cases = {name: device_train_case("yolov4", batch, device=device, fp16=fp16, channels_last=channels_last)
-                 for name, fp16, channels_last in (("fp32", False, False), ("fp16 autocast", True, False),
-                                                   ("fp16 autocast + CL (default)", True, True))}
+        cases = {name: train_step_case("yolov4", batch, device=device, dtype=dtype, channels_last=channels_last)
+                 for name, dtype, channels_last in (("fp32", None, False), ("fp16 autocast", torch.float16, False),
+                                                    ("fp16 autocast + CL (default)", torch.float16, True))}
         rows(f"YOLOv4 train {INPUT} b{batch}", device_interleaved(cases, rounds, device), batch)
         del cases
         torch.cuda.empty_cache()
+    default = f"{resolve_precision('auto', device)} folded+CL"
     for model in ("yolov4", "yolov4-tiny"):
         for batch in (1, 32):
             images = np.random.default_rng(0).random((batch, 3, INPUT, INPUT), dtype=np.float32)
             cases = {}
-            for name, options in (("fp32 unfolded", dict(precision="fp32", optimize=False)),
-                                  ("fp32 folded+CL (default)", dict(precision="fp32")),
-                                  ("fp16 folded+CL", dict(precision="fp16"))):
-                net, config = net_and_config(model)
-                detector = YOLO.from_model(net.eval(), config=config, confidence=0.5, nms_iou=0.3, device=device,
-                                           **options)
+            for variant in ("fp32 unfolded", "fp32 folded+CL", "fp16 folded+CL"):
+                detector = detector_for(model, variant, device=device)
+                name = f"{variant} (default)" if variant == default else variant
                 cases[name] = lambda detector=detector: detector._forward(images)
             with torch.inference_mode():
                 rows(f"{model} inference {INPUT} b{batch}", device_interleaved(cases, rounds, device), batch)
     with torch.no_grad():
-        gen = torch.Generator().manual_seed(0)
-        outputs = [torch.randn(16, 3 * (5 + CLASSES), INPUT // s, INPUT // s, generator=gen).to(device)
-                   for s in (32, 16, 8)]
-        targets = random_targets(16, 100, gen).to(device)
-        criterion = YOLOLoss(anchors_px=torch.tensor(get_anchors(str(DEFAULT_ANCHORS_PATH["yolov4"]))),
-                             anchors_mask=DEFAULT_ANCHORS_MASK["yolov4"], num_classes=CLASSES,
-                             input_shape=(INPUT, INPUT)).to(device)
-        cases = {"parity reference": lambda: parity_reference_loss(criterion, outputs, targets),
-                 "YOLOLoss": lambda: criterion(outputs, targets)["loss"]}
+        cases = {variant: loss_case(variant, device=device) for variant in VARIANTS["loss"]}
         rows("loss forward b16, 100 boxes/image (4-300 px), ms per call", device_interleaved(cases, rounds, device), 0)
 
 
