@@ -92,7 +92,7 @@ def cells_overlapping_banded(pred_xyxy_planes_px: Tensor, gt_xyxy_px: Tensor, *,
                    .reshape(4, batch * bands.count, num_anchors * bands.rows * width))  # (4, B*bands, A*rows*W)
     gt_padded_xyxy_px, gt_valid = pad_per_image(bands.pair_key, gt_xyxy_px[bands.pair_gt], batch * bands.count)
     overlaps = any_iou_above(band_planes, gt_padded_xyxy_px, gt_valid, threshold=threshold)  # (B*bands, A*rows*W)
-    overlaps = overlaps.view(batch, bands.count, num_anchors, padded_height // bands.count, width).transpose(1, 2)
+    overlaps = overlaps.view(batch, bands.count, num_anchors, bands.rows, width).transpose(1, 2)
     return overlaps.reshape(batch, num_anchors, padded_height, width)[:, :, :height]
 
 
