@@ -19,8 +19,9 @@ resumes an interrupted one only when its stored config (``run_config.json``) is 
 import dataclasses
 import json
 from pathlib import Path
+from typing import Literal
 
-from utils.config import ConfigError, resolve_config, resolve_settings, run_cli, settings_of
+from utils.core.config import ConfigError, resolve_config, resolve_settings, run_cli, settings_of
 
 config: str = "configs/bccd_tiny.toml"  # the recipe: a TOML/JSON file of train.py settings ("" = train.py defaults)
 results_dir: str = "runs/compare"  # everything goes here: runs/<run>/ (ordinary train.py runs), tables, plots
@@ -38,7 +39,7 @@ VOCdevkit_path: str = "VOCdevkit"  # where missing annotation files are made fro
 eval_device: str = "auto"  # device of the evaluation passes
 parallel: int = 2  # runs trained at once as separate train.py processes sharing the CPU threads; 1 = in this process
 devices: str = ""  # "0,1,...": one run per listed GPU at once (overrides parallel)
-on_changed: str = "refuse"  # a run folder made with other settings: "refuse" (list the keys) or "new" (new folder)
+on_changed: Literal["refuse", "new"] = "refuse"  # a run folder made with other settings: refuse (list the keys) or new
 print_commands: bool = False  # write one train.py command per pending run to results_dir/commands.txt and exit
 bootstrap: int = 1000  # paired bootstrap resamples of the test images per seed
 bootstrap_seed: int = 0  # seeds the bootstrap (plus the run's seed)
@@ -51,7 +52,7 @@ def split_argv(argv: list[str], own: dict, train_settings: dict) -> tuple[list[s
     def key_of(arg: str) -> str:
         return arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else ""
 
-    from utils.compare_runs import SET_PER_RUN
+    from utils.compare.run_folders import SET_PER_RUN
 
     for arg in argv:
         if key_of(arg) in SET_PER_RUN:
@@ -66,12 +67,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     import train
     import voc_annotation
-    from utils import compare, compare_plots, compare_runs
-    from utils.calibration import plot_reliability_diagrams, reliability_bins
-    from utils.compare_report import paired_comparisons, write_tables
-    from utils.config import settings_of_class
-    from utils.paired import ImageRecords
-    from utils.trainer import read_annotation_lines
+    from utils.compare import experiment, plots, run_folders
+    from utils.compare.paired import ImageRecords
+    from utils.compare.report import paired_comparisons, write_tables
+    from utils.core.config import settings_of_class
+    from utils.data.voc import read_annotation_lines
+    from utils.eval.reliability import plot_reliability_diagrams, reliability_bins
 
     argv = sys.argv[1:] if argv is None else list(argv)
     own_settings, train_settings = settings_of(globals()), settings_of_class(train.TrainConfig)
@@ -81,44 +82,42 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg["config"] = recipe[-1] if recipe else cfg["config"]
     if cfg["seeds"] < 1 or cfg["parallel"] < 1 or cfg["bootstrap"] < 1:
         raise ConfigError("--seeds, --parallel and --bootstrap need at least 1")
-    if cfg["on_changed"] not in ("refuse", "new"):
-        raise ConfigError(f"--on_changed={cfg['on_changed']}: choose refuse or new")
     for arm in cfg["arms"]:
         unknown = [k for k in arm if k != "name" and k not in train_settings]
         if "name" not in arm or unknown:
             raise ConfigError(f"arm {arm}: needs a 'name'; unknown train.py settings {unknown}")
     base = resolve_settings(train.TrainConfig, ([f"--config={cfg['config']}"] if cfg["config"] else []) + for_train)
-    compare_runs.prepare_annotations(config=base, test_annotation_path=cfg["test_annotation_path"],
+    run_folders.prepare_annotations(config=base, test_annotation_path=cfg["test_annotation_path"],
                                      voc_path=cfg["VOCdevkit_path"], make_annotations=voc_annotation.main)
-    arm_list = compare.grid_arms() if cfg["grid"] else cfg["arms"]
-    runs = compare.plan_runs(arms=arm_list, sweep=compare.parse_sweep(cfg["sweep"], train_settings),
+    arm_list = experiment.grid_arms() if cfg["grid"] else cfg["arms"]
+    runs = experiment.plan_runs(arms=arm_list, sweep=experiment.parse_sweep(cfg["sweep"], train_settings),
                              seeds=[cfg["seed"] + i for i in range(cfg["seeds"])])
     out_dir = Path(cfg["results_dir"])
     run_dirs, conflicts, configs = {}, {}, {}
     for run in runs:
         requested = dataclasses.replace(base, **run.overrides, save_dir=str(out_dir / "runs" / run.name), resume="")
-        run_dir, keys = compare_runs.choose_run_dir(run_dir=out_dir / "runs" / run.name, config=requested,
+        run_dir, keys = run_folders.choose_run_dir(run_dir=out_dir / "runs" / run.name, config=requested,
                                                     config_class=train.TrainConfig, on_changed=cfg["on_changed"])
         if keys:
-            conflicts[run_dir] = (compare_runs.stored_config(run_dir, train.TrainConfig),
-                                  compare_runs.as_plain(requested), keys)
+            conflicts[run_dir] = (run_folders.stored_config(run_dir, train.TrainConfig),
+                                  run_folders.as_plain(requested), keys)
         run_dirs[run.name], configs[run.name] = run_dir, dataclasses.replace(requested, save_dir=str(run_dir))
     if conflicts:
-        raise compare_runs.refusal(conflicts)
+        raise run_folders.refusal(conflicts)
     epochs = base.unfreeze_epoch
-    progress = compare.Progress(runs, epochs)
+    progress = experiment.Progress(runs, epochs)
     test_lines = read_annotation_lines(cfg["test_annotation_path"])
     evaluations, to_evaluate, to_train = {}, [], []
     for run in runs:
         run_dir = run_dirs[run.name]
-        compare_runs.write_run_config(run_dir, configs[run.name])
-        evaluation = compare.reusable_evaluation(run_dir, cfg["test_annotation_path"])
+        run_folders.write_run_config(run_dir, configs[run.name])
+        evaluation = experiment.reusable_evaluation(run_dir, cfg["test_annotation_path"])
         if evaluation is not None:
             print(f"[compare] {run.name}: finished earlier with the same settings, reused")
             evaluations[run.name] = evaluation
             progress.set_done(run.name, epochs, timed=False)
             continue
-        done = compare.epochs_done(run_dir)
+        done = experiment.epochs_done(run_dir)
         progress.set_done(run.name, done, timed=False)
         to_evaluate.append((run, run_dir))
         if done < configs[run.name].unfreeze_epoch:
@@ -127,34 +126,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return write_commands(jobs=to_train, out_dir=out_dir)
     devices = [d.strip() for d in cfg["devices"].split(",") if d.strip()]
     if devices or (cfg["parallel"] > 1 and len(to_train) > 1):
-        compare.train_in_subprocesses(jobs=to_train, parallel=cfg["parallel"], progress=progress, devices=devices)
+        experiment.train_in_subprocesses(jobs=to_train, parallel=cfg["parallel"], progress=progress, devices=devices)
     else:
         for run, run_dir in to_train:
-            compare.train_in_process(run=run, run_dir=run_dir, progress=progress, config_class=train.TrainConfig)
+            experiment.train_in_process(run=run, run_dir=run_dir, progress=progress, config_class=train.TrainConfig)
     for run, run_dir in to_evaluate:
-        evaluations[run.name] = compare.evaluate_run(run_dir=run_dir, test_lines=test_lines, device=cfg["eval_device"],
+        evaluations[run.name] = experiment.evaluate_run(run_dir=run_dir, test_lines=test_lines, device=cfg["eval_device"],
                                                      config_class=train.TrainConfig,
                                                      test_annotation_path=cfg["test_annotation_path"])
         print(f"[compare] {run.name}: test mAP@0.5 {evaluations[run.name]['map']:.4f}")
     records = {r.name: ImageRecords.from_npz(run_dirs[r.name] / "eval_images.npz") for r in runs}
     calibrations = {name: reliability_bins(scores=rec.det_score, matched=rec.det_tp,
                                            min_score=cfg["calibration_min_score"]) for name, rec in records.items()}
-    rows = compare.summarise(evaluations, runs, calibrations)
+    rows = experiment.summarise(evaluations, runs, calibrations)
     comparisons = paired_comparisons(evaluations=evaluations, runs=runs, records=records,
                                      resamples=cfg["bootstrap"], seed=cfg["bootstrap_seed"])
     class_names = list(next(iter(evaluations.values()))["per_class_ap"])
     histories = {r.name: json.loads((run_dirs[r.name] / "history.json").read_text(encoding="utf-8")) for r in runs}
-    compare_plots.plot_loss_curves(histories=histories, out_path=out_dir / "loss_curves.png")
-    compare_plots.plot_per_class_ap(rows=rows, class_names=class_names, out_path=out_dir / "per_class_ap.png")
-    compare_plots.plot_cdfs(cdfs={r.name: evaluations[r.name]["cdf"] for r in runs if r.seed == cfg["seed"]},
+    plots.plot_loss_curves(histories=histories, out_path=out_dir / "loss_curves.png")
+    plots.plot_per_class_ap(rows=rows, class_names=class_names, out_path=out_dir / "per_class_ap.png")
+    plots.plot_cdfs(cdfs={r.name: evaluations[r.name]["cdf"] for r in runs if r.seed == cfg["seed"]},
                             out_path=out_dir / "loss_cdf.png")
     plot_reliability_diagrams(arms={r.name: calibrations[r.name] for r in runs if r.seed == cfg["seed"]},
                               out_path=out_dir / "reliability.png",
                               title=f"test detections scored >= {cfg['calibration_min_score']:g}, matched at IoU 0.5")
     if cfg["grid"]:
-        compare_plots.plot_grid_heatmap(rows=rows, out_path=out_dir / "grid_map.png")
+        plots.plot_grid_heatmap(rows=rows, out_path=out_dir / "grid_map.png")
     print(write_tables(rows=rows, comparisons=comparisons, class_names=class_names, out_dir=out_dir,
-                       machine=compare.hardware_summary(evaluations),
+                       machine=experiment.hardware_summary(evaluations),
                        calibration_min_score=cfg["calibration_min_score"]))
     print(f"[compare] results in {out_dir}: summary.md, summary.csv, summary.json and plots")
     return rows
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def write_commands(*, jobs: list, out_dir: Path) -> list[dict]:
     """One ``python train.py`` command per run still to train (a cluster job array runs line i as task i);
     run this script again once they are done to evaluate and summarise."""
-    from utils.compare_runs import train_argv
+    from utils.compare.run_folders import train_argv
 
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [" ".join(["python", "train.py", *train_argv(run_dir)]) for _, run_dir in jobs]

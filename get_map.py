@@ -10,27 +10,28 @@ in skipped-images.txt and left out. A bare state_dict takes model, anchors and c
 """
 
 from pathlib import Path
+from typing import Literal
 
-from utils.config import ConfigError, resolve_config, run_cli, settings_of
-from utils.voc import IMAGE_EXTENSIONS, index_images
+from utils.core.config import ConfigError, resolve_config, run_cli, settings_of
+from utils.data.voc import IMAGE_EXTENSIONS, index_images
 
-map_mode: int = 0  # 0 all; 1 predictions only; 2 ground truth only; 3 VOC AP from files in map_out_path; 4 VOC + COCO AP from them
+map_mode: Literal[0, 1, 2, 3, 4] = 0  # 0 all; 1 predictions only; 2 ground truth only; 3 VOC AP from files in map_out_path; 4 VOC + COCO AP from them
 model_path: str = "logs/best_epoch_weights.pth"  # checkpoint used by modes 0 and 1 (or darknet .weights)
 cfg_path: str | None = None  # the darknet .cfg of a .weights model_path
 classes_path: str | None = None  # class list (one per line); None: from the checkpoint (modes 0/1; a bare state_dict: VOC) or the text files (2-4)
-model: str | None = None  # yolov4 | yolov4-tiny; None: from the checkpoint (a bare state_dict: from its keys)
+model: Literal["yolov4", "yolov4-tiny"] | None = None  # None: from the checkpoint (a bare state_dict: from its keys)
 anchors_path: str | None = None  # anchors file; None: from the checkpoint (a bare state_dict: the variant's default)
 anchors_mask: list[list[int]] | None = None  # anchor ids per level, coarsest first; None: from the checkpoint
 MINOVERLAP: float = 0.5  # IoU threshold of VOC AP: 0.5 gives mAP@0.5
 confidence: float = 0.001  # detector score threshold; keep it low, AP needs the whole PR curve
 nms_iou: float = 0.5  # IoU threshold of non-maximum suppression
-nms_type: str = "nms"  # "nms" (IoU) or "diou" (DIoU-NMS)
+nms_type: Literal["nms", "diou"] = "nms"  # IoU NMS or DIoU-NMS
 multi_label: bool = False  # a box may be reported once per class whose obj x class score passes confidence
 input_shape: list[int] | None = None  # network input (h, w), multiples of 32; None: from the checkpoint
 letterbox_image: bool = True  # resize keeping the aspect ratio and pad, as in training
 device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
-precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA); auto = BatchNorm folded, channels_last, bf16 on CPUs with native bf16 else fp32
-backend: str = "torch"  # torch | onnxruntime (the checkpoint exported to ONNX in memory)
+precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # fp16: CUDA only; auto: bf16 on CPUs with native bf16, else fp32
+backend: Literal["torch", "onnxruntime"] = "torch"  # onnxruntime: the checkpoint exported to ONNX in memory
 batch_size: int = 8  # images per forward pass (each letterboxed to the input size)
 score_threshold: float = 0.5  # operating point for the per-class precision / recall / F1
 map_vis: bool = False  # also save images with gt (green) and detections >= score_threshold (red) drawn
@@ -69,7 +70,7 @@ def _print_table(results: dict) -> None:
 def _save_visualisations(*, image_paths: dict, gt: dict, dets: dict, out_dir: Path, min_score: float) -> None:
     from PIL import Image, ImageDraw
 
-    from utils.dataloader import read_image_rgb
+    from utils.data.dataloader import read_image_rgb
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for image_id, path in image_paths.items():
@@ -101,8 +102,7 @@ def _image_paths(*, set_file: Path, image_ids: list[str]) -> dict[str, Path]:
 def _build_detector(cfg: dict, class_names: list[str] | None):
     """The detector of modes 0 / 1. A checkpoint of this project keeps its own classes (a differing classes_path
     is refused); a bare state_dict takes classes_path, model, anchors_path and anchors_mask as predict.py does."""
-    from utils.checkpoint import saved_config
-    from utils.detector import BACKENDS
+    from utils.infer.checkpoint import saved_config
     from yolo import YOLO
 
     darknet = cfg["cfg_path"] or Path(cfg["model_path"]).suffix.lower() == ".weights"
@@ -110,8 +110,6 @@ def _build_detector(cfg: dict, class_names: list[str] | None):
     if saved is not None and class_names is not None and list(saved.get("class_names") or []) != class_names:
         raise ConfigError(f"classes_path {cfg['classes_path']}: classes {class_names} differ from the checkpoint's "
                           f"{saved.get('class_names')}")
-    if cfg["backend"] not in BACKENDS:
-        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg['backend']!r}")
     detector = YOLO(model_path=cfg["model_path"], classes_path=cfg["classes_path"] if saved is None else None,
                     anchors_path=cfg["anchors_path"], anchors_mask=cfg["anchors_mask"], model=cfg["model"],
                     confidence=cfg["confidence"], nms_iou=cfg["nms_iou"], nms_type=cfg["nms_type"],
@@ -126,24 +124,17 @@ def _build_detector(cfg: dict, class_names: list[str] | None):
 
 def main(argv: list[str] | None = None) -> dict | None:
     """Run the configured mode; returns the results dict (None when nothing could be evaluated)."""
-    from utils.evaluation import predict_images, read_ground_truth, score_detections, unreadable_note
-    from utils.utils_map import (DETECTION_DIR, GROUND_TRUTH_DIR, SKIPPED_FILE, read_detection_files,
-                                 read_ground_truth_files, read_skipped_images, write_detection_files,
-                                 write_ground_truth_files, write_results_json, write_skipped_images)
+    from utils.eval.evaluation import predict_images, read_ground_truth, score_detections, unreadable_note
+    from utils.eval.utils_map import (DETECTION_DIR, GROUND_TRUTH_DIR, SKIPPED_FILE, read_detection_files,
+                                      read_ground_truth_files, read_skipped_images, write_detection_files,
+                                      write_ground_truth_files, write_results_json, write_skipped_images)
 
     cfg = resolve_config(settings_of(globals()), argv)
     mode = cfg["map_mode"]
-    if mode not in (0, 1, 2, 3, 4):
-        raise ConfigError(f"map_mode must be 0..4, got {mode}")
-    if mode in (0, 1):
-        from utils.postprocess import NMS_TYPES
-
-        if cfg["nms_type"] not in NMS_TYPES:
-            raise ConfigError(f"nms_type must be one of {NMS_TYPES}, got {cfg['nms_type']!r}")
     out_dir = Path(cfg["map_out_path"])
     class_names = None
     if cfg["classes_path"]:
-        from utils.utils import get_classes
+        from utils.core.model_files import get_classes
 
         class_names = get_classes(cfg["classes_path"])
 
@@ -208,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     results.update(images=len(gt_files), background_images=sum(not boxes for boxes in gt_files.values()),
                    unreadable=unreadable)
     if mode == 0:
-        from utils.map_plots import plot_ap_bars, plot_ground_truth_stats, plot_pr_curves
+        from utils.eval.map_plots import plot_ap_bars, plot_ground_truth_stats, plot_pr_curves
 
         plot_ap_bars(results=results, out_dir=out_dir)
         plot_pr_curves(results=results, out_dir=out_dir)

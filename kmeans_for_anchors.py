@@ -10,12 +10,13 @@ multi-anchor assignment threshold 0.213: a box below it still gets its best anch
 train.py's ``anchors_path = "auto"`` runs the same computation at the start of training.
 """
 from pathlib import Path
+from typing import Literal
 
-from utils.config import read_config_file, resolve_config, run_cli, settings_of
+from utils.core.config import read_config_file, resolve_config, run_cli, settings_of
 
 annotation_path: str = "2007_train.txt"  # training boxes (from voc_annotation.py)
 input_shape: list[int] = [416, 416]  # network input (h, w) the boxes are letterboxed into
-model: str = "yolov4"  # k from the model: 9 anchors for "yolov4", 6 for "yolov4-tiny"
+model: Literal["yolov4", "yolov4-tiny"] = "yolov4"  # k from the model: 9 anchors for yolov4, 6 for yolov4-tiny
 num_anchors: int | None = None  # overrides the k the model implies
 seed: int = 0  # seeds the initial centres of every restart
 restarts: int = 10  # k-means runs from different starts; the one of highest mean best IoU is kept
@@ -27,9 +28,9 @@ ANCHORS_PER_MODEL = {"yolov4": 9, "yolov4-tiny": 6}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from utils.anchors import anchor_fit, format_anchors, kmeans_anchors, letterboxed_box_sizes
-    from utils.config import ConfigError
-    from utils.trainer import read_annotation_lines
+    from utils.core.config import ConfigError
+    from utils.data.anchors import anchor_fit, format_anchors, kmeans_anchors, letterboxed_box_sizes
+    from utils.data.voc import read_annotation_lines
 
     settings = settings_of(globals())
     cfg = resolve_config(settings, [a for a in (argv or []) if not a.startswith("--config=")])

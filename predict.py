@@ -11,30 +11,31 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from utils.config import print_config, resolve_config, run_cli, settings_of
+from utils.core.config import print_config, resolve_config, run_cli, settings_of
 
-mode: str = "predict"  # predict | video | fps | dir_predict | heatmap | export_onnx | predict_onnx
+mode: Literal["predict", "video", "fps", "dir_predict", "heatmap", "export_onnx", "predict_onnx"] = "predict"
 model_path: str = "logs/best_epoch_weights.pth"  # checkpoint of this project, published state_dict or darknet .weights
 cfg_path: str | None = None  # the darknet .cfg of a .weights model_path (classes, anchors, masks, size come from it)
 classes_path: str | None = None  # class names file; None = from the checkpoint (published: model_data/voc_classes.txt)
 anchors_path: str | None = None  # anchors file; None = from the checkpoint (published: model_data/yolo_anchors.txt)
 anchors_mask: list[list[int]] | None = None  # anchor ids per level, coarsest level first; None = from the checkpoint
 input_shape: list[int] | None = None  # network input [h, w], multiples of 32; None = from the checkpoint (else 416)
-model: str | None = None  # yolov4 | yolov4-tiny; None = from the checkpoint (a bare state_dict: from its keys)
+model: Literal["yolov4", "yolov4-tiny"] | None = None  # None = from the checkpoint (a bare state_dict: from its keys)
 confidence: float = 0.5  # keep boxes whose objectness * class probability is at least this
 nms_iou: float = 0.3  # NMS drops a box overlapping a better box of its class by more than this IoU
 max_det: int = 300  # at most this many detections per image
-nms_type: str = "nms"  # nms | diou (DIoU-NMS)
+nms_type: Literal["nms", "diou"] = "nms"  # IoU NMS or DIoU-NMS
 letterbox_image: bool = True  # keep the aspect ratio with gray padding, as in validation; False stretches
 device: str = "auto"  # auto | cpu | cuda | cuda:1
-precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA); auto = BatchNorm folded, channels_last, bf16 on CPUs with native bf16 else fp32
+precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # fp16: CUDA only; auto: bf16 on CPUs with native bf16, else fp32
 fp16: bool = False  # older spelling of precision="fp16" (CUDA only)
-backend: str = "torch"  # torch | onnxruntime (exports the checkpoint to ONNX in memory, then runs it)
+backend: Literal["torch", "onnxruntime"] = "torch"  # onnxruntime: the checkpoint exported to ONNX in memory
 batch_size: int = 8  # dir_predict: images per forward pass
 crop: bool = False  # predict: also save every detection as an image in <save_dir>/crop/<image name>/
 count: bool = False  # predict: print the number of detections per class
@@ -58,17 +59,15 @@ IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".we
 
 def load_image(path: str | Path) -> Image.Image:
     """Upright RGB image (EXIF orientation applied, as for training); clear errors for missing or bad files."""
-    from utils.dataloader import read_image_rgb
+    from utils.data.dataloader import read_image_rgb
 
     return Image.fromarray(read_image_rgb(str(path)))
 
 
 def build_detector(cfg: dict, *, allow_onnx: bool = True):
     """The configured detector: PyTorch (YOLO) or, with backend=onnxruntime, the same model run by ONNX Runtime."""
-    from yolo import BACKENDS, YOLO
+    from yolo import YOLO
 
-    if cfg["backend"] not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {cfg['backend']!r}")
     detector = YOLO(model_path=cfg["model_path"], classes_path=cfg["classes_path"], anchors_path=cfg["anchors_path"],
                     anchors_mask=cfg["anchors_mask"], input_shape=cfg["input_shape"], model=cfg["model"],
                     confidence=cfg["confidence"], nms_iou=cfg["nms_iou"], max_det=cfg["max_det"],
@@ -148,7 +147,7 @@ def _open_window(name: str) -> bool:
 
 def run_video(cfg: dict) -> int:
     """Detects every frame of a video file or camera; shows it when a display exists, writes it when asked."""
-    from utils.draw import put_fps
+    from utils.infer.draw import put_fps
 
     source = cfg["video_path"].strip()
     is_camera = source.isdigit()
@@ -246,7 +245,7 @@ def run_dir_predict(cfg: dict) -> dict:
 
 
 def run_heatmap(cfg: dict) -> Path:
-    from utils.draw import overlay_heatmap
+    from utils.infer.draw import overlay_heatmap
 
     path = cfg["image_paths"][0] if cfg["image_paths"] else cfg["fps_image_path"]
     image = load_image(path)
@@ -282,8 +281,6 @@ def main(argv: list[str] | None = None):
     program with a one-line message naming the file (SystemExit; exit code 2 through run_cli), not a traceback."""
     try:
         cfg = resolve_config(settings_of(globals()), argv)
-        if cfg["mode"] not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {cfg['mode']!r}")
         print_config(cfg)
         return MODES[cfg["mode"]](cfg)
     except (FileNotFoundError, ValueError) as err:

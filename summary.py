@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nets.yolo import MODELS, build_model
-from utils.config import resolve_config, run_cli, settings_of
+from utils.core.config import resolve_config, run_cli, settings_of
 
 input_shape: list[int] = [416, 416]  # network input (h, w), multiples of 32
 num_classes: int = 20  # 20 = PASCAL VOC, the published checkpoints' head size

@@ -11,19 +11,21 @@ unknown keys and wrong types are errors. The resolved config is printed, written
 ``save_dir/config.json`` and stored in every checkpoint, so predict.py and get_map.py need no
 repeated settings. Learning rates are for a batch of 64 and scaled linearly to the batch used.
 """
-from utils.config import run_cli, settings_dataclass
+from typing import Literal
+
+from utils.core.config import run_cli, settings_dataclass
 
 seed: int = 11  # seeds model init, data order and augmentation: equal seeds give identical runs
 device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
 distributed: bool = False  # multi-GPU DDP; start with torchrun (set automatically when torchrun runs several processes)
 sync_bn: bool = False  # SyncBatchNorm across GPUs under DDP (CUDA only)
 fp16: bool = True  # mixed precision (autocast in amp_dtype); False trains in fp32
-amp_dtype: str = "auto"  # auto: float16 on CUDA, bfloat16 on CPUs with native bf16, else fp32; "float16"; "bfloat16"
+amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, bf16 on CPUs with native bf16, or fp32
 channels_last: bool | None = None  # weights and batches in NHWC layout; None: on with autocast (bf16 or fp16)
 classes_path: str = "model_data/bccd_classes.txt"  # class names, one per line
 anchors_path: str | None = None  # None: the variant's default file; "auto": k-means on the training boxes
 anchors_mask: list[list[int]] | None = None  # anchor indices per level, coarsest first; None: the variant's default
-model: str = "yolov4"  # "yolov4" or "yolov4-tiny"
+model: Literal["yolov4", "yolov4-tiny"] = "yolov4"  # the network
 model_path: str = ""  # start weights: checkpoint of this project, published state_dict, darknet .weights; "" = none
 cfg_path: str = ""  # the darknet .cfg of a .weights model_path (a partial file, e.g. yolov4.conv.137, loads its layers)
 save_darknet: bool = False  # also write every saved checkpoint as darknet .weights + .cfg beside it
@@ -42,18 +44,18 @@ unfreeze_batch_size: int = 4  # batch size once unfrozen
 freeze_train: bool = True  # freeze the backbone first (useful with pretrained weights only)
 init_lr: float = 1e-2  # peak learning rate for a batch of 64
 min_lr: float = 1e-4  # final learning rate for a batch of 64
-optimizer_type: str = "sgd"  # "sgd" (Nesterov), "adam" or "adamw"
+optimizer_type: Literal["sgd", "adam", "adamw"] = "sgd"  # sgd is Nesterov SGD
 momentum: float = 0.937  # SGD momentum / Adam beta1
 weight_decay: float = 5e-4  # on conv weights only (not BatchNorm, not biases)
-lr_decay_type: str = "cos"  # "cos" or "step"
+lr_decay_type: Literal["cos", "step"] = "cos"  # learning-rate schedule after warmup
 warmup_epochs: float = 3.0  # linear warmup from 0.1 x lr, in epochs
 focal_loss: bool = False  # reweight the confidence BCE by alpha_t * (1 - p_t)^gamma
 focal_alpha: float = 0.25  # focal alpha on positives (1 - alpha on negatives)
 focal_gamma: float = 2.0  # focal gamma
 focal_loss_ratio: float = 10.0  # extra weight on the focal confidence term with "mean" normalisation (reference: 10)
-focal_conf_scale: float | str = 1.0  # factor on the focal conf term; "match_bce_at_init": equal to BCE's at init
-conf_normalization: str = "mean"  # "mean" over kept cells (reference recipe) or "num_pos" (Focal Loss paper)
-iou_type: str = "ciou"  # location loss: "ciou", "diou" or "giou"
+focal_conf_scale: float | Literal["match_bce_at_init"] = 1.0  # factor on the focal conf term; or equal to BCE's at init
+conf_normalization: Literal["mean", "num_pos"] = "mean"  # mean over kept cells (reference) or / positives (paper)
+iou_type: Literal["ciou", "diou", "giou"] = "ciou"  # location loss: 1 - this IoU
 box_ratio: float = 0.05  # weight of loss_loc
 cls_ratio: float | None = None  # weight of loss_cls; None: num_classes / 80 (the reference recipe)
 obj_ratio: float | None = None  # weight of loss_conf before level balance; None: 5 * (h * w) / 416^2
@@ -72,7 +74,7 @@ eval_period: int = 10  # epochs between mAP evaluations (and always after the la
 num_workers: int = 2  # DataLoader worker processes
 train_annotation_path: str = "2007_train.txt"  # from voc_annotation.py
 val_annotation_path: str = "2007_val.txt"  # from voc_annotation.py
-on_corrupt: str = "error"  # unreadable image: "error" names the file and stops, "skip" warns and goes on
+on_corrupt: Literal["error", "skip"] = "error"  # unreadable image: error names the file and stops, skip warns
 resume: str = ""  # a checkpoint written by this script: continue exactly where it stopped
 
 TrainConfig = settings_dataclass(globals(), name="TrainConfig")  # the settings above as one typed, frozen object
@@ -80,7 +82,7 @@ TrainConfig = settings_dataclass(globals(), name="TrainConfig")  # the settings 
 
 def main(argv: list[str] | None = None):
     """Trains with the settings above (overridden by argv); returns the finished run."""
-    from utils.trainer import fit, resolve_training_config
+    from utils.train.trainer import fit, resolve_training_config
 
     return fit(resolve_training_config(TrainConfig, argv))
 

@@ -13,15 +13,16 @@ import random
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from utils.config import ConfigError, UserError, resolve_config, run_cli, settings_of
-from utils.datacheck import align_boxes_with_image, inspect_image
-from utils.utils import get_classes
-from utils.voc import format_annotation_line, format_classes_header, index_images, read_voc_xml
+from utils.core.config import ConfigError, UserError, resolve_config, run_cli, settings_of
+from utils.core.model_files import get_classes
+from utils.data.datacheck import align_boxes_with_image, inspect_image
+from utils.data.voc import format_annotation_line, format_classes_header, index_images, read_voc_xml
 
-annotation_mode: int = 0  # 0: split (if no lists yet) + annotation files, 1: only the split, 2: only annotation files
+annotation_mode: Literal[0, 1, 2] = 0  # 0: split (if no lists yet) + annotation files; 1: split only; 2: files only
 classes_path: str = "model_data/bccd_classes.txt"  # class names, one per line; the line order gives the class ids
 trainval_percent: float = 0.9  # share of all images that goes to trainval (the rest is test) when a split is made
 train_percent: float = 0.9  # share of trainval that goes to train (the rest is val)
@@ -68,7 +69,7 @@ def annotate_set(*, year_dir: Path, set_name: str, class_names: list[str], inclu
                  images_by_stem: dict[str, Path], summary: Counter, names_seen: Counter) -> tuple[list[str], Counter]:
     """Annotation lines of one ImageSets/Main list and its per-class object counts; problems go to ``summary``,
     every object name met in the XML files to ``names_seen``. Every image is decoded; boxes are put in the
-    upright frame the loader shows (see utils/datacheck.py for the orientation rule)."""
+    upright frame the loader shows (see utils/data/datacheck.py for the orientation rule)."""
     list_path = year_dir / "ImageSets" / "Main" / f"{set_name}.txt"
     ids = [line.strip() for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     lines: list[str] = []

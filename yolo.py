@@ -1,9 +1,9 @@
 """The detector, where users of the PyTorch YOLOv4 repositories look for it (``from yolo import YOLO``).
 
-It lives in utils/detector.py so that training and the comparison tool, under utils/, use it without
+It lives in utils/infer/detector.py so that training and the comparison tool, under utils/, use it without
 importing a top-level script.
 
     detector = YOLO(model_path="logs/best_epoch_weights.pth")   # settings come from the checkpoint's config
     dets = detector.detect(Image.open("img/street.jpg"))        # Detections: boxes_xyxy, scores, class_ids, ...
 """
-from utils.detector import BACKENDS, YOLO, Detections, OnnxYOLO, onnx_mismatch  # noqa: F401
+from utils.infer.detector import BACKENDS, YOLO, Detections, OnnxYOLO, onnx_mismatch  # noqa: F401

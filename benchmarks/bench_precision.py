@@ -1,7 +1,7 @@
 """What a reduced inference precision does to accuracy at full size: each checkpoint scored on its test set by
 get_map.py (mode 0: confidence 0.001, NMS 0.5, letterboxed, batched) once per precision, with the mAP@0.5 change
 against fp32 per class. This is the check behind `precision=auto` picking bf16 on CPUs with native bf16
-(utils/inference.py): a default that changes numerics must move the main job's test mAP@0.5 by less than
+(utils/infer/folding.py): a default that changes numerics must move the main job's test mAP@0.5 by less than
 ``max_map_change``.
 
     python benchmarks/bench_precision.py --model_paths="['runs/compare/runs/bce__seed11/last_epoch_weights.pth']"
@@ -20,8 +20,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 import get_map  # noqa: E402
-from utils.config import ConfigError, resolve_config, run_cli, settings_of  # noqa: E402
-from utils.inference import cpu_has_native_bf16  # noqa: E402
+from utils.core.config import ConfigError, resolve_config, run_cli, settings_of  # noqa: E402
+from utils.core.device import cpu_has_native_bf16  # noqa: E402
 
 model_paths: list[str] = ["runs/compare/runs/bce__seed11/last_epoch_weights.pth"]  # project checkpoints to score
 precisions: list[str] = ["fp32", "bf16"]  # the first is the reference the changes are against

@@ -34,17 +34,17 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_opencv import opencv_forward, random_darknet_pair  # noqa: E402
+from parity_loss import parity_reference_loss  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench_opencv import opencv_forward, random_darknet_pair  # noqa: E402
 from nets.yolo import build_model, init_weights  # noqa: E402
 from nets.yolo_training import YOLOLoss  # noqa: E402
-from parity_loss import parity_reference_loss  # noqa: E402
-from utils.config import resolve_config, run_cli, settings_of  # noqa: E402
-from utils.inference import cpu_has_native_bf16, resolve_precision  # noqa: E402
-from utils.postprocess import preprocess_image  # noqa: E402
-from utils.trainer import training_amp  # noqa: E402
-from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
+from utils.core.config import resolve_config, run_cli, settings_of  # noqa: E402
+from utils.core.device import cpu_has_native_bf16, resolve_precision  # noqa: E402
+from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
+from utils.infer.postprocess import preprocess_image  # noqa: E402
+from utils.train.trainer import training_amp  # noqa: E402
 from yolo import YOLO  # noqa: E402
 
 figures: list[str] = ["forward", "detect", "opencv", "train", "loss", "loss_small"]  # which rows to measure

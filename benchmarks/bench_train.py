@@ -20,11 +20,11 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from nets.yolo import build_model, init_weights  # noqa: E402
 from nets.yolo_training import YOLOLoss  # noqa: E402
-from utils.config import resolve_config, run_cli, settings_of  # noqa: E402
-from utils.dataloader import YoloDataset, yolo_collate  # noqa: E402
-from utils.optim import build_optimizer  # noqa: E402
-from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
-from utils.voc import read_annotation_file  # noqa: E402
+from utils.core.config import resolve_config, run_cli, settings_of  # noqa: E402
+from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
+from utils.data.dataloader import YoloDataset, yolo_collate  # noqa: E402
+from utils.data.voc import read_annotation_file  # noqa: E402
+from utils.train.optim import build_optimizer  # noqa: E402
 
 model: str = ""  # "" runs both variants, each in a subprocess
 steps: int = 5  # timed steps after 2 warm-up steps (median reported)

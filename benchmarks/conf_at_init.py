@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
 from nets.yolo import build_model, init_weights  # noqa: E402
 from nets.yolo_training import build_loss  # noqa: E402
-from utils.config import resolve_config, run_cli, settings_of  # noqa: E402
-from utils.dataloader import YoloDataset, yolo_collate  # noqa: E402
-from utils.utils import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, ModelSpec, get_anchors  # noqa: E402
-from utils.voc import read_annotation_file  # noqa: E402
+from utils.core.config import resolve_config, run_cli, settings_of  # noqa: E402
+from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, ModelSpec, get_anchors  # noqa: E402
+from utils.data.dataloader import YoloDataset, yolo_collate  # noqa: E402
+from utils.data.voc import read_annotation_file  # noqa: E402
 
 model: str = "yolov4-tiny"  # "yolov4" or "yolov4-tiny"
 batch_size: int = 8  # images of the first training batch

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_iou, complete_box_iou_loss
 
-from utils.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, wh_iou
+from utils.core.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, wh_iou
 
 
 def parity_reference_loss(criterion, outputs: list[Tensor], targets: Tensor) -> Tensor:

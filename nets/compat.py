@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from utils.config import UserError
+from utils.core.config import UserError
 
 PUBLISHED_TO_OURS = {
     "yolov4": {

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from utils.boxes import box_xyxy_to_cxcywh
+from utils.core.boxes import box_xyxy_to_cxcywh
 
 # Most (ground truth, cell) pairs any method builds at once: bounds memory for any number and size of boxes
 # (2**18 floats, 1 MB per buffer, cache-sized: measured fastest between 2**15 and 2**22 on a 2-core CPU).

@@ -24,7 +24,7 @@ Conventions
   5 * (H * W) / 416^2 * balance[stride] (balance 0.4 / 1.0 / 4 for stride 32 / 16 / 8), and, with
   focal loss and 'mean' normalisation, ``focal_loss_ratio`` (10) on the confidence term, which the
   reference recipe uses to bring the focal mean back to the scale of the plain BCE mean; with focal
-  loss, also ``focal_conf_scale`` (1, or computed at the start of training: utils/conf_calibration.py).
+  loss, also ``focal_conf_scale`` (1, or computed at the start of training: utils/train/conf_at_init.py).
 """
 import torch
 import torch.nn.functional as F
@@ -32,11 +32,12 @@ from torch import Tensor, nn
 from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
 from nets.ignore import cells_overlapping
-from utils.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, wh_iou
-from utils.decode import decode_level_xyxy_planes, decode_txywh, level_strides, split_levels
+from utils.core.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, wh_iou
+from utils.core.decode import decode_level_xyxy_planes, decode_txywh, level_strides, split_levels
 
 IOU_LOSSES = {"ciou": complete_box_iou_loss, "diou": distance_box_iou_loss, "giou": generalized_box_iou_loss}
 BALANCE_BY_STRIDE = {32: 0.4, 16: 1.0, 8: 4.0}
+LOSS_TERMS = ("loss", "loss_loc", "loss_conf", "loss_cls")  # the total and its three named terms
 
 
 def focal_ratio(logits: Tensor, is_positive: Tensor, *, alpha: float, gamma: float) -> Tensor:
@@ -70,7 +71,7 @@ class YOLOLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.focal_loss, self.focal_alpha, self.focal_gamma = focal_loss, focal_alpha, focal_gamma
         self.focal_loss_ratio = focal_loss_ratio
-        self.focal_conf_scale = focal_conf_scale  # set from the first batch by utils.conf_calibration when asked
+        self.focal_conf_scale = focal_conf_scale  # set from the first batch by utils.train.conf_at_init when asked
         self.conf_normalization = conf_normalization
         self.iou_loss = IOU_LOSSES[iou_type]
         self.ignore_threshold = ignore_threshold
@@ -222,7 +223,7 @@ class YOLOLoss(nn.Module):
 
 
 def build_loss(*, config, spec) -> YOLOLoss:
-    """The one place a YOLOLoss is made from training settings (a train.TrainConfig) and a utils.utils.ModelSpec."""
+    """The one place a YOLOLoss is made from training settings (a train.TrainConfig) and a utils.core.model_files.ModelSpec."""
     return YOLOLoss(anchors_px=torch.tensor(spec.anchors), anchors_mask=spec.anchors_mask,
                     num_classes=len(spec.class_names), input_shape=tuple(config.input_shape),
                     label_smoothing=config.label_smoothing, focal_loss=config.focal_loss,

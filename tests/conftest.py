@@ -1,11 +1,148 @@
-"""Puts the repository root on sys.path so tests can `import nets` and `import utils`."""
+"""What the tests share: the repository root on sys.path (so tests can `import nets` and `import utils`), the
+bundled BCCD images as small training splits, the golden VOC AP sample, and a generated shapes dataset.
+
+Test files import these helpers from here (``from conftest import ...``), never from one another."""
+import contextlib
+import io
+import socket
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import numpy as np
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from pycocotools.coco import COCO  # noqa: E402
+from pycocotools.cocoeval import COCOeval  # noqa: E402
+
+from utils.eval.utils_map import DetBox, GTBox  # noqa: E402
+
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a test of several seconds; still part of the default run")
+
+
+VOC = REPO / "VOCdevkit" / "VOC2007"
+CLASSES = ["RBC", "WBC", "Platelets"]
+
+
+def annotation_lines(image_ids: list[str]) -> list[str]:
+    """Annotation lines written straight from the XMLs (independent of voc_annotation.py)."""
+    lines = []
+    for image_id in image_ids:
+        root = ET.parse(VOC / "Annotations" / f"{image_id}.xml").getroot()
+        boxes = []
+        for obj in root.iter("object"):
+            b = obj.find("bndbox")
+            x1, y1, x2, y2 = (int(float(b.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
+            if x2 > x1 and y2 > y1:
+                boxes.append(f"{x1},{y1},{x2},{y2},{CLASSES.index(obj.findtext('name'))}")
+        lines.append(" ".join([str(VOC / "JPEGImages" / f"{image_id}.jpg")] + boxes))
+    return lines
+
+
+def write_split(tmp_path: Path, train_ids: list[str], val_ids: list[str]) -> list[str]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "train.txt").write_text("\n".join(annotation_lines(train_ids)) + "\n")
+    (tmp_path / "val.txt").write_text("\n".join(annotation_lines(val_ids)) + "\n")
+    return [f"--train_annotation_path={tmp_path / 'train.txt'}", f"--val_annotation_path={tmp_path / 'val.txt'}"]
+
+
+def ids(split: str, count: int) -> list[str]:
+    return (VOC / "ImageSets" / "Main" / f"{split}.txt").read_text().split()[:count]
+
+
+def small_run(tmp_path: Path, *extra: str) -> list[str]:
+    return [*write_split(tmp_path, ids("train", 4), ids("val", 2)), "--model=yolov4-tiny", "--input_shape=[128,128]",
+            "--freeze_train=False", "--unfreeze_batch_size=2", "--num_workers=0", "--eval_flag=False",
+            "--mosaic=False", "--mixup=False", "--fp16=False", f"--save_dir={tmp_path / 'logs'}", *extra]
+
+
+def free_port() -> int:
+    """A port no other process listens on now (a fixed port collides with a concurrent test run)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+GOLDEN = REPO / "tests" / "fixtures" / "voc_ap_sample"
+# IoU threshold -> (VOC2007 11-point AP, all-point AP), as documented with the golden data (truncated to 10 decimals).
+GOLDEN_AP = {0.1: (0.3333333333, 0.3371980676), 0.3: (0.2683982683, 0.2456866804),
+             0.5: (0.0303030303, 0.0222222222), 0.75: (0.0, 0.0)}
+
+
+def load_golden(folder: str, *, detections: bool) -> dict:
+    """Golden lines are `<class> [<confidence>] <left> <top> <width> <height>`; returns pixel xyxy records."""
+    records = {}
+    for path in sorted((GOLDEN / folder).glob("*.txt")):
+        boxes = []
+        for line in path.read_text().splitlines():
+            tokens = line.split()
+            if not tokens:
+                continue
+            values = [float(t) for t in tokens[1:]]
+            left, top, width, height = values[-4:]
+            if detections:
+                boxes.append(DetBox(tokens[0], values[0], left, top, left + width, top + height))
+            else:
+                boxes.append(GTBox(tokens[0], left, top, left + width, top + height))
+        records[path.stem] = boxes
+    return records
+
+
+def assert_truncated_equal(value: float, expected: float) -> None:
+    assert expected - 1e-15 <= value < expected + 1e-10, (value, expected)
+
+
+def pycocotools_direct(dataset: dict, results: list) -> list:
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = dataset
+        coco_gt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return list(evaluator.stats[:6])
+
+
+SHAPES_CLASSES = ("circle", "square")
+SHAPES_SIZES = {"circle": (14, 14), "square": (30, 22)}  # planted box (w, h) in image pixels, +- 2
+
+
+def write_shapes_voc(root: Path, *, images: int = 16, seed: int = 0, width: int = 128, height: int = 96) -> Path:
+    """Writes root/VOCdevkit/VOC2007/{JPEGImages,Annotations} and root/shapes_classes.txt; returns the VOCdevkit."""
+    rng = np.random.default_rng(seed)
+    year = root / "VOCdevkit" / "VOC2007"
+    (year / "JPEGImages").mkdir(parents=True)
+    (year / "Annotations").mkdir(parents=True)
+    (root / "shapes_classes.txt").write_text("\n".join(SHAPES_CLASSES) + "\n")
+    yy, xx = np.mgrid[0:height, 0:width]
+    for i in range(images):
+        texture = 90 + 40 * np.sin(xx / (3 + i % 4)) * np.cos(yy / 5) + rng.normal(0, 12, (height, width))
+        canvas = np.repeat(np.clip(texture, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+        image = Image.fromarray(canvas)
+        draw = ImageDraw.Draw(image)
+        objects = []
+        for _ in range(0 if i % 5 == 4 else rng.integers(1, 4)):  # every fifth image has no objects
+            name = SHAPES_CLASSES[rng.integers(0, 2)]
+            w, h = (s + int(rng.integers(-2, 3)) for s in SHAPES_SIZES[name])
+            x1, y1 = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+            box = (x1, y1, x1 + w, y1 + h)
+            color = (230, 40, 40) if name == "circle" else (40, 40, 230)
+            (draw.ellipse if name == "circle" else draw.rectangle)(box, fill=color)
+            objects.append((name, box))
+        image.save(year / "JPEGImages" / f"shape_{i:03d}.jpg", quality=95)
+        xml_objects = "".join(f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin>"
+                              f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+                              for n, b in objects)
+        (year / "Annotations" / f"shape_{i:03d}.xml").write_text(
+            f"<annotation><filename>shape_{i:03d}.jpg</filename><size><width>{width}</width><height>{height}"
+            f"</height><depth>3</depth></size>{xml_objects}</annotation>")
+    return root / "VOCdevkit"

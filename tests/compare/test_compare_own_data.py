@@ -1,0 +1,126 @@
+"""compare_focal.py on a dataset it has never seen (tests/shapes_dataset.py): the user's classes, k-means
+anchors, run reuse only for equal settings, commands for a job array, the paired verdict."""
+import json
+import shlex
+
+import pytest
+import torch
+from conftest import SHAPES_CLASSES, write_shapes_voc
+
+import compare_focal
+import train
+from utils.core.config import ConfigError
+from utils.data.anchors import auto_anchors
+
+MATCHED_ARMS = ("[{'name': 'bce', 'focal_loss': False}, {'name': 'focal', 'focal_loss': True, "
+                "'focal_conf_scale': 'match_bce_at_init'}]")
+
+
+def tool_argv(root, *extra: str) -> list[str]:
+    ann = root / "ann"
+    return [f"--results_dir={root / 'out'}", f"--VOCdevkit_path={root / 'VOCdevkit'}",
+            f"--classes_path={root / 'shapes_classes.txt'}", f"--train_annotation_path={ann / '2007_train.txt'}",
+            f"--val_annotation_path={ann / '2007_val.txt'}", f"--test_annotation_path={ann / '2007_test.txt'}",
+            "--anchors_path=auto", "--unfreeze_epoch=1", "--num_workers=0", "--eval_flag=False", "--fp16=False",
+            "--freeze_train=False", "--unfreeze_batch_size=4", *extra]
+
+
+def checkpoint_config(root, run: str) -> dict:
+    return torch.load(root / "out" / "runs" / run / "last_epoch_weights.pth", weights_only=True)["config"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """YOLOv4-tiny through the BCCD recipe file with the user's data: commands first, run as a job array
+    would, then collected by a second invocation."""
+    root = tmp_path_factory.mktemp("shapes_tiny")
+    write_shapes_voc(root, images=12)
+    argv = tool_argv(root, "--config=configs/bccd_tiny.toml", "--input_shape=[32,64]", f"--arms={MATCHED_ARMS}")
+    compare_focal.main([*argv, "--print_commands=True"])
+    commands = (root / "out" / "commands.txt").read_text().splitlines()
+    for command in commands:
+        train.main(shlex.split(command)[2:])
+    stamps = {p: p.stat().st_mtime for p in (root / "out" / "runs").glob("*/last_epoch_weights.pth")}
+    rows = compare_focal.main(argv)
+    return root, argv, commands, stamps, rows
+
+
+def test_commands_then_collect(tiny):
+    root, _, commands, stamps, rows = tiny
+    assert len(commands) == 2 and all(c.startswith("python train.py --config=") for c in commands)
+    assert len(stamps) == 2 and all(p.stat().st_mtime == t for p, t in stamps.items())  # collected, not retrained
+    assert [r["arm"] for r in rows] == ["bce", "focal"]
+
+
+def test_checkpoints_carry_the_users_classes_and_computed_anchors(tiny):
+    root = tiny[0]
+    expected = auto_anchors(annotation_path=str(root / "ann" / "2007_train.txt"), input_shape=(32, 64), k=6)
+    for run in ("bce__seed11", "focal__seed11"):
+        config = checkpoint_config(root, run)
+        assert config["class_names"] == list(SHAPES_CLASSES) and config["anchors_path"] == "auto"
+        assert config["anchors"] == expected and len(expected) == 6
+    lines = (root / "ann" / "2007_train.txt").read_text().splitlines()
+    assert any(line.endswith(".jpg") for line in lines)  # images without objects are kept
+
+
+def test_matched_focal_term_equals_bce_at_init_and_the_summary_ends_with_a_verdict(tiny):
+    root, _, _, _, rows = tiny
+    bce, focal = checkpoint_config(root, "bce__seed11"), checkpoint_config(root, "focal__seed11")
+    assert focal["conf_term_at_init"] == pytest.approx(bce["conf_term_at_init"], rel=1e-5)
+    assert focal["focal_conf_scale_value"] != 1.0 and bce["focal_conf_scale_value"] == 1.0
+    summary = (root / "out" / "summary.md").read_text()
+    assert "(matched to BCE at init)" in summary and "weighted conf term at init" in summary
+    assert summary.strip().splitlines()[-1].startswith("Verdict at 95 %: ")
+    assert "paired bootstrap over test images, one seed" in summary.strip().splitlines()[-1]
+    paired = json.loads((root / "out" / "summary.json").read_text())["paired"][0]
+    assert paired["seeds"][0]["map"] == pytest.approx(rows[1]["map"] - rows[0]["map"])
+    assert {"small", "medium", "large"} <= set(paired["seeds"][0])
+
+
+def test_a_changed_setting_is_refused_then_trained_anew_with_the_flag(tiny, capsys):
+    root, argv = tiny[0], tiny[1]
+    with pytest.raises(ConfigError, match=r"init_lr 0\.1 -> 0\.2") as err:
+        compare_focal.main([*argv, "--init_lr=0.2"])
+    assert "--on_changed=new" in str(err.value) and "focal__seed11" in str(err.value)
+    bce_only = [*argv, "--arms=[{'name': 'bce', 'focal_loss': False}]", "--init_lr=0.2"]
+    compare_focal.main([*bce_only, "--on_changed=new", "--devices=0"])  # a train.py process that sees GPU 0 only
+    assert checkpoint_config(root, "bce__seed11__v2")["init_lr"] == 0.2
+    assert checkpoint_config(root, "bce__seed11")["init_lr"] == 0.1
+    capsys.readouterr()
+    compare_focal.main(argv)  # the original settings still find their own folders
+    assert capsys.readouterr().out.count("finished earlier with the same settings, reused") == 2
+
+
+def test_settings_the_tool_sets_per_run_are_refused(tiny):
+    with pytest.raises(ConfigError, match="--results_dir"):
+        compare_focal.main([*tiny[1], "--save_dir=elsewhere"])
+
+
+def test_a_class_id_outside_the_classes_file_stops_before_training(tmp_path):
+    root = tmp_path
+    write_shapes_voc(root, images=6)
+    ann = root / "ann"
+    ann.mkdir()
+    for split in ("train", "val", "test"):
+        (ann / f"2007_{split}.txt").write_text(f"{root}/VOCdevkit/VOC2007/JPEGImages/shape_000.jpg 1,1,9,9,1\n"
+                                               f"{root}/VOCdevkit/VOC2007/JPEGImages/shape_001.jpg 1,1,9,9,2\n")
+    with pytest.raises(ConfigError, match=r"2007_train.txt line 2: class id 2 but .*shapes_classes.txt"):
+        compare_focal.main(tool_argv(root, "--input_shape=[32,64]"))
+    assert not (root / "out" / "runs").exists()
+
+
+def test_yolov4_three_levels(tmp_path):
+    """The VOC recipe (YOLOv4, 3 levels, frozen backbone first) on the user's data, one arm (YOLOv4's 64 M
+    parameters make every run cost seconds): focal with the Focal Loss paper's num_pos normalisation."""
+    write_shapes_voc(tmp_path, images=12)
+    arm = ("[{'name': 'focal_num_pos', 'focal_loss': True, 'conf_normalization': 'num_pos', "
+           "'focal_conf_scale': 'match_bce_at_init'}]")
+    rows = compare_focal.main(tool_argv(tmp_path, "--config=configs/voc_yolov4.toml", "--input_shape=[32,32]",
+                                        "--parallel=1", "--mosaic=False", "--mixup=False", "--freeze_train=True",
+                                        "--freeze_epoch=1", "--freeze_batch_size=8", f"--arms={arm}"))
+    expected = auto_anchors(annotation_path=str(tmp_path / "ann" / "2007_train.txt"), input_shape=(32, 32), k=9)
+    config = checkpoint_config(tmp_path, "focal_num_pos__seed11")
+    assert config["model"] == "yolov4" and config["class_names"] == list(SHAPES_CLASSES)
+    assert config["anchors"] == expected and config["anchors_mask"] == [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
+    assert config["conf_normalization"] == "num_pos" and config["conf_term_at_init"] > 0
+    assert len(rows) == 1 and "sum / number of positives" in (tmp_path / "out" / "summary.md").read_text()

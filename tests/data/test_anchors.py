@@ -1,0 +1,44 @@
+"""k-means anchors: planted clusters are recovered, boxes are letterboxed as the loader does, the script prints."""
+import numpy as np
+import pytest
+from conftest import SHAPES_SIZES, write_shapes_voc
+
+import kmeans_for_anchors
+from utils.data.anchors import anchor_fit, kmeans_anchors, letterboxed_box_sizes
+
+
+def test_kmeans_recovers_planted_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.array([[8.0, 10.0], [40.0, 20.0], [25.0, 60.0], [120.0, 110.0]])  # sorted by area
+    wh = np.concatenate([c * rng.uniform(0.93, 1.07, (200, 2)) for c in centres])
+    anchors = kmeans_anchors(wh, k=4, seed=3)
+    assert np.allclose(anchors, centres, rtol=0.04)
+    assert np.array_equal(anchors, kmeans_anchors(wh, k=4, seed=3))  # seeded: reproducible
+    fit = anchor_fit(wh, anchors, threshold=0.213)
+    assert fit["mean_best_iou"] > 0.85 and fit["share_above"] == 1.0 and fit["boxes"] == 800
+
+
+def test_boxes_are_letterboxed_and_the_script_reports(tmp_path, capsys):
+    import voc_annotation
+
+    write_shapes_voc(tmp_path, images=10)
+    voc_annotation.main([f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}", f"--out_dir={tmp_path}",
+                         f"--classes_path={tmp_path / 'shapes_classes.txt'}"])
+    lines = (tmp_path / "2007_train.txt").read_text().splitlines()
+    wh = letterboxed_box_sizes(annotation_lines=lines, input_shape=(48, 128))  # 128x96 images -> scale 0.5
+    assert wh.min() >= (min(min(s) for s in SHAPES_SIZES.values()) - 2) / 2 - 1e-6
+    assert wh.max() <= (max(max(s) for s in SHAPES_SIZES.values()) + 2) / 2 + 1e-6
+    result = kmeans_for_anchors.main([f"--annotation_path={tmp_path / '2007_train.txt'}", "--input_shape=[96,128]",
+                                      "--model=yolov4-tiny", "--num_anchors=2", f"--out_path={tmp_path / 'a.txt'}"])
+    out = capsys.readouterr().out
+    assert "anchors (w,h, sorted by area)" in out and "boxes with an anchor above 0.213" in out
+    planted = np.array(sorted(SHAPES_SIZES.values(), key=np.prod), dtype=float)
+    assert np.allclose(result["anchors"], planted, atol=2.5)
+    assert (tmp_path / "a.txt").read_text().count(",") == 3
+
+
+def test_recipe_file_values_are_used_unless_given(tmp_path):
+    (tmp_path / "r.toml").write_text('model = "yolov4-tiny"\ninput_shape = [64, 64]\n'
+                                     f'train_annotation_path = "{tmp_path / "missing.txt"}"\n')
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        kmeans_for_anchors.main([f"--config={tmp_path / 'r.toml'}"])

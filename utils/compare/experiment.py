@@ -1,0 +1,346 @@
+"""Runs behind compare_focal.py: plan (arms x sweep values x seeds), train (skip / resume), evaluate, summarise.
+
+Each run is an ordinary train.py run in ``<results_dir>/runs/<name>`` with its own checkpoints and logs,
+started as ``train.py --config=<run folder>/run_config.json`` (utils/compare/run_folders.py). A run is finished
+once its ``eval.json`` exists; a run with a checkpoint but no ``eval.json`` is resumed (or only evaluated
+when its training already reached the last epoch).
+"""
+import dataclasses
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.compare.easy_negatives import confidence_samples_over, easy_negative_share
+from utils.compare.paired import image_records, mean_or_none
+from utils.compare.run_folders import train_argv
+from utils.core.config import ConfigError, parse_value
+from utils.infer.checkpoint import read_checkpoint
+
+GRID_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)  # the Focal Loss paper's Table 1 ablation
+GRID_ALPHAS = (0.25, 0.5, 0.75)
+CDF_GAMMAS = (0.0, 0.5, 1.0, 2.0)  # the Focal Loss paper's Figure 4
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunSpec:
+    name: str
+    arm: str
+    seed: int
+    overrides: dict = field(default_factory=dict)  # train.py settings of this run (arm, sweep values, seed)
+    base_arm: str = ""  # the arm's name without the sweep values
+    tag: str = ""  # the sweep values, shared by the runs that are compared with each other
+
+
+def grid_arms() -> list[dict]:
+    arms = [{"name": "bce", "focal_loss": False}]
+    arms += [{"name": f"focal_a{a:g}_g{g:g}", "focal_loss": True, "focal_alpha": a, "focal_gamma": g,
+              "focal_conf_scale": "match_bce_at_init"}
+             for g in GRID_GAMMAS for a in GRID_ALPHAS]
+    return arms
+
+
+def parse_sweep(text: str, train_settings: dict) -> list[dict]:
+    """``"init_lr=1e-3,1e-2;input_shape=[320,320]"`` -> the cartesian product as dicts of train.py settings."""
+    combos: list[dict] = [{}]
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, _, values = part.partition("=")
+        if key not in train_settings:
+            raise ConfigError(f"--sweep: {key!r} is not a train.py setting")
+        items = _split_top_level(values)
+        parsed = [parse_value(v, train_settings[key][0], key=key) for v in items]
+        combos = [{**c, key: v} for c in combos for v in parsed]
+    return combos
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Splits on commas outside brackets, so list values such as [320,320] stay whole."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        if char in "[(":
+            depth += 1
+        elif char in "])":
+            depth -= 1
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    return [i.strip() for i in items + [current] if i.strip()]
+
+
+def plan_runs(*, arms: list[dict], sweep: list[dict], seeds: list[int]) -> list[RunSpec]:
+    runs = []
+    for arm in arms:
+        settings = {k: v for k, v in arm.items() if k != "name"}
+        for combo in sweep:
+            for seed in seeds:
+                tag = "".join(f"__{k}={_slug(v)}" for k, v in combo.items())
+                runs.append(RunSpec(name=f"{arm['name']}{tag}__seed{seed}", arm=arm["name"] + tag.replace("__", " "),
+                                    seed=seed, overrides={**settings, **combo, "seed": seed}, base_arm=arm["name"],
+                                    tag=tag))
+    return runs
+
+
+def _slug(value) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", json.dumps(value)).strip("-")
+
+
+class Progress:
+    """One overall line (run, seed, epoch, ETA) printed whenever a run finishes an epoch."""
+
+    def __init__(self, runs: list[RunSpec], epochs_per_run: int):
+        self.runs, self.epochs_per_run = {r.name: r for r in runs}, epochs_per_run
+        self.done = {r.name: 0 for r in runs}
+        self.started, self.counted = time.time(), 0
+
+    def set_done(self, name: str, epochs: int, *, timed: bool = True) -> None:
+        """Records that run ``name`` has finished ``epochs`` epochs; ``timed`` epochs count towards the ETA."""
+        new = epochs - self.done[name]
+        if new <= 0:
+            return
+        self.done[name] = epochs
+        if not timed:
+            return
+        self.counted += new
+        total = len(self.runs) * self.epochs_per_run
+        finished = sum(self.done.values())
+        eta = (time.time() - self.started) / self.counted * (total - finished)
+        run = self.runs[name]
+        print(f"[compare] {run.arm} seed {run.seed}: epoch {epochs}/{self.epochs_per_run} | "
+              f"all runs {finished}/{total} epochs | ETA {eta / 60:.1f} min", flush=True)
+
+
+def train_in_process(*, run: RunSpec, run_dir: Path, progress: Progress, config_class: type) -> None:
+    """Trains one run in this process, with train.py's own progress bars; ``config_class`` is train.TrainConfig."""
+    from utils.train.trainer import fit, resolve_training_config
+
+    config = resolve_training_config(config_class, train_argv(run_dir))
+    fit(config, on_epoch_end=lambda row: progress.set_done(run.name, row["epoch"]))
+
+
+def train_in_subprocesses(*, jobs: list[tuple[RunSpec, Path]], parallel: int, progress: Progress,
+                          devices: list[str] | None = None, poll_seconds: float = 2.0) -> None:
+    """Trains runs as ``python train.py`` processes, ``parallel`` at a time, each with an equal share of the
+    CPU threads (on a CPU, two single-threaded runs beat one run after the other with two threads).
+    With ``devices`` (GPU indices) one run per GPU at once, each seeing only its GPU (CUDA_VISIBLE_DEVICES).
+    Each run's output goes to ``<run_dir>/train.log``."""
+    free = list(devices or [])
+    parallel = len(free) or parallel
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    pending, active = list(jobs), []
+    try:
+        while pending or active:
+            while pending and len(active) < parallel:
+                run, run_dir = pending.pop(0)
+                gpu = free.pop(0) if devices else None
+                log = open(run_dir / "train.log", "a", encoding="utf-8")
+                command = [sys.executable, str(REPO / "train.py"), *train_argv(run_dir)]
+                run_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
+                active.append((run, run_dir, log, gpu, subprocess.Popen(command, cwd=os.getcwd(), env=run_env,
+                                                                        stdout=log, stderr=subprocess.STDOUT)))
+            time.sleep(poll_seconds)
+            for job in list(active):
+                run, run_dir, log, gpu, process = job
+                progress.set_done(run.name, _history_epochs(run_dir))
+                if process.poll() is not None:
+                    log.close()
+                    active.remove(job)
+                    if gpu is not None:
+                        free.append(gpu)
+                    if process.returncode != 0:
+                        raise RuntimeError(f"run {run.name} failed (exit code {process.returncode}); "
+                                           f"see {run_dir / 'train.log'}")
+    finally:
+        for _, _, log, _, process in active:  # interrupted or failed: stop the others the way Ctrl-C would,
+            process.send_signal(signal.SIGINT)  # so each writes a resumable checkpoint
+            process.wait()
+            log.close()
+
+
+def _history_epochs(run_dir: Path) -> int:
+    try:
+        return len(json.loads((run_dir / "history.json").read_text(encoding="utf-8")))
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or caught mid-write
+        return 0
+
+
+def epochs_done(run_dir: Path) -> int:
+    checkpoint = run_dir / "last_epoch_weights.pth"
+    return read_checkpoint(checkpoint)["epoch"] if checkpoint.is_file() else 0
+
+
+EVAL_FORMAT = 4  # eval.json of earlier versions lack the scoring precision (or more) and are evaluated again
+
+
+def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_class: type,
+                 test_annotation_path: str) -> dict:
+    """mAP (all-point and VOC07), COCO AP (and by object size) and per-class AP of the run's final weights on
+    the test images, with get_map.py's code and settings; the per-image records the paired bootstrap and the
+    reliability diagrams need (``eval_images.npz``); the confidence term at init; the Focal Loss paper's
+    Figure 4 CDFs and the easy negatives' share of the confidence loss, at initialisation and trained."""
+    from utils.eval.evaluation import predict_with_ground_truth, score_detections
+    from utils.infer.detector import YOLO
+    from utils.train.trainer import line_image_path
+
+    checkpoint = run_dir / "last_epoch_weights.pth"
+    detector = YOLO(model_path=str(checkpoint), confidence=0.001, nms_iou=0.5, device=device)
+    names = detector.class_names
+    gt, predictions = predict_with_ground_truth(  # get_map.py's evaluator and rules
+        detector=detector, image_paths=[line_image_path(line) for line in test_lines], class_names=names)
+    dets = {image_id: predictions.dets.get(image_id, []) for image_id in gt}
+    results = score_detections(gt=gt, dets=dets, class_names=names, coco=True)
+    coco = results["coco"]
+    image_records(gt=gt, dets=dets, class_names=names).to_npz(run_dir / "eval_images.npz")
+    saved = read_checkpoint(checkpoint)
+    history = saved["history"]
+    last = history[-1] if history else {}
+    samples = confidence_samples(detector=detector, config=saved["config"], test_lines=test_lines,
+                                 config_class=config_class)
+    evaluation = {
+        "format": EVAL_FORMAT, "test_annotation_path": test_annotation_path,
+        "map": results["map"], "map_voc07": results["map_voc07"], "coco_ap": coco["AP"], "coco_ap50": coco["AP50"],
+        "coco": coco, "per_class_ap": {name: v["ap"] for name, v in results["per_class"].items()},
+        "scored_in": detector.precision,
+        "final_train": {k: last.get(f"train_{k}") for k in ("loss_loc", "loss_conf", "loss_cls")},
+        "train_seconds": round(sum(row.get("seconds", 0.0) for row in history), 1),
+        "config": {k: saved["config"].get(k) for k in ("focal_loss", "focal_alpha", "focal_gamma",
+                                                        "focal_loss_ratio", "focal_conf_scale", "conf_normalization",
+                                                        "seed", "init_lr", "unfreeze_epoch", "input_shape", "model",
+                                                        "focal_conf_scale_value", "conf_term_at_init",
+                                                        "trained_on")},
+        "cdf": confidence_loss_cdf(*samples["trained"]),
+        "easy_negatives": {stage: easy_negative_share(logits=logits, positive=positive,
+                                                      alpha=saved["config"]["focal_alpha"],
+                                                      gamma=saved["config"]["focal_gamma"])
+                           for stage, (logits, positive) in samples.items()},
+    }
+    (run_dir / "eval.json").write_text(json.dumps(evaluation, indent=1), encoding="utf-8")
+    return evaluation
+
+
+def reusable_evaluation(run_dir: Path, test_annotation_path: str) -> dict | None:
+    """The run's eval.json when it is of this version and scored on these test images."""
+    try:
+        evaluation = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    ok = (evaluation.get("format") == EVAL_FORMAT and evaluation.get("test_annotation_path") == test_annotation_path
+          and (run_dir / "eval_images.npz").is_file())
+    return evaluation if ok else None
+
+
+def confidence_samples(*, detector, config: dict, test_lines: list[str], config_class: type
+                       ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{"init": ..., "trained": ...}: (K,) objectness logits and (K,) positive flags of every kept cell over the
+    test images, from the run's network as it started (rebuilt from its seed: bit-identical to the run's start)
+    and from its final weights (``detector``). ``config`` is the checkpoint's stored config, ``config_class``
+    train.TrainConfig."""
+    from nets.yolo_training import build_loss
+    from utils.data.dataloader import YoloDataset
+    from utils.train.trainer import initial_network, settings_from_saved
+
+    train_config, spec = settings_from_saved(config, config_class)
+    train_config = dataclasses.replace(train_config, resume="")
+    criterion = build_loss(config=train_config, spec=spec).to(detector.device)
+    dataset = YoloDataset(annotation_lines=test_lines, input_shape=tuple(train_config.input_shape), train=False)
+    start = initial_network(train_config, spec, log=lambda message: None).to(detector.device).eval()
+    return {
+        "init": confidence_samples_over(forward=lambda images: start(images.to(detector.device)),
+                                        criterion=criterion, dataset=dataset),
+        "trained": confidence_samples_over(forward=lambda images: detector.raw_outputs(images.numpy()),
+                                           criterion=criterion, dataset=dataset),
+    }
+
+
+def confidence_loss_cdf(logits: torch.Tensor, positive: torch.Tensor, *, points: int = 200) -> dict:
+    """Cumulative distribution of the normalised confidence loss over (K,) positive and negative cells.
+
+    For gamma in CDF_GAMMAS, each kept cell's loss is FL_gamma = (1 - p_t)^gamma * CE (alpha only scales
+    a whole group, which the normalisation cancels); cells are sorted by loss and the cumulative share of
+    the group's total loss is sampled at ``points`` fractions.
+    """
+    ce = F.binary_cross_entropy_with_logits(logits, positive.float(), reduction="none")
+    one_minus_pt = torch.sigmoid(torch.where(positive, -logits, logits))
+    fractions = np.linspace(0, 1, points + 1)[1:]
+    curves = {}
+    for group, mask in (("positive", positive), ("negative", ~positive)):
+        curves[group] = {}
+        for gamma in CDF_GAMMAS:
+            loss = (ce[mask] * one_minus_pt[mask] ** gamma).double().sort().values.numpy()
+            if loss.size == 0 or loss.sum() <= 0:
+                continue
+            cumulative = np.cumsum(loss) / loss.sum()
+            index = np.clip(np.ceil(fractions * loss.size).astype(int) - 1, 0, loss.size - 1)
+            curves[group][f"{gamma:g}"] = cumulative[index].tolist()
+    return {"fractions": fractions.tolist(), "curves": curves, "num_positive": int(positive.sum()),
+            "num_negative": int((~positive).sum())}
+
+
+def conf_normalization_note(config: dict) -> str:
+    norm = "mean over kept cells" if config["conf_normalization"] == "mean" else "sum / number of positives"
+    if not config["focal_loss"]:
+        return norm
+    factor = config["focal_loss_ratio"] if config["conf_normalization"] == "mean" else 1.0
+    scale = config.get("focal_conf_scale_value") or 1.0
+    if config.get("focal_conf_scale") == "match_bce_at_init":
+        return f"{norm}, focal x{factor * scale:.3g} (matched to BCE at init)"
+    return f"{norm}, focal x{factor * scale:g}" if factor * scale != 1.0 else norm
+
+
+def hardware_summary(evaluations: dict[str, dict]) -> str:
+    """One line on where the runs trained (device, CPU threads per run, torch), counting runs per setting, and in
+    which precision the test images were scored."""
+    counts: dict[str, int] = {}
+    for evaluation in evaluations.values():
+        where = evaluation["config"].get("trained_on") or "not recorded (trained by an earlier version)"
+        counts[where] = counts.get(where, 0) + 1
+    scored = sorted({evaluation["scored_in"] for evaluation in evaluations.values()})
+    return ("Trained on: " + "; ".join(f"{where} ({n} run{'s' * (n > 1)})" for where, n in counts.items())
+            + f". Scored in {' and '.join(scored)} (get_map.py's default here).")
+
+
+def own_loss_share(shares: dict, *, focal: bool) -> float:
+    """The easy negatives' share of the confidence loss the run trained with (focal or plain BCE)."""
+    return shares["focal_share"] if focal else shares["bce_share"]
+
+
+def summarise(evaluations: dict[str, dict], runs: list[RunSpec], calibrations: dict) -> list[dict]:
+    """One row per arm (seeds aggregated: mean and std of every figure, plus each run's mAP).
+    ``calibrations``: run name -> utils.eval.reliability.ReliabilityBins of its test detections."""
+    rows = []
+    for arm in dict.fromkeys(r.arm for r in runs):
+        names = [r.name for r in runs if r.arm == arm]
+        evs = [evaluations[name] for name in names]
+        maps = [e["map"] for e in evs]
+        row = {"arm": arm, "runs": len(evs), "map": statistics.fmean(maps),
+               "map_std": statistics.stdev(maps) if len(maps) > 1 else 0.0, "map_runs": maps,
+               "map_voc07": statistics.fmean(e["map_voc07"] for e in evs),
+               "coco_ap": statistics.fmean(e["coco_ap"] for e in evs),
+               "conf_normalization": conf_normalization_note(evs[0]["config"]),
+               "focal": evs[0]["config"]["focal_loss"], "alpha": evs[0]["config"]["focal_alpha"],
+               "gamma": evs[0]["config"]["focal_gamma"],
+               "train_minutes": statistics.fmean(e["train_seconds"] for e in evs) / 60,
+               "conf_term_at_init": mean_or_none(e["config"].get("conf_term_at_init") for e in evs),
+               "dece": mean_or_none(calibrations[name].dece for name in names),
+               **{f"easy_negative_share_{stage}": mean_or_none(
+                   own_loss_share(e["easy_negatives"][stage], focal=e["config"]["focal_loss"]) for e in evs)
+                  for stage in ("init", "trained")}}
+        for name in evs[0]["per_class_ap"]:
+            row[f"ap_{name}"] = mean_or_none(e["per_class_ap"][name] for e in evs)
+        for term in ("loss_loc", "loss_conf", "loss_cls"):
+            row[f"final_{term}"] = mean_or_none(e["final_train"][term] for e in evs)
+        rows.append(row)
+    return rows

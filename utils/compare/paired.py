@@ -1,0 +1,172 @@
+"""Paired statistics for focal vs BCE: per-image detection records, VOC AP from them, a paired bootstrap over
+test images, and a Student-t interval over seeds.
+
+Per-image records: every detection's score, class, image and whether it is a true positive at IoU 0.5,
+decided once on the full test set with the evaluator's rules (utils/eval/utils_map.py ``evaluate_detections``:
+best same-class ground truth by IoU, first in score order takes it, later ones are duplicates, detections
+on difficult objects are left out), plus the count of non-difficult ground truths per image and class.
+A ground truth belongs to one image, so these decisions do not depend on which other images are in the
+set, and the mAP of any multiset of images follows from the records alone: an image drawn w times counts
+as w copies of its detections (taken as adjacent in the ranking, copies share their score) and of its
+ground truths. That makes a bootstrap resample a weighted cumulative sum, vectorised over resamples.
+"""
+import math
+import statistics
+from dataclasses import dataclass
+
+import numpy as np
+
+from utils.eval.utils_map import box_iou_voc
+
+T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788,
+         2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639,
+         2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)  # Student t 0.975 quantile for 1..30 degrees of freedom
+
+
+@dataclass
+class ImageRecords:
+    image_ids: list[str]
+    class_names: list[str]
+    det_image: np.ndarray  # (D,) index into image_ids
+    det_class: np.ndarray  # (D,) class index
+    det_score: np.ndarray  # (D,)
+    det_tp: np.ndarray  # (D,) bool, true positive at the IoU threshold on the full set
+    n_gt: np.ndarray  # (I, C) non-difficult ground truths per image and class
+
+    def to_npz(self, path) -> None:
+        np.savez_compressed(path, image_ids=np.array(self.image_ids), class_names=np.array(self.class_names),
+                            det_image=self.det_image, det_class=self.det_class, det_score=self.det_score,
+                            det_tp=self.det_tp, n_gt=self.n_gt)
+
+    @classmethod
+    def from_npz(cls, path) -> "ImageRecords":
+        with np.load(path) as data:
+            return cls(image_ids=data["image_ids"].tolist(), class_names=data["class_names"].tolist(),
+                       **{k: data[k] for k in ("det_image", "det_class", "det_score", "det_tp", "n_gt")})
+
+
+def image_records(*, gt: dict, dets: dict, class_names: list[str], iou_threshold: float = 0.5) -> ImageRecords:
+    """Records from utils.eval.utils_map GTBox / DetBox dicts (image id -> boxes, pixel xyxy)."""
+    class_to_idx = {name: i for i, name in enumerate(class_names)}
+    image_ids = list(dict.fromkeys([*gt, *dets]))
+    n_gt = np.zeros((len(image_ids), len(class_names)), dtype=np.int64)
+    det_image, det_class, det_score, det_tp = [], [], [], []
+    for i, image_id in enumerate(image_ids):
+        gts = [g for g in gt.get(image_id, []) if g.class_name in class_to_idx]
+        gt_class = np.array([class_to_idx[g.class_name] for g in gts], dtype=np.int64)
+        gt_box = np.array([g[1:5] for g in gts], dtype=np.float64).reshape(-1, 4)
+        difficult = np.array([bool(g.difficult) for g in gts], dtype=bool)
+        np.add.at(n_gt[i], gt_class[~difficult], 1)
+        boxes = dets.get(image_id, [])
+        if not boxes:
+            continue
+        d_class = np.array([class_to_idx[b.class_name] for b in boxes], dtype=np.int64)
+        d_score = np.array([b.score for b in boxes], dtype=np.float64)
+        order = np.argsort(-d_score, kind="stable")  # the evaluator's rank order within this image
+        d_class, d_score = d_class[order], d_score[order]
+        d_box = np.array([b[2:6] for b in boxes], dtype=np.float64)[order]
+        keep = np.ones(len(boxes), dtype=bool)
+        tp = np.zeros(len(boxes), dtype=bool)
+        if len(gts):
+            iou = box_iou_voc(boxes_a_xyxy=d_box, boxes_b_xyxy=gt_box)
+            iou = np.where(d_class[:, None] == gt_class[None, :], iou, -1.0)
+            best = iou.argmax(axis=1)
+            hit = iou[np.arange(len(boxes)), best] >= iou_threshold
+            keep = ~(hit & difficult[best])
+            taken = set()
+            for d in np.flatnonzero(hit & keep):  # in rank order: the first detection on a gt takes it
+                if best[d] not in taken:
+                    taken.add(best[d])
+                    tp[d] = True
+        det_image.append(np.full(int(keep.sum()), i))
+        det_class.append(d_class[keep])
+        det_score.append(d_score[keep])
+        det_tp.append(tp[keep])
+    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    return ImageRecords(image_ids=image_ids, class_names=list(class_names), det_image=cat(det_image, np.int64),
+                        det_class=cat(det_class, np.int64), det_score=cat(det_score, np.float64),
+                        det_tp=cat(det_tp, bool), n_gt=n_gt)
+
+
+def ap_all_point(*, tp_ranked: np.ndarray, weights: np.ndarray, n_gt: np.ndarray) -> np.ndarray:
+    """VOC all-point AP for B weightings at once: tp_ranked (D,) flags in score order, weights (B, D) copies
+    of each detection, n_gt (B,) ground truths. AP = sum over detections of recall step x the best precision
+    at this or any later rank (the area under the precision envelope). (B,); NaN where n_gt is 0."""
+    cum_tp = np.cumsum(weights * tp_ranked, axis=1)  # (B, D)
+    cum_det = np.cumsum(weights, axis=1)
+    precision = np.divide(cum_tp, cum_det, out=np.zeros_like(cum_tp, dtype=np.float64), where=cum_det > 0)
+    envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (weights * tp_ranked * envelope).sum(axis=1) / n_gt
+    return np.where(n_gt > 0, ap, np.nan)
+
+
+def voc_ap_from_flags(*, scores: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
+    """All-point AP of one class from detection scores, their TP flags and the ground-truth count."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    ap = ap_all_point(tp_ranked=np.asarray(tp, dtype=np.float64)[order], weights=np.ones((1, len(order))),
+                      n_gt=np.array([n_gt], dtype=np.float64))
+    return float(ap[0])
+
+
+def weighted_map(records: ImageRecords, image_weights: np.ndarray) -> np.ndarray:
+    """mAP@0.5 (mean over classes with ground truth) for each row of image_weights (B, I). (B,)"""
+    per_class = []
+    order = np.lexsort((np.arange(len(records.det_score)), -records.det_score))  # stable descending score
+    for c in range(len(records.class_names)):
+        ranked = order[records.det_class[order] == c]
+        n_gt = image_weights @ records.n_gt[:, c]  # (B,)
+        per_class.append(ap_all_point(tp_ranked=records.det_tp[ranked].astype(np.float64),
+                                      weights=image_weights[:, records.det_image[ranked]], n_gt=n_gt))
+    per_class = np.stack(per_class, axis=1)  # (B, C)
+    scored = ~np.isnan(per_class)
+    return np.where(scored, per_class, 0.0).sum(axis=1) / np.maximum(scored.sum(axis=1), 1)  # 0 with no gt at all
+
+
+def paired_bootstrap(*, focal: ImageRecords, reference: ImageRecords, resamples: int, seed: int,
+                     chunk: int = 200) -> dict:
+    """95 % percentile interval of mAP(focal) - mAP(reference) when the test images are resampled with
+    replacement; both arms are scored on the same resample. Reproducible for a given seed."""
+    if focal.image_ids != reference.image_ids:
+        raise ValueError("paired bootstrap: the two runs were scored on different test images")
+    rng = np.random.default_rng(seed)
+    n = len(focal.image_ids)
+    diffs = []
+    for start in range(0, resamples, chunk):
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, resamples - start)).astype(np.float64)
+        diffs.append(weighted_map(focal, counts) - weighted_map(reference, counts))
+    diffs = np.concatenate(diffs)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    full = np.ones((1, n))
+    return {"diff": float(weighted_map(focal, full)[0] - weighted_map(reference, full)[0]),
+            "low": float(low), "high": float(high), "resamples": resamples, "seed": seed}
+
+
+def mean_or_none(values) -> float | None:
+    """Mean of the values that were measured (None and NaN left out); None when there are none."""
+    measured = [float(v) for v in values if v is not None and not math.isnan(v)]
+    return statistics.fmean(measured) if measured else None
+
+
+def t_interval(values: list[float]) -> dict:
+    """Mean of paired differences with its 95 % Student-t interval (n - 1 degrees of freedom)."""
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return {"mean": mean, "low": None, "high": None, "n": n, "t": None, "sd": None}
+    sd = float(np.std(values, ddof=1))
+    t = T_975[n - 2] if n - 1 <= len(T_975) else 1.96 + 2.4 / (n - 1)  # beyond 30 df: within 1e-3 of t
+    half = t * sd / np.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "t": t, "sd": sd}
+
+
+def verdict(*, low: float, high: float, diff: float, name: str, reference: str, basis: str) -> str:
+    """One line: better, worse or no detectable difference at 95 %, with the interval."""
+    if low > 0:
+        word = f"{name} better than {reference}"
+    elif high < 0:
+        word = f"{name} worse than {reference}"
+    else:
+        word = f"no detectable difference between {name} and {reference}"
+    return (f"Verdict at 95 %: {word}: mAP@0.5 difference {diff:+.4f}, 95 % interval "
+            f"[{low:+.4f}, {high:+.4f}] ({basis}).")

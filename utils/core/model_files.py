@@ -1,0 +1,55 @@
+"""Small readers for model_data files and the defaults tied to each model variant."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.core.config import UserError
+
+MODEL_DATA = Path(__file__).resolve().parents[2] / "model_data"
+DEFAULT_ANCHORS_PATH = {"yolov4": MODEL_DATA / "yolo_anchors.txt", "yolov4-tiny": MODEL_DATA / "yolo_tiny_anchors.txt"}
+DEFAULT_ANCHORS_MASK = {"yolov4": [[6, 7, 8], [3, 4, 5], [0, 1, 2]], "yolov4-tiny": [[3, 4, 5], [1, 2, 3]]}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a training run resolves from its settings' paths; stored in every checkpoint beside them."""
+    class_names: list[str]
+    anchors: list[list[float]]  # (w, h) in input pixels
+    anchors_mask: list[list[int]]  # anchor indices per level, coarsest first
+    anchors_path: str
+
+
+def get_classes(classes_path: str) -> list[str]:
+    """Class names, one per line; blank lines ignored."""
+    path = Path(classes_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classes file {classes_path}: no such file")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"classes file {classes_path}: holds no class names")
+    if len(set(names)) != len(names):
+        raise UserError(f"classes file {classes_path}: a class name appears twice")
+    return names
+
+
+def get_anchors(anchors_path: str) -> list[list[float]]:
+    """Anchors (w, h) in input pixels from a file of comma-separated numbers: ``w1,h1, w2,h2, ...``."""
+    path = Path(anchors_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"anchors file {anchors_path}: no such file")
+    try:
+        values = [float(v) for v in path.read_text(encoding="utf-8").replace("\n", ",").split(",") if v.strip()]
+    except ValueError as err:
+        raise UserError(f"anchors file {anchors_path}: not a list of numbers ({err})") from err
+    if not values or len(values) % 2:
+        raise UserError(f"anchors file {anchors_path}: needs an even, non-zero count of numbers, has {len(values)}")
+    return [values[i:i + 2] for i in range(0, len(values), 2)]
+
+
+def check_anchors_mask(anchors_mask: list[list[int]], *, num_anchors: int, num_levels: int, source: str) -> None:
+    if len(anchors_mask) != num_levels:
+        raise UserError(f"{source}: anchors_mask has {len(anchors_mask)} levels, the model has {num_levels}")
+    if len({len(m) for m in anchors_mask}) != 1:
+        raise UserError(f"{source}: every level of anchors_mask needs the same number of anchors")
+    bad = [a for m in anchors_mask for a in m if not 0 <= a < num_anchors]
+    if bad:
+        raise UserError(f"{source}: anchors_mask refers to anchors {bad}, but only {num_anchors} anchors exist")

@@ -1,0 +1,90 @@
+"""Anchors for a dataset: k-means on the training boxes with 1 - IoU as the distance.
+
+Boxes are compared by shape only (both centred at the origin), in network-input pixels after the
+letterbox resize the loader applies, so the anchors match what the loss assigns at training time.
+"""
+import numpy as np
+from PIL import Image
+
+from utils.data.augment import letterbox_geometry
+from utils.data.voc import parse_annotation_line
+
+
+def letterboxed_box_sizes(*, annotation_lines: list[str], input_shape: tuple[int, int]) -> np.ndarray:
+    """(N, 2) widths and heights of every box of the annotation lines, letterboxed into ``input_shape`` (h, w)."""
+    sizes = []
+    for line in annotation_lines:
+        path, boxes = parse_annotation_line(line)
+        if len(boxes) == 0:
+            continue
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+        new_w, new_h, _, _ = letterbox_geometry(image_hw=(height, width), input_shape=tuple(input_shape))
+        wh = boxes[:, 2:4] - boxes[:, 0:2]
+        sizes.append(wh * np.array([new_w / width, new_h / height], dtype=np.float32))
+    if not sizes:
+        raise ValueError("no boxes in the annotation lines: anchors cannot be computed")
+    wh = np.concatenate(sizes).astype(np.float64)
+    return wh[(wh > 0).all(axis=1)]
+
+
+def wh_iou_np(wh_a: np.ndarray, wh_b: np.ndarray) -> np.ndarray:
+    """(A, B) IoU of boxes given as (w, h), all centred at the same point."""
+    inter = np.minimum(wh_a[:, None, 0], wh_b[None, :, 0]) * np.minimum(wh_a[:, None, 1], wh_b[None, :, 1])
+    area_a, area_b = wh_a.prod(axis=1), wh_b.prod(axis=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def kmeans_anchors(wh: np.ndarray, *, k: int, seed: int, restarts: int = 10, max_iterations: int = 1000
+                   ) -> np.ndarray:
+    """k anchors (k, 2) sorted by area, the best (highest mean best IoU) of ``restarts`` seeded k-means runs."""
+    if len(wh) < k:
+        raise ValueError(f"{len(wh)} boxes cannot make {k} anchors")
+    runs = [_kmeans_once(wh, k=k, rng=np.random.default_rng([seed, r]), max_iterations=max_iterations)
+            for r in range(restarts)]
+    scores = [wh_iou_np(wh, centres).max(axis=1).mean() for centres in runs]
+    best = runs[int(np.argmax(scores))]
+    return best[np.argsort(best.prod(axis=1), kind="stable")]
+
+
+def _kmeans_once(wh: np.ndarray, *, k: int, rng: np.random.Generator, max_iterations: int) -> np.ndarray:
+    """Lloyd iterations with distance 1 - IoU and the median as the centre (robust to the few huge or tiny
+    boxes a mean would chase). Starts from k distinct boxes; an emptied cluster restarts at the box farthest
+    from every centre. Stops when the assignment no longer changes."""
+    centres = wh[rng.choice(len(wh), size=k, replace=False)].copy()
+    assignment = np.full(len(wh), -1)
+    for _ in range(max_iterations):
+        iou = wh_iou_np(wh, centres)  # (N, k)
+        new_assignment = iou.argmax(axis=1)
+        if np.array_equal(new_assignment, assignment):
+            break
+        assignment = new_assignment
+        for cluster in range(k):
+            members = wh[assignment == cluster]
+            centres[cluster] = np.median(members, axis=0) if len(members) else wh[iou.max(axis=1).argmin()]
+    return centres
+
+
+def anchor_fit(wh: np.ndarray, anchors: np.ndarray, *, threshold: float) -> dict:
+    """How well anchors cover the boxes: mean best IoU and the share of boxes with some anchor above ``threshold``."""
+    best = wh_iou_np(wh, np.asarray(anchors, dtype=np.float64)).max(axis=1)
+    return {"mean_best_iou": float(best.mean()), "share_above": float((best > threshold).mean()),
+            "threshold": threshold, "boxes": int(len(wh))}
+
+
+def format_anchors(anchors: np.ndarray) -> str:
+    """The anchors-file format read by utils.core.model_files.get_anchors: ``w1,h1,  w2,h2, ...`` rounded to pixels."""
+    return ",  ".join(f"{round(w)},{round(h)}" for w, h in np.asarray(anchors))
+
+
+def auto_anchors(*, annotation_path: str, input_shape: tuple[int, int], k: int, seed: int = 0
+                 ) -> list[list[float]]:
+    """Anchors for ``anchors_path = "auto"``: k-means on the training boxes, rounded to whole pixels as a
+    written anchors file would be, so the run is the same as one given that file."""
+    from utils.data.voc import read_annotation_lines
+
+    lines = read_annotation_lines(annotation_path)
+    wh = letterboxed_box_sizes(annotation_lines=lines, input_shape=input_shape)
+    anchors = kmeans_anchors(wh, k=k, seed=seed)
+    return [[float(round(w)), float(round(h))] for w, h in anchors]
+

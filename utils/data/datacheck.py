@@ -1,0 +1,174 @@
+"""Dataset checks run before any work: images that open and agree with their XML, annotation files that agree
+with the classes file, image paths that exist.
+
+Orientation rule: the loader (utils/dataloader.read_image_rgb) shows every image upright, with its EXIF orientation
+applied, and annotation lines hold boxes in that upright frame. An XML whose <size> is the raw (stored, un-rotated)
+frame of an image with orientation 5-8 was drawn on the raw pixels, so voc_annotation.py rotates its boxes into
+the upright frame. Orientations 2-4 (flips, 180 degrees) and square images keep the size, so the frame cannot be
+told from it: the boxes are taken as drawn on the upright image, the one every viewer shows. Values outside 1-8 (0, 65537, ...)
+are ignored by the loader and here alike.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from utils.core.config import UserError
+from utils.data.voc import AnnotationFile, parse_annotation_line
+
+_EXIF_ORIENTATION_TAG = 0x0112
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    raw_size: tuple[int, int]  # (width, height) as stored in the file
+    orientation: int  # EXIF orientation; 1 when absent
+    upright_size: tuple[int, int]  # (width, height) as the loader returns it
+
+    @property
+    def turns(self) -> bool:
+        """The loader swaps width and height (orientations 5-8)."""
+        return self.orientation in (5, 6, 7, 8)
+
+
+def inspect_image(path: str | os.PathLike, *, decode: bool = True) -> ImageInfo:
+    """Open an image (decoding every pixel when ``decode``, so a truncated file is caught) and report its sizes
+    and orientation. Raises UserError naming the file when it is missing or not a readable image."""
+    if not os.path.isfile(path):
+        raise UserError(f"image {path}: no such file")
+    try:
+        with Image.open(path) as img:
+            if decode:
+                img.load()
+            raw_size = img.size
+            orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except _DECODE_ERRORS as exc:
+        raise UserError(f"image {path}: cannot be decoded ({exc})") from exc
+    orientation = orientation if isinstance(orientation, int) else 1
+    upright = (raw_size[1], raw_size[0]) if orientation in (5, 6, 7, 8) else raw_size
+    return ImageInfo(raw_size=raw_size, orientation=orientation, upright_size=upright)
+
+
+def raw_to_upright_xyxy(boxes_xyxy_cls: np.ndarray, *, orientation: int, raw_size: tuple[int, int]) -> np.ndarray:
+    """Boxes (n, 5) [x1, y1, x2, y2, class_id] drawn on the raw pixels -> the same boxes on the image after PIL's
+    ImageOps.exif_transpose (what the loader shows). raw_size: (width, height) of the stored image."""
+    w, h = raw_size
+    x1, y1, x2, y2 = (boxes_xyxy_cls[:, i] for i in range(4))
+    # Corner (x, y) of the raw frame -> (x', y') of the upright frame, per orientation (exif_transpose's methods).
+    maps = {2: lambda x, y: (w - x, y), 3: lambda x, y: (w - x, h - y), 4: lambda x, y: (x, h - y),
+            5: lambda x, y: (y, x), 6: lambda x, y: (h - y, x), 7: lambda x, y: (h - y, w - x),
+            8: lambda x, y: (y, w - x)}
+    if orientation not in maps:
+        return boxes_xyxy_cls.copy()
+    xa, ya = maps[orientation](x1, y1)
+    xb, yb = maps[orientation](x2, y2)
+    out = boxes_xyxy_cls.copy()
+    out[:, 0], out[:, 2] = np.minimum(xa, xb), np.maximum(xa, xb)
+    out[:, 1], out[:, 3] = np.minimum(ya, yb), np.maximum(ya, yb)
+    return out
+
+
+def align_boxes_with_image(boxes_xyxy_cls: np.ndarray, *, xml_size: tuple[int, int] | None, info: ImageInfo,
+                           xml_path: str | os.PathLike) -> tuple[np.ndarray, list[str], bool]:
+    """Boxes of one XML in the upright frame the loader shows, clipped to the image; (boxes, notes, rotated).
+
+    See the module docstring for the rule. A <size> matching neither frame is reported and the boxes kept as
+    written (clipped to the image)."""
+    notes, rotated = [], False
+    if info.turns and xml_size == info.raw_size and info.raw_size != info.upright_size:
+        boxes_xyxy_cls = raw_to_upright_xyxy(boxes_xyxy_cls, orientation=info.orientation, raw_size=info.raw_size)
+        rotated = True
+        notes.append(f"{xml_path}: <size> {_size(xml_size)} is the raw frame of an image with EXIF orientation "
+                     f"{info.orientation}; boxes rotated to the upright {_size(info.upright_size)} frame the loader "
+                     f"uses")
+    elif xml_size is not None and xml_size != info.upright_size:
+        notes.append(f"{xml_path}: <size> says {_size(xml_size)} but the image is {_size(info.upright_size)}"
+                     f" (upright); boxes kept as written and clipped to the image")
+    width, height = info.upright_size
+    clipped = boxes_xyxy_cls.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    if not keep.all():
+        notes.append(f"{xml_path}: {int((~keep).sum())} box(es) outside the {_size(info.upright_size)} image dropped")
+    return clipped[keep], notes, rotated
+
+
+def _size(size: tuple[int, int] | None) -> str:
+    return "none" if size is None else f"{size[0]}x{size[1]}"
+
+
+def check_classes(annotation: AnnotationFile, *, class_names: list[str], classes_path: str) -> list[str]:
+    """Problems between an annotation file and the classes file: other names in the header, or class ids the
+    classes file has no name for (file, line, id). Empty when they agree."""
+    problems = []
+    if annotation.class_names is not None and annotation.class_names != list(class_names):
+        problems.append(f"{annotation.path} was made with the classes {annotation.class_names}, but classes_path "
+                        f"{classes_path} lists {list(class_names)}; pass the classes file it was made with, or "
+                        f"re-run `python voc_annotation.py --classes_path={classes_path}`")
+    for line, number in zip(annotation.lines, annotation.line_numbers):
+        _, boxes_xyxy_cls = parse_annotation_line(line)
+        bad = sorted({int(c) for c in boxes_xyxy_cls[:, 4] if not 0 <= int(c) < len(class_names)})
+        if bad:
+            problems.append(f"{annotation.path} line {number}: class id {', '.join(map(str, bad))} but {classes_path}"
+                            f" lists {len(class_names)} classes (ids 0-{len(class_names) - 1}); use the classes "
+                            f"file the annotations were made with")
+    return problems
+
+
+def unreadable_images(annotation: AnnotationFile) -> dict[str, str]:
+    """{image path: problem} for every listed image that is missing or whose header is not an image. Reads file
+    headers only (fast); a truncated body is found by voc_annotation.py, which decodes every image."""
+    problems = {}
+    for line, number in zip(annotation.lines, annotation.line_numbers):
+        image_path, _ = parse_annotation_line(line)
+        if image_path in problems:
+            continue
+        try:
+            inspect_image(image_path, decode=False)
+        except UserError as exc:
+            problems[image_path] = f"{annotation.path} line {number}: {exc}"
+    return problems
+
+
+def check_annotation_files(annotations: list[AnnotationFile], *, class_names: list[str], classes_path: str,
+                           on_corrupt: str, log=print) -> list[AnnotationFile]:
+    """train.py's start-up check of its annotation files; returns them, without unreadable images when
+    on_corrupt="skip". Every problem found is reported at once in one UserError."""
+    problems: list[str] = []
+    unheaded = [a.path for a in annotations if a.class_names is None]
+    if unheaded:
+        log(f"note: {', '.join(unheaded)} have no '# classes:' header (made by an older voc_annotation.py), so "
+            f"their class names cannot be checked against {classes_path}; re-run voc_annotation.py to add it")
+    for annotation in annotations:
+        problems += check_classes(annotation, class_names=class_names, classes_path=classes_path)
+    bad_images = {a.path: unreadable_images(a) for a in annotations}
+    fix = ("; fix them or set --on_corrupt=skip to leave unreadable images out"
+           if any(bad_images.values()) and on_corrupt == "error" else "")
+    checked = []
+    for annotation in annotations:
+        bad = bad_images[annotation.path]
+        if bad and on_corrupt == "skip":
+            for message in bad.values():
+                log(f"warning: {message}; skipped (on_corrupt=skip)")
+            kept = [(line, number) for line, number in zip(annotation.lines, annotation.line_numbers)
+                    if parse_annotation_line(line)[0] not in bad]
+            if not kept:
+                problems.append(f"{annotation.path}: no readable image left")
+            annotation = AnnotationFile(path=annotation.path, lines=[line for line, _ in kept],
+                                        line_numbers=[number for _, number in kept],
+                                        class_names=annotation.class_names)
+        else:
+            problems += list(bad.values())
+        checked.append(annotation)
+    if len(problems) == 1:
+        raise UserError(problems[0] + fix)
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise UserError(f"{len(problems)} problem(s) in the annotation files{fix}:\n" + "\n".join(shown))
+    return checked
+

@@ -1,0 +1,251 @@
+"""Pascal VOC files: the XML reader shared by voc_annotation.py and get_map.py, and the annotation-line format.
+
+Annotation line: ``<image path> x1,y1,x2,y2,class_id x1,y1,x2,y2,class_id ...``. Boxes are xyxy in
+original-image pixels of the upright image (EXIF orientation applied, as the loader reads it). The path is written
+as is (it may hold spaces or '#'); the parser takes box tokens from the end of the line, so everything before them
+is the path. An annotation file starts with ``# classes: ["name0", "name1", ...]``, the class names its ids refer
+to; lines starting with '#' are not image lines (voc_annotation.py writes absolute paths, which never do).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from utils.core.config import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")  # preference order when one stem has several images
+
+_NUM = r"-?\d+(?:\.\d*)?"
+_BOX_TOKEN = rf"{_NUM},{_NUM},{_NUM},{_NUM},\d+"
+# Lazy path + greedy run of box tokens anchored at the end: the path keeps its own spaces.
+_LINE_RE = re.compile(rf"^(?P<path>.+?)(?P<boxes>(?:\s+{_BOX_TOKEN})*)\s*$")
+_EXIF_ORIENTATION_TAG = 0x0112
+CLASSES_HEADER = "# classes: "
+
+
+def load_voc_objects(xml_path: str | os.PathLike) -> list[dict]:
+    """All objects of one VOC XML, unfiltered: dicts with name, xmin, ymin, xmax, ymax (float, image pixels)
+    and difficult (bool).
+
+    Raises ValueError naming the file when the XML is malformed or an object lacks a name or a numeric box.
+    """
+    return _parse_voc_xml(xml_path)[2]
+
+
+def _parse_voc_xml(xml_path: str | os.PathLike) -> tuple[str | None, tuple[int, int] | None, list[dict]]:
+    """(filename from <filename>, (width, height) from <size> or None when missing/zero, objects)."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise ValueError(f"{xml_path}: malformed XML ({exc})") from exc
+    filename = (root.findtext("filename") or "").strip() or None
+    size = None
+    size_node = root.find("size")
+    if size_node is not None:
+        try:
+            width = int(float(size_node.findtext("width") or 0))
+            height = int(float(size_node.findtext("height") or 0))
+        except ValueError as exc:
+            raise ValueError(f"{xml_path}: <size> is not numeric ({exc})") from exc
+        if width > 0 and height > 0:
+            size = (width, height)
+    objects = []
+    for obj_number, obj in enumerate(root.iter("object"), start=1):
+        name = (obj.findtext("name") or "").strip()
+        box_node = obj.find("bndbox")
+        if not name or box_node is None:
+            raise ValueError(f"{xml_path}: object #{obj_number} has no <name> or no <bndbox>")
+        try:
+            coords = {key: float(box_node.findtext(key)) for key in ("xmin", "ymin", "xmax", "ymax")}
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{xml_path}: object #{obj_number} ('{name}') has a missing or non-numeric coordinate"
+                             ) from exc
+        difficult_text = (obj.findtext("difficult") or "0").strip().lower()
+        objects.append({"name": name, **coords, "difficult": difficult_text in ("1", "true")})
+    return filename, size, objects
+
+
+@dataclass
+class VocRecord:
+    """One XML turned into training boxes.
+
+    boxes_xyxy_cls: (n, 5) float64 [x1, y1, x2, y2, class_id], original-image pixels, clipped to the image.
+    counts: unknown_class, difficult_excluded, clipped, dropped_degenerate (zero/negative area in the XML),
+    dropped_outside (no area left inside the image).
+    """
+    filename: str | None
+    image_size: tuple[int, int] | None
+    boxes_xyxy_cls: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    object_names: list[str] = field(default_factory=list)  # every <name> in the XML, listed classes or not
+
+
+def read_voc_xml(*, xml_path: str | os.PathLike, class_names: list[str], include_difficult: bool,
+                 image_path: str | os.PathLike | None = None) -> VocRecord:
+    """Read one VOC XML for training: map names to class ids, drop difficult objects (unless asked),
+    clip boxes to the image (size from <size>, or from the image file when <size> is missing or zero)
+    and drop boxes with zero or negative area. Every change is reported in ``warnings`` naming the file.
+
+    Raises ValueError naming the file for malformed XML.
+    """
+    filename, size, objects = _parse_voc_xml(xml_path)
+    warnings: list[str] = []
+    if size is None and image_path is not None:
+        try:
+            size = image_size_upright(image_path)
+        except OSError as exc:
+            warnings.append(f"{xml_path}: no <size> and the image {image_path} cannot be read ({exc})")
+    counts = {"unknown_class": 0, "difficult_excluded": 0, "clipped": 0, "dropped_degenerate": 0, "dropped_outside": 0}
+    class_ids = {name: idx for idx, name in enumerate(class_names)}
+    names = [obj["name"] for obj in objects]
+    unknown = sorted({name for name in names if name not in class_ids})
+    if unknown:
+        counts["unknown_class"] = sum(name not in class_ids for name in names)
+        warnings.append(f"{xml_path}: skipped {counts['unknown_class']} object(s) of unknown class {unknown}"
+                        f" (not in the classes file)")
+    known = np.array([name in class_ids for name in names], dtype=bool)
+    difficult = np.array([obj["difficult"] for obj in objects], dtype=bool)
+    keep = known if include_difficult else known & ~difficult
+    counts["difficult_excluded"] = int((known & difficult).sum()) if not include_difficult else 0
+    boxes_xyxy_cls = np.array([[obj["xmin"], obj["ymin"], obj["xmax"], obj["ymax"], class_ids.get(obj["name"], -1)]
+                               for obj in objects], dtype=np.float64).reshape(-1, 5)[keep]
+
+    degenerate = (boxes_xyxy_cls[:, 2] <= boxes_xyxy_cls[:, 0]) | (boxes_xyxy_cls[:, 3] <= boxes_xyxy_cls[:, 1])
+    warnings += [f"{xml_path}: dropped box {_fmt_box(box)} with zero or negative area"
+                 for box in boxes_xyxy_cls[degenerate]]
+    counts["dropped_degenerate"] = int(degenerate.sum())
+    boxes_xyxy_cls = boxes_xyxy_cls[~degenerate]
+
+    if size is None:
+        warnings.append(f"{xml_path}: image size unknown (no <size> and no image), boxes not clipped")
+    else:
+        width, height = size
+        clipped_xyxy = boxes_xyxy_cls[:, :4].copy()
+        clipped_xyxy[:, [0, 2]] = clipped_xyxy[:, [0, 2]].clip(0, width)
+        clipped_xyxy[:, [1, 3]] = clipped_xyxy[:, [1, 3]].clip(0, height)
+        changed = (clipped_xyxy != boxes_xyxy_cls[:, :4]).any(axis=1)
+        empty = (clipped_xyxy[:, 2] <= clipped_xyxy[:, 0]) | (clipped_xyxy[:, 3] <= clipped_xyxy[:, 1])
+        warnings += [f"{xml_path}: box {_fmt_box(box)} outside the {width}x{height} image, "
+                     + ("dropped" if gone else f"clipped to {_fmt_box(new)}")
+                     for box, new, gone in zip(boxes_xyxy_cls[changed], clipped_xyxy[changed], empty[changed])]
+        counts["clipped"] = int((changed & ~empty).sum())
+        counts["dropped_outside"] = int(empty.sum())
+        boxes_xyxy_cls = np.concatenate([clipped_xyxy, boxes_xyxy_cls[:, 4:]], axis=1)[~empty]
+    return VocRecord(filename=filename, image_size=size, boxes_xyxy_cls=boxes_xyxy_cls, warnings=warnings,
+                     counts=counts, object_names=names)
+
+
+def _fmt_box(box) -> str:
+    return "(" + ", ".join(_fmt_num(v) for v in box[:4]) + ")"
+
+
+def _fmt_num(value: float) -> str:
+    """Integers stay integers; other values keep one decimal."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
+def image_size_upright(image_path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image after its EXIF orientation is applied; reads the header only."""
+    with Image.open(image_path) as img:
+        width, height = img.size
+        orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def index_images(image_dir: str | os.PathLike) -> dict[str, Path]:
+    """Map each image stem in a folder to its file, matching the extension case-insensitively.
+
+    When one stem has several images, the first extension of IMAGE_EXTENSIONS wins.
+    """
+    rank = {ext: idx for idx, ext in enumerate(IMAGE_EXTENSIONS)}
+    found: dict[str, Path] = {}
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        return found
+    for path in sorted(image_dir.iterdir()):
+        ext = path.suffix.lower()
+        if ext in rank and path.is_file():
+            best = found.get(path.stem)
+            if best is None or rank[ext] < rank[best.suffix.lower()]:
+                found[path.stem] = path
+    return found
+
+
+def format_annotation_line(*, image_path: str, boxes_xyxy_cls: np.ndarray) -> str:
+    """One annotation line (no newline). boxes_xyxy_cls: (n, 5) [x1, y1, x2, y2, class_id], image pixels."""
+    tokens = [image_path]
+    tokens += [",".join([_fmt_num(v) for v in box[:4]] + [str(int(box[4]))]) for box in boxes_xyxy_cls]
+    return " ".join(tokens)
+
+
+def parse_annotation_line(line: str) -> tuple[str, np.ndarray]:
+    """Split an annotation line into (image path, boxes (n, 5) float32 [x1, y1, x2, y2, class_id] in image pixels).
+
+    Box tokens (``num,num,num,num,int``) are taken from the end of the line; everything before them is the
+    path, with its spaces kept. Raises ValueError for an empty line.
+    """
+    match = _LINE_RE.match(line.rstrip("\r\n"))
+    if match is None or not match.group("path").strip():
+        raise ValueError(f"annotation line has no image path: {line!r}")
+    box_tokens = match.group("boxes").split()
+    boxes_xyxy_cls = np.array([token.split(",") for token in box_tokens], dtype=np.float32).reshape(-1, 5)
+    return match.group("path"), boxes_xyxy_cls
+
+
+def format_classes_header(class_names: list[str]) -> str:
+    """The first line of an annotation file: the class names its ids refer to, as a JSON list (names may hold
+    commas or spaces)."""
+    return CLASSES_HEADER + json.dumps(list(class_names), ensure_ascii=False)
+
+
+@dataclass
+class AnnotationFile:
+    """An annotation file as read: its image lines with their 1-based line numbers in the file, and the class
+    names of its header (None for a file written before headers existed)."""
+    path: str
+    lines: list[str]
+    line_numbers: list[int]
+    class_names: list[str] | None
+
+
+def read_annotation_file(path: str | os.PathLike, *, allow_empty: bool = False) -> AnnotationFile:
+    """The one reader of annotation files (train.py, the comparison tool, the dataset checks).
+
+    Blank lines and lines starting with '#' are skipped; the ``# classes:`` header gives ``class_names``.
+    Raises FileNotFoundError for a missing file and UserError for a malformed header or (unless allow_empty)
+    a file without image lines; both name the file and the fix.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"annotation file {path}: not found; run `python voc_annotation.py` first")
+    lines, line_numbers, class_names = [], [], None
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.startswith(CLASSES_HEADER.rstrip()):
+            try:
+                class_names = json.loads(line[len(CLASSES_HEADER.rstrip()):])
+            except json.JSONDecodeError as exc:
+                raise UserError(f"annotation file {path} line {number}: the classes header is not a JSON list "
+                                f"({exc}); re-run voc_annotation.py") from exc
+            if not isinstance(class_names, list) or not all(isinstance(n, str) for n in class_names):
+                raise UserError(f"annotation file {path} line {number}: the classes header is not a list of "
+                                f"names; re-run voc_annotation.py")
+        elif line.strip() and not line.startswith("#"):
+            lines.append(line)
+            line_numbers.append(number)
+    if not lines and not allow_empty:
+        raise UserError(f"annotation file {path}: holds no images; re-run voc_annotation.py (on a small dataset "
+                        f"lower train_percent so the val split gets images) or point the setting at another file")
+    return AnnotationFile(path=str(path), lines=lines, line_numbers=line_numbers, class_names=class_names)
+
+
+def read_annotation_lines(path: str | os.PathLike) -> list[str]:
+    """The image lines of an annotation file (header left out)."""
+    return read_annotation_file(path).lines
