@@ -70,7 +70,7 @@ def _print_table(results: dict) -> None:
 def _save_visualisations(*, image_paths: dict, gt: dict, dets: dict, out_dir: Path, min_score: float) -> None:
     from PIL import Image, ImageDraw
 
-    from utils.data.dataloader import read_image_rgb
+    from utils.data.images import read_image_rgb
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for image_id, path in image_paths.items():

@@ -59,7 +59,7 @@ IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".we
 
 def load_image(path: str | Path) -> Image.Image:
     """Upright RGB image (EXIF orientation applied, as for training); clear errors for missing or bad files."""
-    from utils.data.dataloader import read_image_rgb
+    from utils.data.images import read_image_rgb
 
     return Image.fromarray(read_image_rgb(str(path)))
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from utils.core.config import ConfigError, UserError, resolve_config, run_cli, settings_of
 from utils.core.model_files import get_classes
-from utils.data.datacheck import align_boxes_with_image, inspect_image
+from utils.data.datacheck import align_boxes_with_image
+from utils.data.images import image_info
 from utils.data.voc import format_annotation_line, format_classes_header, index_images, read_voc_xml
 
 annotation_mode: Literal[0, 1, 2] = 0  # 0: split (if no lists yet) + annotation files; 1: split only; 2: files only
@@ -84,7 +85,7 @@ def annotate_set(*, year_dir: Path, set_name: str, class_names: list[str], inclu
             summary["skipped_no_image"] += 1
             continue
         try:
-            info = inspect_image(image_path)
+            info = image_info(image_path, decode=True)
         except UserError as exc:
             print(f"error: {exc}; image skipped")
             summary["skipped_unreadable_image"] += 1

@@ -8,8 +8,8 @@ from PIL import Image
 
 import voc_annotation
 from utils.core.config import UserError
-from utils.data.datacheck import check_annotation_files, inspect_image, raw_to_upright_xyxy
-from utils.data.dataloader import read_image_rgb
+from utils.data.datacheck import check_annotation_files, raw_to_upright_xyxy
+from utils.data.images import image_info, read_image_rgb
 from utils.data.voc import format_classes_header, read_annotation_file
 
 CLASSES = ["cat", "dog"]
@@ -123,7 +123,7 @@ def test_invalid_orientation_values_keep_the_raw_frame(tmp_path, orientation):
     _run_annotation(tmp_path)
     (line,) = _lines_of(tmp_path)
     assert line.endswith(" 4,10,24,30,0")
-    assert inspect_image(line.split(" ")[0]).upright_size == (64, 48)
+    assert image_info(line.split(" ")[0]).upright_size == (64, 48)
     assert _red_share(read_image_rgb(line.split(" ")[0]), raw_box) > 0.9
 
 

@@ -9,7 +9,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from utils.data import augment
-from utils.data.dataloader import YoloDataset, parse_annotation_line, read_image_rgb, yolo_collate
+from utils.data.dataloader import YoloDataset, yolo_collate
+from utils.data.voc import parse_annotation_line
 
 BACKGROUND = (40, 40, 40)
 # 12 colours around the hue wheel at full saturation: any two differ by >= 127 in some channel.
@@ -276,29 +277,6 @@ def test_parse_annotation_line_paths_with_spaces():
     assert path == "/x/1,2,3,4.jpg" and boxes.shape == (1, 5)
     with pytest.raises(ValueError):
         parse_annotation_line("   \n")
-
-
-def test_read_image_modes_exif_and_odd_paths(tmp_path):
-    folder = tmp_path / "dir ü #2"
-    folder.mkdir()
-    gray = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
-    Image.fromarray(gray, mode="L").save(folder / "gray img.png")
-    rgb = read_image_rgb(folder / "gray img.png")
-    assert rgb.shape == (12, 10, 3) and all(np.array_equal(rgb[:, :, c], gray) for c in range(3))
-
-    rgba = np.random.default_rng(1).integers(0, 256, (6, 7, 4), dtype=np.uint8)
-    Image.fromarray(rgba, mode="RGBA").save(folder / "alpha.png")
-    assert np.array_equal(read_image_rgb(folder / "alpha.png"), rgba[:, :, :3])
-
-    # EXIF orientation 6: the viewer turns the stored image 90 degrees clockwise, so its left half goes on top.
-    stored = Image.new("RGB", (40, 20), (0, 0, 255))
-    stored.paste((255, 0, 0), (0, 0, 20, 20))
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    stored.save(folder / "rotated.jpg", exif=exif, quality=95)
-    upright = read_image_rgb(folder / "rotated.jpg").astype(int)
-    assert upright.shape == (40, 20, 3)
-    assert np.abs(upright[5, 10] - (255, 0, 0)).max() < 10 and np.abs(upright[35, 10] - (0, 0, 255)).max() < 10
 
 
 def test_corrupt_and_missing_images(tmp_path):

@@ -1,56 +1,22 @@
 """Dataset checks run before any work: images that open and agree with their XML, annotation files that agree
 with the classes file, image paths that exist.
 
-Orientation rule: the loader (utils/dataloader.read_image_rgb) shows every image upright, with its EXIF orientation
-applied, and annotation lines hold boxes in that upright frame. An XML whose <size> is the raw (stored, un-rotated)
-frame of an image with orientation 5-8 was drawn on the raw pixels, so voc_annotation.py rotates its boxes into
-the upright frame. Orientations 2-4 (flips, 180 degrees) and square images keep the size, so the frame cannot be
-told from it: the boxes are taken as drawn on the upright image, the one every viewer shows. Values outside 1-8 (0, 65537, ...)
-are ignored by the loader and here alike.
+Orientation rule: every tool reads images through utils/data/images.py, which shows them upright, with their EXIF
+orientation applied, and annotation lines hold boxes in that upright frame. An XML whose <size> is the raw (stored,
+un-rotated) frame of an image with orientation 5-8 was drawn on the raw pixels, so voc_annotation.py rotates its
+boxes into the upright frame. Orientations 2-4 (flips, 180 degrees) and square images keep the size, so the frame
+cannot be told from it: the boxes are taken as drawn on the upright image, the one every viewer shows. Values outside
+1-8 (0, 65537, ...) are ignored by the reader and here alike.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from utils.core.config import UserError
+from utils.data.images import ImageInfo, image_info
 from utils.data.voc import AnnotationFile, parse_annotation_line
-
-_EXIF_ORIENTATION_TAG = 0x0112
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    raw_size: tuple[int, int]  # (width, height) as stored in the file
-    orientation: int  # EXIF orientation; 1 when absent
-    upright_size: tuple[int, int]  # (width, height) as the loader returns it
-
-    @property
-    def turns(self) -> bool:
-        """The loader swaps width and height (orientations 5-8)."""
-        return self.orientation in (5, 6, 7, 8)
-
-
-def inspect_image(path: str | os.PathLike, *, decode: bool = True) -> ImageInfo:
-    """Open an image (decoding every pixel when ``decode``, so a truncated file is caught) and report its sizes
-    and orientation. Raises UserError naming the file when it is missing or not a readable image."""
-    if not os.path.isfile(path):
-        raise UserError(f"image {path}: no such file")
-    try:
-        with Image.open(path) as img:
-            if decode:
-                img.load()
-            raw_size = img.size
-            orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-    except _DECODE_ERRORS as exc:
-        raise UserError(f"image {path}: cannot be decoded ({exc})") from exc
-    orientation = orientation if isinstance(orientation, int) else 1
-    upright = (raw_size[1], raw_size[0]) if orientation in (5, 6, 7, 8) else raw_size
-    return ImageInfo(raw_size=raw_size, orientation=orientation, upright_size=upright)
 
 
 def raw_to_upright_xyxy(boxes_xyxy_cls: np.ndarray, *, orientation: int, raw_size: tuple[int, int]) -> np.ndarray:
@@ -129,7 +95,7 @@ def unreadable_images(annotation: AnnotationFile) -> dict[str, str]:
         if image_path in problems:
             continue
         try:
-            inspect_image(image_path, decode=False)
+            image_info(image_path)
         except UserError as exc:
             problems[image_path] = f"{annotation.path} line {number}: {exc}"
     return problems

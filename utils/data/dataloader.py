@@ -8,42 +8,19 @@ exactly for runs that share a seed. No global random state is used, so no worker
 from __future__ import annotations
 
 import multiprocessing
-import os
 import warnings
 from multiprocessing.context import get_spawning_popen
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from utils.core.config import UserError
 from utils.data import augment
+from utils.data.images import read_image_rgb
 from utils.data.voc import parse_annotation_line
 
-__all__ = ["YoloDataset", "yolo_collate", "read_image_rgb", "parse_annotation_line"]
-
-_EXIF_ORIENTATION_TAG = 0x0112
-
-
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as uint8 RGB (H, W, 3) in its upright (EXIF-orientation-applied) frame.
-
-    Grayscale becomes 3 channels and alpha is dropped. Raises FileNotFoundError for a missing file and
-    UserError (a ValueError) naming the file for a truncated or undecodable one.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()  # decodes now, so a truncated file fails here and not later
-            if img.getexif().get(_EXIF_ORIENTATION_TAG, 1) != 1:
-                img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                img = img.convert("RGBA")
-            return np.asarray(img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"cannot decode image {path}: {exc}; fix or remove it, or set --on_corrupt=skip") from exc
+__all__ = ["YoloDataset", "yolo_collate"]
 
 
 class YoloDataset(Dataset):

@@ -1,10 +1,10 @@
 """Pascal VOC files: the XML reader shared by voc_annotation.py and get_map.py, and the annotation-line format.
 
 Annotation line: ``<image path> x1,y1,x2,y2,class_id x1,y1,x2,y2,class_id ...``. Boxes are xyxy in
-original-image pixels of the upright image (EXIF orientation applied, as the loader reads it). The path is written
-as is (it may hold spaces or '#'); the parser takes box tokens from the end of the line, so everything before them
-is the path. An annotation file starts with ``# classes: ["name0", "name1", ...]``, the class names its ids refer
-to; lines starting with '#' are not image lines (voc_annotation.py writes absolute paths, which never do).
+original-image pixels of the upright image (EXIF orientation applied, as utils/data/images.py reads it). The path is
+written as is (it may hold spaces or '#'); the parser takes box tokens from the end of the line, so everything before
+them is the path. An annotation file starts with ``# classes: ["name0", "name1", ...]``, the class names its ids
+refer to; lines starting with '#' are not image lines (voc_annotation.py writes absolute paths, which never do).
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from utils.core.config import UserError
+from utils.data.images import image_info
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")  # preference order when one stem has several images
 
@@ -26,7 +26,6 @@ _NUM = r"-?\d+(?:\.\d*)?"
 _BOX_TOKEN = rf"{_NUM},{_NUM},{_NUM},{_NUM},\d+"
 # Lazy path + greedy run of box tokens anchored at the end: the path keeps its own spaces.
 _LINE_RE = re.compile(rf"^(?P<path>.+?)(?P<boxes>(?:\s+{_BOX_TOKEN})*)\s*$")
-_EXIF_ORIENTATION_TAG = 0x0112
 CLASSES_HEADER = "# classes: "
 
 
@@ -100,9 +99,9 @@ def read_voc_xml(*, xml_path: str | os.PathLike, class_names: list[str], include
     warnings: list[str] = []
     if size is None and image_path is not None:
         try:
-            size = image_size_upright(image_path)
-        except OSError as exc:
-            warnings.append(f"{xml_path}: no <size> and the image {image_path} cannot be read ({exc})")
+            size = image_info(image_path).upright_size
+        except UserError as exc:
+            warnings.append(f"{xml_path}: no <size>, and none from the image: {exc}")
     counts = {"unknown_class": 0, "difficult_excluded": 0, "clipped": 0, "dropped_degenerate": 0, "dropped_outside": 0}
     class_ids = {name: idx for idx, name in enumerate(class_names)}
     names = [obj["name"] for obj in objects]
@@ -150,14 +149,6 @@ def _fmt_box(box) -> str:
 def _fmt_num(value: float) -> str:
     """Integers stay integers; other values keep one decimal."""
     return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
-
-
-def image_size_upright(image_path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image after its EXIF orientation is applied; reads the header only."""
-    with Image.open(image_path) as img:
-        width, height = img.size
-        orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def index_images(image_dir: str | os.PathLike) -> dict[str, Path]:

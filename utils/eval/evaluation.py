@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils.core.distributed import DistInfo, all_gather_objects
-from utils.data.dataloader import read_image_rgb
+from utils.data.images import read_image_rgb
 from utils.eval.coco_eval import coco_ap
 from utils.eval.utils_map import DetBox, GTBox, evaluate_detections, read_voc_ground_truth
 
