@@ -1,5 +1,6 @@
 """Anchors for your data: k-means (distance 1 - IoU of centred boxes) on the training boxes, letterboxed into
-the network input as the loader does. Seeded, so the same settings always give the same anchors.
+the network input as the loader does (from the upright, EXIF-orientation-applied image size). Seeded, so the same
+settings always give the same anchors.
 
     python kmeans_for_anchors.py --input_shape=[416,416] --model=yolov4 --out_path=model_data/my_anchors.txt
     python kmeans_for_anchors.py --config=configs/bccd_tiny.toml --out_path=model_data/bccd_tiny_anchors.txt

@@ -1,10 +1,13 @@
-"""k-means anchors: planted clusters are recovered, boxes are letterboxed as the loader does, the script prints."""
+"""k-means anchors: planted clusters are recovered, boxes are letterboxed as the loader does (EXIF-rotated images
+included), the script prints."""
 import numpy as np
 import pytest
 from conftest import SHAPES_SIZES, write_shapes_voc
+from PIL import Image
 
 import kmeans_for_anchors
 from utils.data.anchors import anchor_fit, kmeans_anchors, letterboxed_box_sizes
+from utils.data.dataloader import YoloDataset
 
 
 def test_kmeans_recovers_planted_clusters():
@@ -42,3 +45,20 @@ def test_recipe_file_values_are_used_unless_given(tmp_path):
                                      f'train_annotation_path = "{tmp_path / "missing.txt"}"\n')
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         kmeans_for_anchors.main([f"--config={tmp_path / 'r.toml'}"])
+
+
+def test_exif_rotated_image_is_letterboxed_upright(tmp_path):
+    # Stored 200 wide x 100 high with EXIF orientation 6: every tool shows it turned, 100 wide x 200 high, and the
+    # annotation box (10, 20, 50, 120) is drawn on that upright image: 40 x 100.
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (200, 100), (90, 120, 30)).save(path, exif=exif)
+    line = f"{path} 10,20,50,120,0"
+    # Into a (h, w) = (100, 200) input the upright 100 x 200 image is height-limited: scale 100 / 200 = 0.5, so the
+    # box becomes 20 x 50. The stored 200 x 100 size would give scale 1 and 40 x 100.
+    wh = letterboxed_box_sizes(annotation_lines=[line], input_shape=(100, 200))
+    np.testing.assert_allclose(wh, [[20.0, 50.0]])
+    # The loader places the same box: the 50-wide image is centred at x offset (200 - 50) // 2 = 75.
+    _, boxes = YoloDataset(annotation_lines=[line], input_shape=(100, 200), train=False)[0]
+    np.testing.assert_allclose(boxes, [[80.0, 10.0, 100.0, 60.0, 0.0]])

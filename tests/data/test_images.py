@@ -1,6 +1,10 @@
-"""The one image reader: upright RGB pixels, upright sizes from the header, errors naming the file."""
+"""The one image reader: upright RGB pixels, upright sizes from the header, errors naming the file, and no other
+module of the tools opening images itself."""
+import ast
+
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
 from utils.core.config import UserError
@@ -77,3 +81,24 @@ def test_errors_name_the_file(tmp_path):
         read_image_rgb(text)
     with pytest.raises(FileNotFoundError, match="gone.jpg"):
         read_image_rgb(tmp_path / "gone.jpg")
+
+
+def _image_reading_calls(path) -> list[str]:
+    """'line: call' for every call in the file that opens an image or reads its orientation."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
+        name = f"{owner}.{node.func.attr}" if owner else node.func.attr
+        if name in ("Image.open", "cv2.imread", "ImageOps.exif_transpose") or node.func.attr == "getexif":
+            found.append(f"{node.lineno}: {name}")
+    return found
+
+
+def test_only_the_images_module_reads_images():
+    tools = [*REPO.glob("utils/**/*.py"), *REPO.glob("nets/**/*.py"), *REPO.glob("*.py")]
+    readers = {f"{path.relative_to(REPO)}:{call}" for path in tools for call in _image_reading_calls(path)
+               if path != REPO / "utils" / "data" / "images.py"}
+    assert not readers, "read images through utils.data.images instead:\n" + "\n".join(sorted(readers))
+    assert _image_reading_calls(REPO / "utils" / "data" / "images.py")  # the scan does find such calls

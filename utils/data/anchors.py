@@ -1,12 +1,13 @@
 """Anchors for a dataset: k-means on the training boxes with 1 - IoU as the distance.
 
 Boxes are compared by shape only (both centred at the origin), in network-input pixels after the
-letterbox resize the loader applies, so the anchors match what the loss assigns at training time.
+letterbox resize the loader applies to the upright image (EXIF orientation applied, so orientations 5-8 swap the
+stored width and height), so the anchors match what the loss assigns at training time.
 """
 import numpy as np
-from PIL import Image
 
 from utils.data.augment import letterbox_geometry
+from utils.data.images import image_info
 from utils.data.voc import parse_annotation_line
 
 
@@ -17,8 +18,9 @@ def letterboxed_box_sizes(*, annotation_lines: list[str], input_shape: tuple[int
         path, boxes = parse_annotation_line(line)
         if len(boxes) == 0:
             continue
-        with Image.open(path) as image:  # reads the header only
-            width, height = image.size
+        # Annotation boxes are in the upright frame, so the letterbox scale comes from the upright size, read
+        # from the header without decoding the pixels.
+        width, height = image_info(path).upright_size
         new_w, new_h, _, _ = letterbox_geometry(image_hw=(height, width), input_shape=tuple(input_shape))
         wh = boxes[:, 2:4] - boxes[:, 0:2]
         sizes.append(wh * np.array([new_w / width, new_h / height], dtype=np.float32))
