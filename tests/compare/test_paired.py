@@ -38,6 +38,36 @@ def test_ap_from_records_matches_the_golden_values(iou_threshold):
     assert_truncated_equal(ap, GOLDEN_AP[iou_threshold][1])
 
 
+def test_records_by_hand_and_the_saved_file_format(tmp_path):
+    gt = {"a": [GTBox("cat", 0, 0, 9, 9), GTBox("cat", 20, 20, 29, 29, True), GTBox("bird", 0, 0, 9, 9)],
+          "b": [GTBox("dog", 0, 0, 9, 9)]}
+    dets = {"b": [DetBox("dog", 0.6, 0, 0, 9, 9), DetBox("dog", 0.6, 1, 0, 10, 9)],  # TP, then a tied duplicate
+            "a": [DetBox("cat", 0.7, 0, 0, 9, 9),     # duplicate of the 0.9 one
+                  DetBox("cat", 0.8, 20, 20, 29, 29),  # on the difficult cat: no row
+                  DetBox("cat", 0.9, 0, 0, 9, 9)]}     # TP
+    records = paired.image_records(gt=gt, dets=dets, class_names=["cat", "dog"])  # bird is not a listed class
+    assert records.image_ids == ["a", "b"] and records.class_names == ["cat", "dog"]
+    # Rows by image, then by descending score (file order among ties).
+    np.testing.assert_array_equal(records.det_image, [0, 0, 1, 1])
+    np.testing.assert_array_equal(records.det_class, [0, 0, 1, 1])
+    np.testing.assert_array_equal(records.det_score, [0.9, 0.7, 0.6, 0.6])
+    np.testing.assert_array_equal(records.det_tp, [True, False, True, False])
+    np.testing.assert_array_equal(records.n_gt, [[1, 0], [0, 1]])
+    # A file in the saved format, written here key by key, reads back as the same records.
+    np.savez_compressed(tmp_path / "eval_images.npz", image_ids=np.array(["a", "b"]),
+                        class_names=np.array(["cat", "dog"]), det_image=np.array([0, 0, 1, 1]),
+                        det_class=np.array([0, 0, 1, 1]), det_score=np.array([0.9, 0.7, 0.6, 0.6]),
+                        det_tp=np.array([True, False, True, False]), n_gt=np.array([[1, 0], [0, 1]]))
+    loaded = paired.ImageRecords.from_npz(tmp_path / "eval_images.npz")
+    records.to_npz(tmp_path / "again.npz")
+    again = paired.ImageRecords.from_npz(tmp_path / "again.npz")
+    for other in (loaded, again):
+        assert other.image_ids == records.image_ids and other.class_names == records.class_names
+        for key in ("det_image", "det_class", "det_score", "det_tp", "n_gt"):
+            assert np.array_equal(getattr(other, key), getattr(records, key))
+            assert getattr(other, key).dtype == getattr(records, key).dtype
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_map_from_records_equals_the_evaluator_and_a_resample_equals_copied_images(seed):
     rng = np.random.default_rng(seed)

@@ -2,10 +2,10 @@
 test images, and a Student-t interval over seeds.
 
 Per-image records: every detection's score, class, image and whether it is a true positive at IoU 0.5,
-decided once on the full test set with the evaluator's rules (utils/eval/utils_map.py ``evaluate_detections``:
-best same-class ground truth by IoU, first in score order takes it, later ones are duplicates, detections
-on difficult objects are left out), plus the count of non-difficult ground truths per image and class.
-A ground truth belongs to one image, so these decisions do not depend on which other images are in the
+decided once on the full test set by the evaluator itself (utils/eval/utils_map.py ``match_detections``, the step
+behind ``evaluate_detections``: best same-class ground truth by IoU, first in score order takes it, later ones are
+duplicates, detections on difficult objects are left out), plus the count of non-difficult ground truths per image
+and class. A ground truth belongs to one image, so these decisions do not depend on which other images are in the
 set, and the mAP of any multiset of images follows from the records alone: an image drawn w times counts
 as w copies of its detections (taken as adjacent in the ranking, copies share their score) and of its
 ground truths. That makes a bootstrap resample a weighted cumulative sum, vectorised over resamples.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.eval.utils_map import box_iou_voc
+from utils.eval.utils_map import match_detections
 
 T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788,
          2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639,
@@ -46,46 +46,22 @@ class ImageRecords:
 
 
 def image_records(*, gt: dict, dets: dict, class_names: list[str], iou_threshold: float = 0.5) -> ImageRecords:
-    """Records from utils.eval.utils_map GTBox / DetBox dicts (image id -> boxes, pixel xyxy)."""
-    class_to_idx = {name: i for i, name in enumerate(class_names)}
-    image_ids = list(dict.fromkeys([*gt, *dets]))
-    n_gt = np.zeros((len(image_ids), len(class_names)), dtype=np.int64)
-    det_image, det_class, det_score, det_tp = [], [], [], []
-    for i, image_id in enumerate(image_ids):
-        gts = [g for g in gt.get(image_id, []) if g.class_name in class_to_idx]
-        gt_class = np.array([class_to_idx[g.class_name] for g in gts], dtype=np.int64)
-        gt_box = np.array([g[1:5] for g in gts], dtype=np.float64).reshape(-1, 4)
-        difficult = np.array([bool(g.difficult) for g in gts], dtype=bool)
-        np.add.at(n_gt[i], gt_class[~difficult], 1)
-        boxes = dets.get(image_id, [])
-        if not boxes:
-            continue
-        d_class = np.array([class_to_idx[b.class_name] for b in boxes], dtype=np.int64)
-        d_score = np.array([b.score for b in boxes], dtype=np.float64)
-        order = np.argsort(-d_score, kind="stable")  # the evaluator's rank order within this image
-        d_class, d_score = d_class[order], d_score[order]
-        d_box = np.array([b[2:6] for b in boxes], dtype=np.float64)[order]
-        keep = np.ones(len(boxes), dtype=bool)
-        tp = np.zeros(len(boxes), dtype=bool)
-        if len(gts):
-            iou = box_iou_voc(boxes_a_xyxy=d_box, boxes_b_xyxy=gt_box)
-            iou = np.where(d_class[:, None] == gt_class[None, :], iou, -1.0)
-            best = iou.argmax(axis=1)
-            hit = iou[np.arange(len(boxes)), best] >= iou_threshold
-            keep = ~(hit & difficult[best])
-            taken = set()
-            for d in np.flatnonzero(hit & keep):  # in rank order: the first detection on a gt takes it
-                if best[d] not in taken:
-                    taken.add(best[d])
-                    tp[d] = True
-        det_image.append(np.full(int(keep.sum()), i))
-        det_class.append(d_class[keep])
-        det_score.append(d_score[keep])
-        det_tp.append(tp[keep])
-    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
-    return ImageRecords(image_ids=image_ids, class_names=list(class_names), det_image=cat(det_image, np.int64),
-                        det_class=cat(det_class, np.int64), det_score=cat(det_score, np.float64),
-                        det_tp=cat(det_tp, bool), n_gt=n_gt)
+    """Records from utils.eval.utils_map GTBox / DetBox dicts (image id -> boxes, pixel xyxy), with the
+    evaluator's own TP decisions (utils.eval.utils_map.match_detections). Ground truths of classes outside
+    ``class_names`` are left out; detections on difficult objects are dropped, as the evaluator ignores them."""
+    known = set(class_names)
+    gt = {image_id: [box for box in boxes if box.class_name in known] for image_id, boxes in gt.items()}
+    matches = match_detections(gt=gt, dets=dets, class_names=class_names, iou_threshold=iou_threshold)
+    n_gt = np.zeros((len(matches.image_ids), len(class_names)), dtype=np.int64)
+    counted = ~matches.gt_difficult
+    np.add.at(n_gt, (matches.gt_image[counted], matches.gt_class[counted]), 1)
+    kept = np.flatnonzero(~matches.det_ignored)
+    # Rows by image index, then by descending score (file order among ties): the row order of saved
+    # eval_images.npz files, so records built now equal those saved before.
+    kept = kept[np.lexsort((kept, -matches.det_score[kept], matches.det_image[kept]))]
+    return ImageRecords(image_ids=matches.image_ids, class_names=list(class_names),
+                        det_image=matches.det_image[kept], det_class=matches.det_class[kept],
+                        det_score=matches.det_score[kept], det_tp=matches.det_tp[kept], n_gt=n_gt)
 
 
 def ap_all_point(*, tp_ranked: np.ndarray, weights: np.ndarray, n_gt: np.ndarray) -> np.ndarray:

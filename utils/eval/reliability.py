@@ -1,9 +1,10 @@
 """Calibration of detection confidence: is a detection scored 0.7 right 70% of the time?
 
 1. Detections are true or false positives exactly as the mAP counted them: ``utils.compare.paired.image_records``
-   applies the evaluator's VOC rule (IoU >= 0.5 with the +1 pixel convention; per image and class,
-   detections in decreasing score each take their best-IoU ground truth of the same class, a ground truth
-   is matched once, and a detection whose best box is "difficult" is left out).
+   takes the decisions of the evaluator (``utils.eval.utils_map.match_detections``) under the VOC rule
+   (IoU >= 0.5 with the +1 pixel convention; per image and class, detections in decreasing score each take
+   their best-IoU ground truth of the same class, a ground truth is matched once, and a detection whose best
+   box is "difficult" is left out).
 2. ``reliability_bins`` groups the detections into equal-width confidence bins over [0, 1]
    (bin b holds scores s with floor(s * B) = b; a score of exactly 1 goes to the last bin). Fixed bins
    over [0, 1], not over each model's score range, so arms whose scores spread differently (focal loss

@@ -8,6 +8,7 @@ classic VOC devkit and the get_map.py of the well-known YOLO repositories.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -124,18 +125,31 @@ def _best_gt_per_detection(*, det_image: np.ndarray, det_class: np.ndarray, det_
     return best_gt, best_iou
 
 
-def evaluate_detections(*, gt: dict[str, list[GTBox]], dets: dict[str, list[DetBox]], class_names: list[str],
-                        iou_threshold: float = 0.5, score_threshold: float = 0.5) -> dict:
-    """VOC AP per class and mAP.
+@dataclass(frozen=True)
+class DetectionMatches:
+    """The evaluator's decision for every detection, in file order (``dets`` dict order, then list order).
 
-    gt / dets: image_id -> boxes (pixel `xyxy`). Images only in `dets` have no objects, so all their
-    detections are false positives. Detections are ranked by score with a stable sort (file order
-    among ties). Each detection takes the same-class gt of highest IoU in its image; it is a TP when
-    IoU >= iou_threshold and that gt is unused, a duplicate (FP) when the gt is already used, ignored
-    when the gt is difficult, and an FP when the IoU is below the threshold.
-    precision / recall / f1 are those of the detections with score >= score_threshold.
-    "map" / "map_voc07" average over classes with at least one non-difficult gt (0.0 when none has);
-    per-class ap, ap_voc07, recall and f1 are None for classes without such gt.
+    det_tp: true positive at the IoU threshold. det_ignored: on a difficult object, so neither TP nor FP (it is
+    left out of the ranking). Every other detection is a false positive. The gt_* arrays describe the ground
+    truths in file order, so counts per image and class follow from them.
+    """
+
+    image_ids: list[str]  # every image of gt, then those only in dets; det_image / gt_image index into it
+    det_image: np.ndarray  # (D,) int64
+    det_class: np.ndarray  # (D,) int64 index into class_names
+    det_score: np.ndarray  # (D,) float64
+    det_tp: np.ndarray  # (D,) bool
+    det_ignored: np.ndarray  # (D,) bool
+    gt_image: np.ndarray  # (G,) int64
+    gt_class: np.ndarray  # (G,) int64
+    gt_difficult: np.ndarray  # (G,) bool
+
+
+def match_detections(*, gt: dict[str, list[GTBox]], dets: dict[str, list[DetBox]], class_names: list[str],
+                     iou_threshold: float = 0.5) -> DetectionMatches:
+    """The true-positive decisions behind evaluate_detections (see its docstring for the rules).
+
+    Raises ValueError for a class name outside ``class_names`` or duplicate names.
     """
     class_to_idx = {name: i for i, name in enumerate(class_names)}
     if len(class_to_idx) != len(class_names):
@@ -156,18 +170,42 @@ def evaluate_detections(*, gt: dict[str, list[GTBox]], dets: dict[str, list[DetB
     hit = (best_gt >= 0) & (best_iou >= iou_threshold)
     ignored = hit & gt_difficult[np.where(hit, best_gt, 0)] if len(gt_difficult) else np.zeros_like(hit)
     candidate = hit & ~ignored
+    # In rank order (descending score, file order among ties) the first candidate on a gt takes it; later
+    # candidates on it are duplicates. A gt has one class, so ranking all classes together decides the same as
+    # ranking each class alone.
+    ranked = np.argsort(-det_scores, kind="stable")
+    cand_ranked = ranked[candidate[ranked]]
+    _, first = np.unique(best_gt[cand_ranked], return_index=True)
+    det_tp = np.zeros(len(det_flat), dtype=bool)
+    det_tp[cand_ranked[first]] = True
+    return DetectionMatches(image_ids=list(image_to_idx), det_image=det_image, det_class=det_class,
+                            det_score=det_scores, det_tp=det_tp, det_ignored=ignored, gt_image=gt_image,
+                            gt_class=gt_class, gt_difficult=gt_difficult)
 
+
+def evaluate_detections(*, gt: dict[str, list[GTBox]], dets: dict[str, list[DetBox]], class_names: list[str],
+                        iou_threshold: float = 0.5, score_threshold: float = 0.5) -> dict:
+    """VOC AP per class and mAP.
+
+    gt / dets: image_id -> boxes (pixel `xyxy`). Images only in `dets` have no objects, so all their
+    detections are false positives. Detections are ranked by score with a stable sort (file order
+    among ties). Each detection takes the same-class gt of highest IoU in its image; it is a TP when
+    IoU >= iou_threshold and that gt is unused, a duplicate (FP) when the gt is already used, ignored
+    when the gt is difficult, and an FP when the IoU is below the threshold. match_detections returns
+    these decisions per detection.
+    precision / recall / f1 are those of the detections with score >= score_threshold.
+    "map" / "map_voc07" average over classes with at least one non-difficult gt (0.0 when none has);
+    per-class ap, ap_voc07, recall and f1 are None for classes without such gt.
+    """
+    matches = match_detections(gt=gt, dets=dets, class_names=class_names, iou_threshold=iou_threshold)
+    det_scores = matches.det_score
     per_class = {}
     for c, name in enumerate(class_names):
-        n_gt = int(np.sum((gt_class == c) & ~gt_difficult))
-        mine = np.flatnonzero(det_class == c)
+        n_gt = int(np.sum((matches.gt_class == c) & ~matches.gt_difficult))
+        mine = np.flatnonzero(matches.det_class == c)
         ranked = mine[np.argsort(-det_scores[mine], kind="stable")]
-        ranked = ranked[~ignored[ranked]]
-        # In rank order the first candidate on a gt takes it; later candidates on it are duplicates.
-        cand_ranked = ranked[candidate[ranked]]
-        _, first = np.unique(best_gt[cand_ranked], return_index=True)
-        is_tp = np.zeros(len(ranked), dtype=bool)
-        is_tp[np.flatnonzero(candidate[ranked])[first]] = True
+        ranked = ranked[~matches.det_ignored[ranked]]
+        is_tp = matches.det_tp[ranked]
         cum_tp = np.cumsum(is_tp)
         cum_det = np.arange(1, len(ranked) + 1)
         precision_curve = cum_tp / cum_det
