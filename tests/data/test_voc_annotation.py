@@ -185,8 +185,10 @@ def test_settings_types_and_errors(tmp_path):
             _run(tmp_path, bad)
     with pytest.raises(ConfigError, match="--key=value"):
         voc_annotation.main(["annotation_mode=2"])
-    with pytest.raises(ConfigError, match="annotation_mode must be 0, 1 or 2, got 3"):
+    with pytest.raises(ConfigError, match="--annotation_mode=3: expected one of 0, 1, 2"):  # refused on parse
         _run(tmp_path, "--annotation_mode=3")
+    with pytest.raises(ConfigError, match="annotation_mode must be 0, 1 or 2, got 3"):  # run() called directly
+        voc_annotation.check_settings(annotation_mode=3, trainval_percent=0.5, train_percent=0.5, VOCdevkit_sets=[])
     with pytest.raises(ConfigError, match="trainval_percent must be between 0 and 1, got 1.5"):
         _run(tmp_path, "--trainval_percent=1.5")
     with pytest.raises(ConfigError, match=r"VOCdevkit_sets must hold \[year, set\] pairs"):
