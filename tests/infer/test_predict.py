@@ -273,7 +273,7 @@ def test_export_onnx_and_predict_onnx(checkpoint, tmp_path):
     (["--mode=dir_predict", "--dir_origin_path=missing_dir"], "missing_dir"),
     (["--mode=predict_onnx", "--onnx_save_path=missing.onnx", f"--image_paths={[str(BCCD_IMAGE)]}"], "missing.onnx"),
     (["--mode=fps", "--fps_image_path=missing_fps.jpg"], "missing_fps.jpg"),
-    (["--mode=nonsense"], "mode must be one of"),
+    (["--mode=nonsense"], "--mode=nonsense: expected one of 'predict', 'video'"),
 ])
 def test_missing_inputs_give_a_clear_message(checkpoint, args, named):
     with pytest.raises(SystemExit) as exit_info:
