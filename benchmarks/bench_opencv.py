@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from nets.darknet_weights import write_weights  # noqa: E402
 from nets.yolo import build_model  # noqa: E402
 from utils.core.config import resolve_config, settings_of  # noqa: E402
-from utils.infer.postprocess import preprocess_image  # noqa: E402
+from utils.infer.preprocess import preprocess_image  # noqa: E402
 from yolo import YOLO  # noqa: E402
 
 input_size: int = 416  # square network input

@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 from nets.yolo import build_model, init_weights  # noqa: E402
 from utils.core.config import resolve_config, settings_of  # noqa: E402
 from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors, get_classes  # noqa: E402
-from utils.infer.postprocess import non_max_suppression, preprocess_image  # noqa: E402
+from utils.infer.postprocess import non_max_suppression  # noqa: E402
+from utils.infer.preprocess import preprocess_image  # noqa: E402
 from yolo import YOLO  # noqa: E402
 
 input_size: int = 416  # square network input

@@ -43,7 +43,7 @@ from nets.yolo_training import YOLOLoss  # noqa: E402
 from utils.core.config import resolve_config, run_cli, settings_of  # noqa: E402
 from utils.core.device import cpu_has_native_bf16, resolve_precision  # noqa: E402
 from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
-from utils.infer.postprocess import preprocess_image  # noqa: E402
+from utils.infer.preprocess import preprocess_image  # noqa: E402
 from utils.train.trainer import training_amp  # noqa: E402
 from yolo import YOLO  # noqa: E402
 

@@ -17,7 +17,7 @@ import predict
 from nets.compat import PUBLISHED_TO_OURS
 from nets.yolo import build_model, init_weights
 from utils.core.model_files import get_anchors
-from utils.infer.postprocess import preprocess_image
+from utils.infer.preprocess import preprocess_image
 from yolo import YOLO, Detections, OnnxYOLO, onnx_mismatch
 
 BCCD_IMAGE = REPO / "VOCdevkit" / "VOC2007" / "JPEGImages" / "BloodImage_00000.jpg"

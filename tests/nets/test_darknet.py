@@ -22,7 +22,7 @@ from nets.darknet_weights import (default_class_names, read_darknet_checkpoint, 
                                   write_darknet_model, write_weights)
 from nets.yolo import build_model, init_weights
 from utils.infer.checkpoint import load_weights
-from utils.infer.postprocess import preprocess_image
+from utils.infer.preprocess import preprocess_image
 from yolo import YOLO
 
 CFG_DIR = REPO / "model_data" / "darknet"

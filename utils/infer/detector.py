@@ -36,7 +36,8 @@ from utils.core.model_files import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, 
 from utils.infer.checkpoint import checkpoint_variant, is_project_checkpoint, load_weights, read_model_file
 from utils.infer.draw import draw_detections, save_crops
 from utils.infer.folding import InferenceCache, inference_copy
-from utils.infer.postprocess import NMS_TYPES, LetterboxInfo, boxes_to_original, non_max_suppression, preprocess_image
+from utils.infer.postprocess import NMS_TYPES, non_max_suppression
+from utils.infer.preprocess import LetterboxInfo, boxes_to_original, preprocess_image
 
 DEFAULT_CLASSES_PATH = MODEL_DATA / "voc_classes.txt"
 DEFAULT_INPUT_SHAPE = [416, 416]
