@@ -103,6 +103,7 @@ def _build_detector(cfg: dict, class_names: list[str] | None):
     """The detector of modes 0 / 1. A checkpoint of this project keeps its own classes (a differing classes_path
     is refused); a bare state_dict takes classes_path, model, anchors_path and anchors_mask as predict.py does."""
     from utils.infer.checkpoint import saved_config
+    from utils.infer.postprocess import PostprocessSettings
     from yolo import YOLO
 
     darknet = cfg["cfg_path"] or Path(cfg["model_path"]).suffix.lower() == ".weights"
@@ -110,11 +111,12 @@ def _build_detector(cfg: dict, class_names: list[str] | None):
     if saved is not None and class_names is not None and list(saved.get("class_names") or []) != class_names:
         raise ConfigError(f"classes_path {cfg['classes_path']}: classes {class_names} differ from the checkpoint's "
                           f"{saved.get('class_names')}")
+    settings = PostprocessSettings(confidence=cfg["confidence"], nms_iou=cfg["nms_iou"], nms_type=cfg["nms_type"],
+                                   multi_label=cfg["multi_label"])
     detector = YOLO(model_path=cfg["model_path"], classes_path=cfg["classes_path"] if saved is None else None,
                     anchors_path=cfg["anchors_path"], anchors_mask=cfg["anchors_mask"], model=cfg["model"],
-                    confidence=cfg["confidence"], nms_iou=cfg["nms_iou"], nms_type=cfg["nms_type"],
-                    multi_label=cfg["multi_label"], input_shape=cfg["input_shape"],
-                    letterbox_image=cfg["letterbox_image"], device=cfg["device"], precision=cfg["precision"],
+                    input_shape=cfg["input_shape"], letterbox_image=cfg["letterbox_image"],
+                    postprocess_settings=settings, device=cfg["device"], precision=cfg["precision"],
                     cfg_path=cfg["cfg_path"])
     if cfg["backend"] == "onnxruntime":
         detector = detector.onnx_detector()

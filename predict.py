@@ -64,15 +64,22 @@ def load_image(path: str | Path) -> Image.Image:
     return Image.fromarray(read_image_rgb(str(path)))
 
 
+def postprocess_settings(cfg: dict):
+    """The detector's NMS settings (confidence, nms_iou, nms_type, max_det) as a PostprocessSettings."""
+    from utils.infer.postprocess import PostprocessSettings
+
+    return PostprocessSettings(confidence=cfg["confidence"], nms_iou=cfg["nms_iou"], nms_type=cfg["nms_type"],
+                               max_det=cfg["max_det"])
+
+
 def build_detector(cfg: dict, *, allow_onnx: bool = True):
     """The configured detector: PyTorch (YOLO) or, with backend=onnxruntime, the same model run by ONNX Runtime."""
     from yolo import YOLO
 
     detector = YOLO(model_path=cfg["model_path"], classes_path=cfg["classes_path"], anchors_path=cfg["anchors_path"],
                     anchors_mask=cfg["anchors_mask"], input_shape=cfg["input_shape"], model=cfg["model"],
-                    confidence=cfg["confidence"], nms_iou=cfg["nms_iou"], max_det=cfg["max_det"],
-                    letterbox_image=cfg["letterbox_image"], nms_type=cfg["nms_type"], device=cfg["device"],
-                    fp16=cfg["fp16"], precision=cfg["precision"], cfg_path=cfg["cfg_path"])
+                    letterbox_image=cfg["letterbox_image"], postprocess_settings=postprocess_settings(cfg),
+                    device=cfg["device"], fp16=cfg["fp16"], precision=cfg["precision"], cfg_path=cfg["cfg_path"])
     if cfg["backend"] == "onnxruntime" and allow_onnx:
         detector = detector.onnx_detector()
     detector.batch_size = max(1, cfg["batch_size"])
@@ -82,9 +89,9 @@ def build_detector(cfg: dict, *, allow_onnx: bool = True):
 def build_onnx_detector(cfg: dict):
     from yolo import OnnxYOLO
 
-    return OnnxYOLO(onnx_path=cfg["onnx_save_path"], classes_path=cfg["classes_path"], confidence=cfg["confidence"],
-                    nms_iou=cfg["nms_iou"], max_det=cfg["max_det"], letterbox_image=cfg["letterbox_image"],
-                    nms_type=cfg["nms_type"], device=cfg["device"])
+    return OnnxYOLO(onnx_path=cfg["onnx_save_path"], classes_path=cfg["classes_path"],
+                    letterbox_image=cfg["letterbox_image"], postprocess_settings=postprocess_settings(cfg),
+                    device=cfg["device"])
 
 
 def _predict_one(detector, path: str, cfg: dict) -> dict:

@@ -7,3 +7,4 @@ importing a top-level script.
     dets = detector.detect(Image.open("img/street.jpg"))        # Detections: boxes_xyxy, scores, class_ids, ...
 """
 from utils.infer.detector import BACKENDS, YOLO, Detections, OnnxYOLO, onnx_mismatch  # noqa: F401
+from utils.infer.postprocess import PostprocessSettings  # noqa: F401

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from nets.yolo import build_model, init_weights  # noqa: E402
 from utils.core.config import resolve_config, settings_of  # noqa: E402
 from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors, get_classes  # noqa: E402
-from utils.infer.postprocess import non_max_suppression  # noqa: E402
+from utils.infer.postprocess import PostprocessSettings, non_max_suppression  # noqa: E402
 from utils.infer.preprocess import preprocess_image  # noqa: E402
 from yolo import YOLO  # noqa: E402
 
@@ -106,7 +106,8 @@ def bench_model(model: str, *, image: Image.Image, cfg: dict) -> list[dict]:
     calibrate_head_spread(net, images=torch.from_numpy(preprocess_image(image, [cfg["input_size"]] * 2, True)[0][None]))
     rows = []
     for regime, (confidence, nms_iou) in REGIMES.items():
-        detector = YOLO.from_model(net, config=config, confidence=confidence, nms_iou=nms_iou, device="cpu")
+        settings = PostprocessSettings(confidence=confidence, nms_iou=nms_iou)
+        detector = YOLO.from_model(net, config=config, postprocess_settings=settings, device="cpu")
         image_chw, info = preprocess_image(image, detector.input_shape, True)
         images_bchw = image_chw[None]  # (1, 3, H, W)
         set_head_bias(net, obj_bias=0.0)
@@ -119,8 +120,8 @@ def bench_model(model: str, *, image: Image.Image, cfg: dict) -> list[dict]:
         fwd_ms, outputs = median_ms(lambda: detector.raw_outputs(images_bchw), repeats=repeats)
         dec_ms, decoded = median_ms(lambda: detector.decode(outputs), repeats=repeats)
         nms_ms, dets = median_ms(lambda: detector.postprocess(decoded, [info]), repeats=repeats)
-        diou_ms, diou_kept = median_ms(lambda: non_max_suppression(decoded, conf_threshold=confidence, nms_iou=nms_iou,
-                                                                   max_det=300, nms_type="diou"), repeats=repeats)
+        diou = PostprocessSettings(confidence=confidence, nms_iou=nms_iou, nms_type="diou")
+        diou_ms, diou_kept = median_ms(lambda: non_max_suppression(decoded, settings=diou), repeats=repeats)
         scores = decoded[..., 4] * decoded[..., 5:].max(dim=-1).values  # (1, N)
         rows.append({"model": model, "regime": regime, "conf": confidence, "boxes": num_boxes,
                      "candidates": int((scores >= confidence).sum()), "kept": len(dets[0]),

@@ -95,7 +95,7 @@ def detector_for(model: str, variant: str, *, device: torch.device = torch.devic
     options = {"fp32 unfolded": dict(precision="fp32", optimize=False), "fp32 folded+CL": dict(precision="fp32"),
                "bf16 folded+CL": dict(precision="bf16"), "fp16 folded+CL": dict(precision="fp16"),
                "onnxruntime": dict(precision="fp32")}[variant]
-    detector = YOLO.from_model(net.eval(), config=config, confidence=0.5, nms_iou=0.3, device=device, **options)
+    detector = YOLO.from_model(net.eval(), config=config, device=device, **options)
     return detector.onnx_detector() if variant == "onnxruntime" else detector
 
 

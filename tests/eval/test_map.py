@@ -17,6 +17,7 @@ from utils.eval.coco_eval import coco_ap
 from utils.eval.evaluation import predict_images
 from utils.eval.utils_map import (DetBox, GTBox, evaluate_detections, read_detection_files, read_ground_truth_files,
                                   read_voc_ground_truth, voc_ap, write_detection_files, write_ground_truth_files)
+from utils.infer.postprocess import PostprocessSettings
 
 
 @pytest.mark.parametrize("iou_threshold", sorted(GOLDEN_AP))
@@ -326,9 +327,9 @@ def test_get_map_mode0_with_stub_detector(tmp_path, monkeypatch):
     # Defaults reach the detector: settings from the checkpoint, current post-processing.
     assert FakeDetector.instances[0].kwargs == {
         "model_path": "logs/best_epoch_weights.pth", "classes_path": None, "anchors_path": None, "anchors_mask": None,
-        "model": None, "confidence": 0.001, "nms_iou": 0.5, "nms_type": "nms", "multi_label": False,
-        "input_shape": None, "letterbox_image": True, "device": "auto",
-        "precision": "auto", "cfg_path": None}
+        "model": None, "input_shape": None, "letterbox_image": True,
+        "postprocess_settings": PostprocessSettings(confidence=0.001, nms_iou=0.5, nms_type="nms", multi_label=False),
+        "device": "auto", "precision": "auto", "cfg_path": None}
     # The same-score tie is ranked in sorted image order: img_a TP, img_b FP -> recall 1/2, precision 1 then 1/2.
     assert results["map"] == pytest.approx(0.5) and results["map_voc07"] == pytest.approx(6 / 11)
     saved = json.loads((map_out / "results.json").read_text())
@@ -349,8 +350,9 @@ def test_get_map_detector_settings_and_image_extensions(tmp_path, monkeypatch):
                             "--nms_type=diou", "--device=cpu", "--confidence=0.25", "--nms_iou=0.45"])
     kwargs = FakeDetector.instances[0].kwargs
     assert kwargs["input_shape"] == [320, 288] and kwargs["letterbox_image"] is False
-    assert kwargs["multi_label"] is True and kwargs["nms_type"] == "diou" and kwargs["device"] == "cpu"
-    assert kwargs["confidence"] == 0.25 and kwargs["nms_iou"] == 0.45
+    assert kwargs["device"] == "cpu"
+    assert kwargs["postprocess_settings"] == PostprocessSettings(confidence=0.25, nms_iou=0.45, nms_type="diou",
+                                                                 multi_label=True)
     assert FakeDetector.instances[0].seen_sizes == [(64, 64), (64, 64)]  # img_b.png and img_a.JPG were both read
     assert results["map"] == pytest.approx(0.5)
     with pytest.raises(ConfigError, match="--nms_type=soft: expected one of 'nms', 'diou'"):

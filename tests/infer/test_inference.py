@@ -14,7 +14,7 @@ import utils.infer.detector as detector_module
 from nets.yolo import build_model, init_weights
 from utils.core.device import resolve_precision
 from utils.infer.folding import fold_batchnorm, inference_copy
-from yolo import YOLO, onnx_mismatch
+from yolo import YOLO, PostprocessSettings, onnx_mismatch
 
 BCCD_IMAGES = sorted((REPO / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("BloodImage_0000*.jpg"))[:3]
 CLASSES = ["RBC", "WBC", "Platelets"]
@@ -46,8 +46,8 @@ def trained_like_net(model: str, seed: int = 0) -> nn.Module:
 
 def detector_for(net: nn.Module, model: str, *, size: int = 160, **kwargs) -> YOLO:
     config = {"model": model, "class_names": CLASSES, "input_shape": [size, size], **CONFIGS[model]}
-    return YOLO.from_model(net, config=config, confidence=kwargs.pop("confidence", 0.05), nms_iou=0.5,
-                           device="cpu", **kwargs)
+    settings = PostprocessSettings(confidence=kwargs.pop("confidence", 0.05), nms_iou=0.5)
+    return YOLO.from_model(net, config=config, postprocess_settings=settings, device="cpu", **kwargs)
 
 
 def load_images() -> list[Image.Image]:

@@ -1,12 +1,15 @@
-"""NMS and DIoU-NMS against loop references and hand-computed values."""
+"""NMS and DIoU-NMS against loop references and hand-computed values; the settings' validation."""
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 
-from utils.infer.postprocess import diou_nms, non_max_suppression
+import predict
+from utils.infer.postprocess import PostprocessSettings, diou_nms, non_max_suppression
 
 
 def py_iou(a, b) -> float:
@@ -23,6 +26,11 @@ def py_diou(a, b) -> float:
     centre_dist2 = ((a[0] + a[2]) / 2 - (b[0] + b[2]) / 2) ** 2 + ((a[1] + a[3]) / 2 - (b[1] + b[3]) / 2) ** 2
     diag2 = (max(a[2], b[2]) - min(a[0], b[0])) ** 2 + (max(a[3], b[3]) - min(a[1], b[1])) ** 2
     return py_iou(a, b) - centre_dist2 / diag2
+
+
+def nms(decoded: torch.Tensor, **settings) -> list[dict]:
+    """non_max_suppression with PostprocessSettings built from ``settings`` (confidence, nms_iou, max_det, ...)."""
+    return non_max_suppression(decoded, settings=PostprocessSettings(**settings))
 
 
 def reference_nms(decoded: torch.Tensor, *, conf: float, thr: float, max_det: int, overlap=py_iou) -> list[list]:
@@ -71,7 +79,7 @@ def assert_same(result: dict, expected: list) -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_nms_matches_python_greedy_loop(seed):
     decoded = clustered_decoded(batch=3, num=250, num_classes=4, seed=seed)
-    results = non_max_suppression(decoded, conf_threshold=0.15, nms_iou=0.45, max_det=300)
+    results = nms(decoded, confidence=0.15, nms_iou=0.45, max_det=300)
     expected = reference_nms(decoded, conf=0.15, thr=0.45, max_det=300)
     assert len(results) == 3
     for result, exp in zip(results, expected):
@@ -84,7 +92,7 @@ def test_nms_matches_python_greedy_loop(seed):
 def test_small_max_det_matches_truncated_reference(nms_type, overlap, max_det):
     # Few detections allowed and many candidates: NMS runs on growing per-image prefixes of the candidates.
     decoded = clustered_decoded(batch=2, num=300, num_classes=2, seed=11, spread=30.0)
-    results = non_max_suppression(decoded, conf_threshold=0.01, nms_iou=0.3, max_det=max_det, nms_type=nms_type)
+    results = nms(decoded, confidence=0.01, nms_iou=0.3, max_det=max_det, nms_type=nms_type)
     expected = reference_nms(decoded, conf=0.01, thr=0.3, max_det=max_det, overlap=overlap)
     for result, exp in zip(results, expected):
         assert len(exp) == max_det
@@ -98,13 +106,13 @@ def test_best_candidates_all_suppressed_still_fills_max_det(nms_type):
     copies = [[100.0 + 0.01 * i, 100.0, 40.0, 40.0, 0.99 - 0.001 * i, 1.0] for i in range(50)]
     separate = [[20.0 + 60.0 * i, 300.0, 40.0, 40.0, 0.5 - 0.01 * i, 1.0] for i in range(10)]
     decoded = torch.tensor([copies + separate])
-    result = non_max_suppression(decoded, conf_threshold=0.1, nms_iou=0.5, max_det=5, nms_type=nms_type)[0]
+    result = nms(decoded, confidence=0.1, nms_iou=0.5, max_det=5, nms_type=nms_type)[0]
     assert result["scores"].tolist() == pytest.approx([0.99, 0.5, 0.49, 0.48, 0.47])
 
 
 def test_nms_matches_torchvision_nms_per_class():
     decoded = clustered_decoded(batch=2, num=400, num_classes=3, seed=5)
-    results = non_max_suppression(decoded, conf_threshold=0.05, nms_iou=0.5, max_det=1000)
+    results = nms(decoded, confidence=0.05, nms_iou=0.5, max_det=1000)
     for image, result in zip(decoded, results):
         class_prob, class_ids = image[:, 5:].max(dim=1)
         scores = image[:, 4] * class_prob
@@ -126,23 +134,23 @@ def test_nms_hand_made_cases():
               row(0, 2.5, 10, 12.5, 0.7, [0.0, 1.0]), row(50, 50, 60, 60, 0.5, [0.4, 0.1])]
     image1 = [row(0, 0, 10, 10, 0.9, [1.0, 0.0])] + [row(0, 0, 10, 10, 0.1, [0.1, 0.0])] * 3  # below threshold
     decoded = torch.tensor([image0, image1])
-    strict, loose = (non_max_suppression(decoded, conf_threshold=0.2, nms_iou=iou, max_det=10) for iou in (0.5, 0.7))
+    strict, loose = (nms(decoded, confidence=0.2, nms_iou=iou, max_det=10) for iou in (0.5, 0.7))
     assert strict[0]["scores"].tolist() == pytest.approx([0.9, 0.7, 0.2])  # B suppressed, C (other class) kept
     assert strict[0]["class_ids"].tolist() == [0, 1, 0]
     assert loose[0]["scores"].tolist() == pytest.approx([0.9, 0.8, 0.7, 0.2])
     assert strict[1]["scores"].tolist() == pytest.approx([0.9])  # same box in another image is not suppressed by it
-    capped = non_max_suppression(decoded, conf_threshold=0.2, nms_iou=0.7, max_det=2)
+    capped = nms(decoded, confidence=0.2, nms_iou=0.7, max_det=2)
     assert capped[0]["scores"].tolist() == pytest.approx([0.9, 0.8])
-    empty = non_max_suppression(decoded, conf_threshold=0.95, nms_iou=0.5, max_det=10)
+    empty = nms(decoded, confidence=0.95, nms_iou=0.5, max_det=10)
     assert [len(r["scores"]) for r in empty] == [0, 0] and empty[0]["boxes_xyxy"].shape == (0, 4)
 
 
 def test_multi_label_reports_every_class_above_the_threshold():
     # One box: obj 0.8, class probabilities 0.5 / 0.4 / 0.1 -> scores 0.4 / 0.32 / 0.08.
     decoded = torch.tensor([[[5.0, 5.0, 10.0, 10.0, 0.8, 0.5, 0.4, 0.1]]])
-    best_only = non_max_suppression(decoded, conf_threshold=0.2, nms_iou=0.5, max_det=10)[0]
+    best_only = nms(decoded, confidence=0.2, nms_iou=0.5, max_det=10)[0]
     assert best_only["class_ids"].tolist() == [0] and best_only["scores"].tolist() == pytest.approx([0.4])
-    every = non_max_suppression(decoded, conf_threshold=0.2, nms_iou=0.5, max_det=10, multi_label=True)[0]
+    every = nms(decoded, confidence=0.2, nms_iou=0.5, max_det=10, multi_label=True)[0]
     assert every["class_ids"].tolist() == [0, 1] and every["scores"].tolist() == pytest.approx([0.4, 0.32])
     assert torch.equal(every["boxes_xyxy"][0], every["boxes_xyxy"][1])  # same box, another class: not suppressed
 
@@ -150,7 +158,7 @@ def test_multi_label_reports_every_class_above_the_threshold():
 @pytest.mark.parametrize("seed", [0, 3])
 def test_diou_nms_matches_python_greedy_loop(seed):
     decoded = clustered_decoded(batch=2, num=300, num_classes=3, seed=seed)
-    results = non_max_suppression(decoded, conf_threshold=0.1, nms_iou=0.4, max_det=300, nms_type="diou")
+    results = nms(decoded, confidence=0.1, nms_iou=0.4, max_det=300, nms_type="diou")
     expected = reference_nms(decoded, conf=0.1, thr=0.4, max_det=300, overlap=py_diou)
     for result, exp in zip(results, expected):
         assert len(exp) > 5
@@ -184,11 +192,27 @@ def test_diou_keeps_overlapping_box_with_distant_centre():
     b[2] = b[0] + 10
     assert py_iou(a, b) == pytest.approx(0.52) and py_diou(a, b) < 0.5
     decoded = torch.tensor([[[(x[0] + x[2]) / 2, 5.0, 10.0, 10.0, s, 1.0] for x, s in ((a, 0.9), (b, 0.8))]])
-    plain = non_max_suppression(decoded, conf_threshold=0.1, nms_iou=0.5, max_det=10)
-    diou = non_max_suppression(decoded, conf_threshold=0.1, nms_iou=0.5, max_det=10, nms_type="diou")
+    plain = nms(decoded, confidence=0.1, nms_iou=0.5, max_det=10)
+    diou = nms(decoded, confidence=0.1, nms_iou=0.5, max_det=10, nms_type="diou")
     assert len(plain[0]["scores"]) == 1 and len(diou[0]["scores"]) == 2
 
 
-def test_bad_nms_type():
-    with pytest.raises(ValueError, match="nms_type"):
-        non_max_suppression(torch.zeros(1, 3, 7), conf_threshold=0.5, nms_iou=0.5, max_det=1, nms_type="soft")
+@pytest.mark.parametrize("settings, message", [
+    ({"nms_type": "soft"}, r"nms_type must be one of \('nms', 'diou'\), got 'soft'"),
+    ({"confidence": 1.5}, "need 0 <= confidence <= 1"),
+    ({"confidence": -0.1}, "need 0 <= confidence <= 1"),
+    ({"max_det": 0}, "max_det >= 1"),
+    ({"nms_type": "diou", "nms_iou": -0.1}, "nms_iou must be >= 0 for DIoU-NMS"),
+])
+def test_bad_settings_are_refused_on_construction(settings, message):
+    with pytest.raises(ValueError, match=message):
+        PostprocessSettings(**settings)
+
+
+def test_settings_are_frozen_with_predict_py_defaults():
+    settings = PostprocessSettings()
+    assert (settings.confidence, settings.nms_iou, settings.nms_type, settings.max_det) == \
+        (predict.confidence, predict.nms_iou, predict.nms_type, predict.max_det)
+    assert settings.multi_label is False  # predict.py has no multi_label setting: one class per box
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.confidence = 0.1

@@ -16,9 +16,10 @@ from torch import nn
 import predict
 from nets.compat import PUBLISHED_TO_OURS
 from nets.yolo import build_model, init_weights
+from utils.core.config import resolve_config, settings_of
 from utils.core.model_files import get_anchors
 from utils.infer.preprocess import preprocess_image
-from yolo import YOLO, Detections, OnnxYOLO, onnx_mismatch
+from yolo import YOLO, Detections, OnnxYOLO, PostprocessSettings, onnx_mismatch
 
 BCCD_IMAGE = REPO / "VOCdevkit" / "VOC2007" / "JPEGImages" / "BloodImage_00000.jpg"
 CLASSES = ["RBC", "WBC", "Platelets"]
@@ -62,7 +63,7 @@ def test_yolo_reads_settings_from_checkpoint_config(checkpoint):
     assert detector.class_names == CLASSES and detector.model_name == "yolov4-tiny"
     assert detector.anchors == config["anchors"] and detector.anchors_mask == config["anchors_mask"]
     assert detector.input_shape == [128, 128] and detector.scale_x_y == [1.05, 1.05]
-    assert detector.confidence == 0.5 and detector.nms_iou == 0.3
+    assert detector.postprocess_settings == PostprocessSettings(confidence=0.5, nms_iou=0.3)
     with Image.open(BCCD_IMAGE) as image:
         image_chw, _ = preprocess_image(image, [128, 128], True)
         detections = detector.detect(image)
@@ -84,11 +85,13 @@ def test_yolo_arguments_override_checkpoint(checkpoint, tmp_path):
     (tmp_path / "anchors.txt").write_text("1,2, 3,4, 5,6, 7,8, 9,10, 11,12\n")
     detector = YOLO(model_path=str(checkpoint), classes_path=str(tmp_path / "classes.txt"),
                     anchors_path=str(tmp_path / "anchors.txt"), anchors_mask=[[2, 3, 4], [0, 1, 5]],
-                    input_shape=[96, 160], confidence=0.25, nms_iou=0.6, nms_type="diou", device="cpu")
+                    input_shape=[96, 160], device="cpu",
+                    postprocess_settings=PostprocessSettings(confidence=0.25, nms_iou=0.6, nms_type="diou"))
     assert detector.class_names == ["a", "b", "c"]
     assert detector.anchors == [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12]]
     assert detector.anchors_mask == [[2, 3, 4], [0, 1, 5]] and detector.input_shape == [96, 160]
-    assert (detector.confidence, detector.nms_iou, detector.nms_type) == (0.25, 0.6, "diou")
+    settings = detector.postprocess_settings
+    assert (settings.confidence, settings.nms_iou, settings.nms_type) == (0.25, 0.6, "diou")
     with Image.open(BCCD_IMAGE) as image:
         image_chw, _ = preprocess_image(image, [96, 160], True)
     raw = detector.raw_outputs(image_chw[None])
@@ -114,8 +117,7 @@ def test_yolo_from_published_state_dict_with_explicit_arguments(tmp_path):
                     input_shape=[128, 128], device="cpu")
     assert detector.anchors == get_anchors(str(REPO / "model_data" / "yolo_tiny_anchors.txt"))
     assert detector.scale_x_y is None
-    reference = YOLO.from_model(net, config=tiny_config(anchors=detector.anchors, scale_x_y=None), confidence=0.5,
-                                nms_iou=0.3)
+    reference = YOLO.from_model(net, config=tiny_config(anchors=detector.anchors, scale_x_y=None))
     with Image.open(BCCD_IMAGE) as image:
         torch.testing.assert_close(decoded_of(detector, image), decoded_of(reference, image))
     recognised = YOLO(model_path=str(bare), classes_path=str(tmp_path / "classes.txt"), device="cpu")
@@ -143,7 +145,7 @@ def test_detections_in_original_pixels_for_non_square_image():
     config = {"class_names": ["x", "y"], "anchors": [[20.0, 10.0]], "anchors_mask": [[0]], "input_shape": [64, 64]}
     net = FixedHead()
     net.train()
-    detector = YOLO.from_model(net, config=config, confidence=0.5, nms_iou=0.3)
+    detector = YOLO.from_model(net, config=config)
     detections = detector.detect(Image.new("RGB", (200, 100)))
     assert net.training  # from_model restores the caller's mode
     # Input box: centre (0.5 * 32, 1.5 * 32) = (16, 48), size 20 x 10 -> (6, 43, 26, 53). Letterbox of 200 x 100
@@ -152,7 +154,7 @@ def test_detections_in_original_pixels_for_non_square_image():
     np.testing.assert_allclose(detections.boxes_xyxy, [[18.75, 84.375, 81.25, 100.0]], atol=1e-4)
     assert detections.class_ids.tolist() == [1] and detections.class_names == ["y"]
     assert detections.scores[0] == pytest.approx(1 / (1 + math.exp(-10)) ** 2, rel=1e-6)
-    stretched = YOLO.from_model(net, config=config, confidence=0.5, nms_iou=0.3, letterbox_image=False)
+    stretched = YOLO.from_model(net, config=config, letterbox_image=False)
     # Plain resize: x * 200 / 64, y * 100 / 64 -> (18.75, 67.1875, 81.25, 82.8125).
     np.testing.assert_allclose(stretched.detect(Image.new("RGB", (200, 100))).boxes_xyxy,
                                [[18.75, 67.1875, 81.25, 82.8125]], atol=1e-4)
@@ -161,9 +163,9 @@ def test_detections_in_original_pixels_for_non_square_image():
 def test_box_wholly_in_letterbox_padding_is_dropped():
     config = {"class_names": ["x", "y"], "anchors": [[20.0, 10.0]], "anchors_mask": [[0]], "input_shape": [64, 64]}
     # 200 x 40 into 64 x 64: 64 x 12 at dy = 26; the box (6, 11, 26, 21) lies in the top padding.
-    boxed = YOLO.from_model(FixedHead(cell_y=0), config=config, confidence=0.5, nms_iou=0.3)
+    boxed = YOLO.from_model(FixedHead(cell_y=0), config=config)
     assert len(boxed.detect(Image.new("RGB", (200, 40)))) == 0
-    stretched = YOLO.from_model(FixedHead(cell_y=0), config=config, confidence=0.5, nms_iou=0.3, letterbox_image=False)
+    stretched = YOLO.from_model(FixedHead(cell_y=0), config=config, letterbox_image=False)
     np.testing.assert_allclose(stretched.detect(Image.new("RGB", (200, 40))).boxes_xyxy,
                                [[18.75, 11 * 40 / 64, 81.25, 21 * 40 / 64]], atol=1e-4)
 
@@ -290,3 +292,15 @@ def test_missing_or_unreadable_checkpoint(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         predict.main([f"--model_path={bad}", f"--image_paths={[str(BCCD_IMAGE)]}"])
     assert "bad.pth" in exit_info.value.code
+
+
+def test_command_line_postprocess_settings_reach_both_backends(checkpoint):
+    cfg = resolve_config(settings_of(vars(predict)), [
+        f"--model_path={checkpoint}", "--device=cpu", "--confidence=0.25", "--nms_iou=0.45", "--max_det=7",
+        "--nms_type=diou", "--letterbox_image=False", "--backend=onnxruntime"])
+    expected = PostprocessSettings(confidence=0.25, nms_iou=0.45, nms_type="diou", max_det=7)
+    onnx_detector = predict.build_detector(cfg)
+    assert isinstance(onnx_detector, OnnxYOLO)  # YOLO.onnx_detector hands its settings on
+    torch_detector = predict.build_detector(cfg, allow_onnx=False)
+    for detector in (onnx_detector, torch_detector):
+        assert detector.postprocess_settings == expected and detector.letterbox_image is False

@@ -8,6 +8,7 @@ then the final detections on BCCD images.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -23,7 +24,7 @@ from nets.darknet_weights import (default_class_names, read_darknet_checkpoint, 
 from nets.yolo import build_model, init_weights
 from utils.infer.checkpoint import load_weights
 from utils.infer.preprocess import preprocess_image
-from yolo import YOLO
+from yolo import YOLO, PostprocessSettings
 
 CFG_DIR = REPO / "model_data" / "darknet"
 IMAGES = [REPO / "VOCdevkit" / "VOC2007" / "JPEGImages" / f"BloodImage_0000{i}.jpg" for i in (0, 1)]
@@ -154,7 +155,8 @@ def run_oracle(tmp_path: Path, name: str, text: str, *, seed: int) -> list[dict]
     cfg_path, weights_path = tmp_path / f"{name}.cfg", tmp_path / f"{name}.weights"
     cfg_path.write_text(text, encoding="utf-8")
     write_random_weights(cfg_path, weights_path, seed=seed)
-    detector = YOLO(model_path=str(weights_path), cfg_path=str(cfg_path), device="cpu", confidence=0.5, nms_iou=0.45,
+    detector = YOLO(model_path=str(weights_path), cfg_path=str(cfg_path), device="cpu",
+                    postprocess_settings=PostprocessSettings(confidence=0.5, nms_iou=0.45),
                     precision="fp32")  # OpenCV computes in fp32: compare like with like
     net = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))  # OpenCV's importer needs files
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
@@ -177,13 +179,15 @@ def run_oracle(tmp_path: Path, name: str, text: str, *, seed: int) -> list[dict]
             # A confidence in a wide gap of OpenCV's scores, so float noise cannot move a box across it.
             top = np.sort(np.concatenate([level[:, 5:].max(1) for level in theirs]))[::-1][:100]
             gap = 20 + int(np.argmax(top[20:-1] - top[21:]))
-            detector.confidence = float((top[gap] + top[gap + 1]) / 2)
-            assert detector.confidence > OPENCV_CLASS_THRESH
+            detector.postprocess_settings = replace(detector.postprocess_settings,
+                                                    confidence=float((top[gap] + top[gap + 1]) / 2))
+            assert detector.postprocess_settings.confidence > OPENCV_CLASS_THRESH
         ours = detector.detect(image)
         boxes, scores, class_ids = opencv_detections(theirs, image_hw=(image.height, image.width), info=info,
-                                                     confidence=detector.confidence, nms_iou=detector.nms_iou)
+                                                     confidence=detector.postprocess_settings.confidence,
+                                                     nms_iou=detector.postprocess_settings.nms_iou)
         print(f"{name} {image_path.name}: {len(ours)} detections (OpenCV {len(scores)}) at confidence "
-              f"{detector.confidence:.4f}")
+              f"{detector.postprocess_settings.confidence:.4f}")
         assert len(ours) == len(scores) > 0
         np.testing.assert_array_equal(ours.class_ids, class_ids)
         np.testing.assert_allclose(ours.scores, scores, atol=SCORE_TOL)
@@ -338,7 +342,8 @@ def test_project_model_written_as_darknet_runs_the_same_in_opencv(tmp_path):
         else:
             assert torch.equal(read_back[key], tensor), key
 
-    detector = YOLO.from_model(net, config=config, confidence=0.5, nms_iou=0.45, device="cpu", precision="fp32",
+    detector = YOLO.from_model(net, config=config, postprocess_settings=PostprocessSettings(nms_iou=0.45),
+                               device="cpu", precision="fp32",
                                optimize=False)  # the written files against the unfolded fp32 net (OpenCV's precision):
     # small BN variances make folding's own rounding visible, which this test is not about
     opencv = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))

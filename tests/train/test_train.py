@@ -44,7 +44,7 @@ def test_overfits_two_images():
     from nets.yolo_training import YOLOLoss
     from utils.data.dataloader import YoloDataset, yolo_collate
     from utils.eval.evaluation import evaluate_voc_images
-    from yolo import YOLO
+    from yolo import YOLO, PostprocessSettings
 
     image_ids = ids("train", 2)
     dataset = YoloDataset(annotation_lines=annotation_lines(image_ids), input_shape=(192, 256), train=False)
@@ -66,7 +66,8 @@ def test_overfits_two_images():
         optimizer.step()
         losses.append(terms["loss"].item())
     assert losses[-1] < 0.1 * losses[0]
-    detector = YOLO.from_model(net, config=config, confidence=0.001, nms_iou=0.5)
+    detector = YOLO.from_model(net, config=config,
+                               postprocess_settings=PostprocessSettings(confidence=0.001, nms_iou=0.5))
     results = evaluate_voc_images(detector=detector, class_names=CLASSES,
                                   image_paths=[VOC / "JPEGImages" / f"{i}.jpg" for i in image_ids])
     assert results["map"] > 0.75, results["per_class"]

@@ -40,10 +40,10 @@ def val_image_paths(tmp_path: Path) -> list[str]:
 
 def reference_map(tmp_path: Path) -> dict:
     """The saved weights evaluated here, in one process, through YOLO's checkpoint path."""
-    from yolo import YOLO
+    from yolo import YOLO, PostprocessSettings
 
-    detector = YOLO(model_path=str(tmp_path / "logs" / "last_epoch_weights.pth"), confidence=0.001, nms_iou=0.5,
-                    device="cpu")
+    detector = YOLO(model_path=str(tmp_path / "logs" / "last_epoch_weights.pth"),
+                    postprocess_settings=PostprocessSettings(confidence=0.001, nms_iou=0.5), device="cpu")
     return evaluate_voc_images(detector=detector, image_paths=val_image_paths(tmp_path), class_names=CLASSES)
 
 

@@ -193,10 +193,12 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_cl
     Figure 4 CDFs and the easy negatives' share of the confidence loss, at initialisation and trained."""
     from utils.eval.evaluation import predict_with_ground_truth, score_detections
     from utils.infer.detector import YOLO
+    from utils.infer.postprocess import PostprocessSettings
     from utils.train.trainer import line_image_path
 
     checkpoint = run_dir / "last_epoch_weights.pth"
-    detector = YOLO(model_path=str(checkpoint), confidence=0.001, nms_iou=0.5, device=device)
+    detector = YOLO(model_path=str(checkpoint), postprocess_settings=PostprocessSettings(confidence=0.001, nms_iou=0.5),
+                    device=device)
     names = detector.class_names
     gt, predictions = predict_with_ground_truth(  # get_map.py's evaluator and rules
         detector=detector, image_paths=[line_image_path(line) for line in test_lines], class_names=names)

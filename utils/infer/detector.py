@@ -36,7 +36,7 @@ from utils.core.model_files import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, 
 from utils.infer.checkpoint import checkpoint_variant, is_project_checkpoint, load_weights, read_model_file
 from utils.infer.draw import draw_detections, save_crops
 from utils.infer.folding import InferenceCache, inference_copy
-from utils.infer.postprocess import NMS_TYPES, non_max_suppression
+from utils.infer.postprocess import DEFAULT_POSTPROCESS, PostprocessSettings, non_max_suppression
 from utils.infer.preprocess import LetterboxInfo, boxes_to_original, preprocess_image
 
 DEFAULT_CLASSES_PATH = MODEL_DATA / "voc_classes.txt"
@@ -83,16 +83,9 @@ class _Detector:
 
     class_names: list[str]
     input_shape: list[int]
+    letterbox_image: bool  # keep the aspect ratio with gray padding (as in validation); False stretches
+    postprocess_settings: PostprocessSettings
     batch_size: int = 8  # images per detect_batch call when evaluating a list (get_map.py, dir_predict)
-
-    def _set_postprocess(self, *, confidence: float, nms_iou: float, max_det: int, letterbox_image: bool,
-                         nms_type: str, multi_label: bool = False) -> None:
-        if nms_type not in NMS_TYPES:
-            raise ValueError(f"nms_type must be one of {NMS_TYPES}, got {nms_type!r}")
-        if not 0.0 <= confidence <= 1.0 or max_det < 1:
-            raise ValueError(f"need 0 <= confidence <= 1 and max_det >= 1, got {confidence} and {max_det}")
-        self.confidence, self.nms_iou, self.max_det = float(confidence), float(nms_iou), int(max_det)
-        self.letterbox_image, self.nms_type, self.multi_label = bool(letterbox_image), nms_type, bool(multi_label)
 
     def _forward(self, images_bchw: np.ndarray):
         """images (B, 3, H, W) float32 in [0, 1] -> the runtime's outputs (whatever ``_finish_decode`` takes)."""
@@ -134,8 +127,7 @@ class _Detector:
     def postprocess(self, decoded: Tensor, infos: list[LetterboxInfo]) -> list[Detections]:
         """decoded (B, N, 5 + C) from the network or the ONNX model -> Detections per image in original pixels,
         clipped to the image; boxes wholly outside the image (in the letterbox padding) are dropped."""
-        results = non_max_suppression(decoded, conf_threshold=self.confidence, nms_iou=self.nms_iou,
-                                      max_det=self.max_det, nms_type=self.nms_type, multi_label=self.multi_label)
+        results = non_max_suppression(decoded, settings=self.postprocess_settings)
         detections = []
         for result, info in zip(results, infos):
             pred_xyxy_orig = boxes_to_original(result["boxes_xyxy"].cpu().numpy(), info).astype(np.float32)
@@ -194,13 +186,14 @@ class YOLO(_Detector):
     """Detector built from a checkpoint: this project's (settings read from its config), a darknet ``.weights`` file
     with its ``cfg_path`` (settings from the cfg) or a published state_dict (settings from the arguments, defaulting
     to VOC classes, the yolov4 anchors and 416 x 416). Arguments that are not None override the checkpoint's
-    settings."""
+    settings; ``postprocess_settings`` holds the NMS settings (confidence, nms_iou, nms_type, max_det,
+    multi_label)."""
 
     def __init__(self, *, model_path: str, classes_path: str | None = None, anchors_path: str | None = None,
                  anchors_mask: list[list[int]] | None = None, input_shape: int | list[int] | None = None,
-                 model: str | None = None, confidence: float = 0.5, nms_iou: float = 0.3, max_det: int = 300,
-                 letterbox_image: bool = True, nms_type: str = "nms", device: str = "auto", fp16: bool = False,
-                 strict: bool = True, multi_label: bool = False, precision: str = "auto", optimize: bool = True,
+                 model: str | None = None, letterbox_image: bool = True,
+                 postprocess_settings: PostprocessSettings = DEFAULT_POSTPROCESS, device: str = "auto",
+                 fp16: bool = False, strict: bool = True, precision: str = "auto", optimize: bool = True,
                  cfg_path: str | None = None):
         checkpoint = read_model_file(model_path, cfg_path=cfg_path)  # a darknet .weights file needs its cfg_path
         config = checkpoint["config"] if is_project_checkpoint(checkpoint) else {}
@@ -221,14 +214,13 @@ class YOLO(_Detector):
                     input_shape=input_shape or config.get("input_shape") or DEFAULT_INPUT_SHAPE,
                     scale_x_y=config.get("scale_x_y"), device=resolve_device(device), fp16=fp16,
                     precision=precision, optimize=optimize, source=f"checkpoint {model_path}")
-        self._set_postprocess(confidence=confidence, nms_iou=nms_iou, max_det=max_det,
-                              letterbox_image=letterbox_image, nms_type=nms_type, multi_label=multi_label)
+        self.letterbox_image, self.postprocess_settings = bool(letterbox_image), postprocess_settings
 
     @classmethod
-    def from_model(cls, net: nn.Module, *, config: dict[str, Any], confidence: float, nms_iou: float,
-                   max_det: int = 300, letterbox_image: bool = True, nms_type: str = "nms",
-                   device: str | torch.device | None = None, fp16: bool = False, multi_label: bool = False,
-                   precision: str = "auto", optimize: bool = True) -> "YOLO":
+    def from_model(cls, net: nn.Module, *, config: dict[str, Any], letterbox_image: bool = True,
+                   postprocess_settings: PostprocessSettings = DEFAULT_POSTPROCESS,
+                   device: str | torch.device | None = None, fp16: bool = False, precision: str = "auto",
+                   optimize: bool = True) -> YOLO:
         """Wraps an in-memory model (e.g. during training). ``config`` needs class_names, anchors, anchors_mask and
         input_shape (scale_x_y and model optional). The model stays on its device unless ``device`` is given, and
         detection restores its train/eval mode afterwards. With ``optimize`` detection runs a folded copy that is
@@ -245,8 +237,7 @@ class YOLO(_Detector):
                     anchors_mask=config["anchors_mask"], input_shape=config["input_shape"],
                     scale_x_y=config.get("scale_x_y"), device=target, fp16=fp16, precision=precision,
                     optimize=optimize, source="YOLO.from_model config")
-        self._set_postprocess(confidence=confidence, nms_iou=nms_iou, max_det=max_det,
-                              letterbox_image=letterbox_image, nms_type=nms_type, multi_label=multi_label)
+        self.letterbox_image, self.postprocess_settings = bool(letterbox_image), postprocess_settings
         return self
 
     def _setup(self, net: nn.Module, *, model_name: str | None, class_names: list[str], anchors: list[list[float]],
@@ -317,9 +308,8 @@ class YOLO(_Detector):
         with tempfile.TemporaryDirectory() as tmp_dir:
             path = Path(onnx_path) if onnx_path else Path(tmp_dir) / "model.onnx"
             self.export_onnx(path, dynamic_batch=True)
-            return OnnxYOLO(onnx_path=str(path), confidence=self.confidence, nms_iou=self.nms_iou,
-                            max_det=self.max_det, letterbox_image=self.letterbox_image, nms_type=self.nms_type,
-                            multi_label=self.multi_label, device=str(self.device))
+            return OnnxYOLO(onnx_path=str(path), letterbox_image=self.letterbox_image,
+                            postprocess_settings=self.postprocess_settings, device=str(self.device))
 
     def heatmap(self, image: Image.Image) -> np.ndarray:
         """Objectness heat map (h, w) of the original image, float32 in [0, 1]: per level the max over anchors of
@@ -418,9 +408,8 @@ class OnnxYOLO(_Detector):
 
     Class names and input shape come from the file's metadata (``classes_path`` overrides the names)."""
 
-    def __init__(self, *, onnx_path: str, classes_path: str | None = None, confidence: float = 0.5,
-                 nms_iou: float = 0.3, max_det: int = 300, letterbox_image: bool = True, nms_type: str = "nms",
-                 device: str = "auto", multi_label: bool = False):
+    def __init__(self, *, onnx_path: str, classes_path: str | None = None, letterbox_image: bool = True,
+                 postprocess_settings: PostprocessSettings = DEFAULT_POSTPROCESS, device: str = "auto"):
         import onnxruntime
 
         path = Path(onnx_path)
@@ -444,8 +433,8 @@ class OnnxYOLO(_Detector):
         self.input_shape = _input_hw(model_input.shape[2:])
         self._input_name = model_input.name
         self._static_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
-        self._set_postprocess(confidence=confidence, nms_iou=nms_iou, max_det=max_det,
-                              letterbox_image=letterbox_image, nms_type=nms_type, multi_label=multi_label)
+        self.letterbox_image = bool(letterbox_image)
+        self.postprocess_settings = postprocess_settings
 
     def _finish_decode(self, outputs: Tensor) -> Tensor:
         return outputs

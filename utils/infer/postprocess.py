@@ -1,9 +1,13 @@
-"""Inference-side postprocessing: class-aware NMS (plain and DIoU) of decoded predictions.
+"""Inference-side postprocessing: the settings that shape detections, and class-aware NMS (plain and DIoU) of
+decoded predictions.
 
 Box names follow utils/core/boxes.py: ``pred_xyxy`` / ``pred_cxcywh`` are in network-input pixels. Mapping boxes
 back to the original image is the letterbox's inverse, in utils/infer/preprocess.py.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -11,8 +15,36 @@ from torchvision.ops import batched_nms, distance_box_iou
 
 from utils.core.boxes import box_cxcywh_to_xyxy
 
-NMS_TYPES = ("nms", "diou")
+NmsType = Literal["nms", "diou"]
+NMS_TYPES = get_args(NmsType)
 PREFIX_PER_MAX_DET = 4  # first NMS pass takes each image's best 4 * max_det candidates
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """How decoded predictions become detections; the detectors take one, and this is where it is validated.
+
+    confidence: keep boxes whose objectness * class probability is at least this; nms_iou: suppress a box that
+    overlaps a better box of its class by more than this (IoU, or DIoU for nms_type 'diou'); max_det: at most this
+    many detections per image; multi_label: a box may be reported once per class that passes ``confidence``.
+    The defaults are predict.py's display settings.
+    """
+    confidence: float = 0.5
+    nms_iou: float = 0.3
+    nms_type: NmsType = "nms"
+    max_det: int = 300
+    multi_label: bool = False
+
+    def __post_init__(self):
+        if self.nms_type not in NMS_TYPES:
+            raise ValueError(f"nms_type must be one of {NMS_TYPES}, got {self.nms_type!r}")
+        if not 0.0 <= self.confidence <= 1.0 or self.max_det < 1:
+            raise ValueError(f"need 0 <= confidence <= 1 and max_det >= 1, got {self.confidence} and {self.max_det}")
+        if self.nms_type == "diou" and self.nms_iou < 0:
+            raise ValueError(f"nms_iou must be >= 0 for DIoU-NMS, got {self.nms_iou}")
+
+
+DEFAULT_POSTPROCESS = PostprocessSettings()
 
 
 def diou_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, *, iou_threshold: float, max_per_group: int,
@@ -67,26 +99,22 @@ def _rank_within_image(scores: Tensor, image_idx: Tensor, *, batch: int) -> Tens
     return rank
 
 
-def non_max_suppression(decoded: Tensor, *, conf_threshold: float, nms_iou: float, max_det: int,
-                        nms_type: str = "nms", multi_label: bool = False) -> list[dict[str, Tensor]]:
+def non_max_suppression(decoded: Tensor, *, settings: PostprocessSettings) -> list[dict[str, Tensor]]:
     """Class-aware NMS of decoded predictions, all images in one call.
 
     decoded: (B, N, 5 + C) = pred_cxcywh (input pixels), objectness probability, class probabilities.
-    A box's score is obj * its best class probability; boxes with score >= conf_threshold enter NMS.
+    A box's score is obj * its best class probability; boxes with score >= settings.confidence enter NMS.
     With ``multi_label`` every (box, class) pair whose obj * class probability passes the threshold is a
     candidate, so a box can be reported for a second class (the usual choice when measuring mAP).
     nms_type 'nms' suppresses IoU > nms_iou (torchvision batched_nms), 'diou' suppresses DIoU > nms_iou
     (``diou_nms``). Returns per image a dict: ``boxes_xyxy`` (n, 4) input pixels, ``scores`` (n,),
     ``class_ids`` (n,) int64, best score first, at most max_det boxes.
     """
-    if nms_type not in NMS_TYPES:
-        raise ValueError(f"nms_type must be one of {NMS_TYPES}, got {nms_type!r}")
-    if nms_type == "diou" and nms_iou < 0:
-        raise ValueError(f"nms_iou must be >= 0 for DIoU-NMS, got {nms_iou}")
+    conf_threshold, nms_iou, max_det = settings.confidence, settings.nms_iou, settings.max_det
     batch, _, channels = decoded.shape
     num_classes = channels - 5
     decoded = decoded.float()
-    if multi_label:
+    if settings.multi_label:
         scores = decoded[..., 4:5] * decoded[..., 5:]  # (B, N, C)
         image_idx, box_idx, cand_classes = torch.nonzero(scores >= conf_threshold, as_tuple=True)  # (M,) each
         cand_scores = scores[image_idx, box_idx, cand_classes]  # (M,)
@@ -106,7 +134,7 @@ def non_max_suppression(decoded: Tensor, *, conf_threshold: float, nms_iou: floa
     limit = PREFIX_PER_MAX_DET * max_det
     while True:
         prefix = torch.nonzero(rank < limit).squeeze(1)  # (P,)
-        if nms_type == "nms":
+        if settings.nms_type == "nms":
             keep = prefix[batched_nms(cand_xyxy[prefix], cand_scores[prefix], groups[prefix], nms_iou)]  # best first
         else:
             keep = prefix[diou_nms(cand_xyxy[prefix], cand_scores[prefix], groups[prefix], iou_threshold=nms_iou,

@@ -205,8 +205,10 @@ class Run:
 
     def evaluate_map(self) -> dict:
         from utils.infer.detector import YOLO
+        from utils.infer.postprocess import PostprocessSettings
 
-        detector = YOLO.from_model(self.inference_net, config=self.run_config, confidence=0.001, nms_iou=0.5,
+        detector = YOLO.from_model(self.inference_net, config=self.run_config,
+                                   postprocess_settings=PostprocessSettings(confidence=0.001, nms_iou=0.5),
                                    device=str(self.device))
         image_paths = sorted(line_image_path(line) for line in self.val_lines)
         results = evaluate_voc_images(detector=detector, image_paths=image_paths, class_names=self.spec.class_names,
