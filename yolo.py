@@ -6,5 +6,5 @@ importing a top-level script.
     detector = YOLO(model_path="logs/best_epoch_weights.pth")   # settings come from the checkpoint's config
     dets = detector.detect(Image.open("img/street.jpg"))        # Detections: boxes_xyxy, scores, class_ids, ...
 """
-from utils.infer.detector import BACKENDS, YOLO, Detections, OnnxYOLO, onnx_mismatch  # noqa: F401
+from utils.infer.detector import YOLO, Detections, OnnxYOLO, onnx_mismatch  # noqa: F401
 from utils.infer.postprocess import PostprocessSettings  # noqa: F401

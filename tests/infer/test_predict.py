@@ -77,7 +77,7 @@ def test_yolo_reads_settings_from_checkpoint_config(checkpoint):
     assert isinstance(detections, Detections) and len(detections) > 0
     assert detections.boxes_xyxy.dtype == np.float32 and detections.class_ids.dtype == np.int64
     assert set(detections.class_names) <= set(CLASSES)
-    assert json.loads(detections.to_json())[0]["class_name"] in CLASSES
+    assert json.loads(json.dumps(detections.to_dicts()))[0]["class_name"] in CLASSES
 
 
 def test_yolo_arguments_override_checkpoint(checkpoint, tmp_path):

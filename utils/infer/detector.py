@@ -28,7 +28,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from nets.darknet_weights import set_bn_eps
-from nets.yolo import MODELS, build_model
+from nets.yolo import build_model
 from utils.core.decode import decode_outputs, split_levels
 from utils.core.device import DTYPES, resolve_device, resolve_precision
 from utils.core.model_files import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, MODEL_DATA, check_anchors_mask,
@@ -45,7 +45,6 @@ DEFAULT_INPUT_SHAPE = [416, 416]
 # pixels for coordinates near 0), probabilities within ONNX_PROB_ATOL. Summation order differs between the two
 # runtimes, so a 1764 px box may move by a few thousandths of a pixel: float noise, not an export error.
 ONNX_BOX_RTOL, ONNX_BOX_ATOL, ONNX_PROB_ATOL = 1e-4, 1e-3, 1e-4
-BACKENDS = ("torch", "onnxruntime")
 REQUIRED_CONFIG = ("class_names", "anchors", "anchors_mask", "input_shape")
 
 
@@ -65,9 +64,6 @@ class Detections:
         return [{"class_id": int(c), "class_name": name, "score": round(float(s), 6),
                  "box_xyxy": [round(float(v), 2) for v in box]}
                 for box, s, c, name in zip(self.boxes_xyxy, self.scores, self.class_ids, self.class_names)]
-
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dicts(), indent=indent)
 
 
 def _input_hw(input_shape: int | list[int] | tuple[int, ...]) -> list[int]:
@@ -198,8 +194,6 @@ class YOLO(_Detector):
         checkpoint = read_model_file(model_path, cfg_path=cfg_path)  # a darknet .weights file needs its cfg_path
         config = checkpoint["config"] if is_project_checkpoint(checkpoint) else {}
         model_name = model or checkpoint_variant(checkpoint) or "yolov4"  # a bare state_dict: from its keys
-        if model_name not in MODELS:
-            raise ValueError(f"model must be one of {sorted(MODELS)}, got {model_name!r}")
         class_names = (get_classes(classes_path) if classes_path
                        else config.get("class_names") or get_classes(DEFAULT_CLASSES_PATH))
         anchors = (get_anchors(anchors_path) if anchors_path
