@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 from torchvision.ops import box_iou
 
-import utils.infer.detector as detector_module
+import utils.infer.onnx_detector as onnx_detector_module
 from nets.yolo import build_model, init_weights
 from utils.core.device import resolve_precision
 from utils.infer.folding import fold_batchnorm, inference_copy
@@ -183,7 +183,7 @@ def test_onnx_mismatch_is_relative_on_boxes_and_absolute_on_probabilities():
 def test_failed_onnx_export_writes_nothing(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     detector = detector_for(trained_like_net("yolov4-tiny"), "yolov4-tiny", size=64)
-    monkeypatch.setattr(detector_module, "onnx_mismatch", lambda *, got, expected: {  # a check that fails
+    monkeypatch.setattr(onnx_detector_module, "onnx_mismatch", lambda *, got, expected: {  # a check that fails
         "box_abs": 1.0, "box_rel": 1.0, "prob_abs": 1.0, "worst": 2.0})
     target = tmp_path / "model.onnx"
     with pytest.raises(ValueError, match="nothing was written"):
