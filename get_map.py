@@ -99,6 +99,24 @@ def _image_paths(*, set_file: Path, image_ids: list[str]) -> dict[str, Path]:
     return {i: images[i] for i in image_ids}
 
 
+def _given_classes(cfg: dict) -> list[str] | None:
+    """The classes of classes_path; None: from the checkpoint (modes 0 / 1) or the text files (modes 2-4)."""
+    if not cfg["classes_path"]:
+        return None
+    from utils.core.model_files import get_classes
+
+    return get_classes(cfg["classes_path"])
+
+
+def _image_set(cfg: dict, *, mode: int) -> tuple[Path, list[str], dict[str, Path]]:
+    """The image set file; its image ids (modes 0-2, else none); their image files (modes 0 / 1, and mode 2 with
+    map_vis, else none)."""
+    set_file = Path(cfg["VOCdevkit_path"]) / cfg["image_set_path"]
+    image_ids = _read_lines(set_file, "image set") if mode in (0, 1, 2) else []
+    needs_images = mode in (0, 1) or (mode == 2 and cfg["map_vis"])
+    return set_file, image_ids, _image_paths(set_file=set_file, image_ids=image_ids) if needs_images else {}
+
+
 def _build_detector(cfg: dict, class_names: list[str] | None):
     """The detector of modes 0 / 1. A checkpoint of this project keeps its own classes (a differing classes_path
     is refused); a bare state_dict takes classes_path, model, anchors_path and anchors_mask as predict.py does."""
@@ -124,61 +142,47 @@ def _build_detector(cfg: dict, class_names: list[str] | None):
     return detector
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    """Run the configured mode; returns the results dict (None when nothing could be evaluated)."""
-    from utils.eval.evaluation import predict_images, read_ground_truth, score_detections, unreadable_note
-    from utils.eval.utils_map import (DETECTION_DIR, GROUND_TRUTH_DIR, SKIPPED_FILE, read_detection_files,
-                                      read_ground_truth_files, read_skipped_images, write_detection_files,
-                                      write_ground_truth_files, write_results_json, write_skipped_images)
+def _predict(cfg: dict, *, class_names: list[str] | None, image_paths: dict[str, Path],
+             out_dir: Path) -> tuple[dict, dict, list[str]]:
+    """Modes 0 / 1: detections of every image, written to detection-results/ (and unreadable images to
+    skipped-images.txt). Returns (detections, unreadable images, the detector's class names)."""
+    from utils.eval.evaluation import predict_images, unreadable_note
+    from utils.eval.utils_map import DETECTION_DIR, write_detection_files, write_skipped_images
 
-    cfg = resolve_config(settings_of(globals()), argv)
-    mode = cfg["map_mode"]
-    out_dir = Path(cfg["map_out_path"])
-    class_names = None
-    if cfg["classes_path"]:
-        from utils.core.model_files import get_classes
+    detector = _build_detector(cfg, class_names)
+    predictions = predict_images(detector=detector, image_paths=image_paths, progress=True)
+    dets, unreadable = predictions.dets, predictions.unreadable
+    if unreadable:
+        print(unreadable_note(unreadable))
+    write_detection_files(map_out_path=out_dir, dets=dets)
+    write_skipped_images(map_out_path=out_dir, unreadable=unreadable)
+    print(f"wrote {sum(map(len, dets.values()))} detections of {len(dets)} images to {out_dir / DETECTION_DIR}")
+    return dets, unreadable, list(detector.class_names)
 
-        class_names = get_classes(cfg["classes_path"])
 
-    image_ids: list[str] = []
-    image_paths: dict = {}
-    if mode in (0, 1, 2):
-        set_file = Path(cfg["VOCdevkit_path"]) / cfg["image_set_path"]
-        year_dir = set_file.parents[2]  # <year>/ImageSets/Main/<set>.txt
-        image_ids = _read_lines(set_file, "image set")
-        if mode in (0, 1) or cfg["map_vis"]:
-            image_paths = _image_paths(set_file=set_file, image_ids=image_ids)
-    dets: dict = {}
-    gt: dict = {}
-    unreadable: dict = {}
-    if mode in (0, 1):
-        detector = _build_detector(cfg, class_names)
-        class_names = list(detector.class_names)
-        predictions = predict_images(detector=detector, image_paths=image_paths, progress=True)
-        dets, unreadable = predictions.dets, predictions.unreadable
-        if unreadable:
-            print(unreadable_note(unreadable))
-        write_detection_files(map_out_path=out_dir, dets=dets)
-        write_skipped_images(map_out_path=out_dir, unreadable=unreadable)
-        print(f"wrote {sum(map(len, dets.values()))} detections of {len(dets)} images to {out_dir / DETECTION_DIR}")
-    if mode in (0, 2) or (mode == 1 and cfg["map_vis"]):
-        xml_paths = {i: year_dir / "Annotations" / f"{i}.xml" for i in image_ids if i not in unreadable}
-        gt, left_out = read_ground_truth(xml_paths=xml_paths, class_names=class_names)
-        if left_out:
-            print(f"note: {left_out} ground-truth objects of classes outside {class_names} were left out")
-        if mode != 1:
-            write_ground_truth_files(map_out_path=out_dir, gt=gt)
-            print(f"wrote {sum(map(len, gt.values()))} ground-truth objects of {len(gt)} images to "
-                  f"{out_dir / GROUND_TRUTH_DIR}")
-    if cfg["map_vis"] and image_paths:
-        _save_visualisations(image_paths=image_paths, gt=gt, dets=dets, out_dir=out_dir / "images-optional",
-                             min_score=cfg["score_threshold"])
+def _ground_truth(*, year_dir: Path, image_ids: list[str], unreadable: dict, class_names: list[str] | None,
+                  out_dir: Path | None) -> dict:
+    """The readable images' objects from their XMLs; written to ground-truth/ unless ``out_dir`` is None."""
+    from utils.eval.evaluation import read_ground_truth
+    from utils.eval.utils_map import GROUND_TRUTH_DIR, write_ground_truth_files
 
-    if mode in (1, 2) and not ((out_dir / GROUND_TRUTH_DIR).is_dir() and (out_dir / DETECTION_DIR).is_dir()):
-        print(f"{out_dir} lacks the {'ground truth' if mode == 1 else 'detections'}; run mode "
-              f"{2 if mode == 1 else 1}, then mode 3 or 4, to get results.json")
-        return None
-    # Always evaluate what the text files hold (read back sorted by image id), so every mode agrees with mode 3.
+    xml_paths = {i: year_dir / "Annotations" / f"{i}.xml" for i in image_ids if i not in unreadable}
+    gt, left_out = read_ground_truth(xml_paths=xml_paths, class_names=class_names)
+    if left_out:
+        print(f"note: {left_out} ground-truth objects of classes outside {class_names} were left out")
+    if out_dir is not None:
+        write_ground_truth_files(map_out_path=out_dir, gt=gt)
+        print(f"wrote {sum(map(len, gt.values()))} ground-truth objects of {len(gt)} images to "
+              f"{out_dir / GROUND_TRUTH_DIR}")
+    return gt
+
+
+def _read_back(*, out_dir: Path, image_ids: list[str]) -> tuple[dict, dict, dict]:
+    """The text files of map_out_path, limited to the image set's readable images (all ground-truth files when
+    there is no image set): (ground truth, detections, unreadable images), sorted by image id."""
+    from utils.eval.utils_map import (GROUND_TRUTH_DIR, SKIPPED_FILE, read_detection_files, read_ground_truth_files,
+                                      read_skipped_images)
+
     gt_files = read_ground_truth_files(map_out_path=out_dir)
     det_files = read_detection_files(map_out_path=out_dir)
     unreadable = read_skipped_images(map_out_path=out_dir)
@@ -194,6 +198,17 @@ def main(argv: list[str] | None = None) -> dict | None:
     stale = sorted(set(det_files) - set(gt_files) - set(unreadable))
     if stale:
         print(f"note: {len(stale)} detection files are outside the evaluated images and ignored, e.g. {stale[0]}")
+    return gt_files, det_files, unreadable
+
+
+def _evaluate_files(cfg: dict, *, mode: int, out_dir: Path, image_ids: list[str],
+                    class_names: list[str] | None) -> dict:
+    """Scores what the text files hold, so that every mode agrees with mode 3; plots (mode 0), results.json and
+    the table."""
+    from utils.eval.evaluation import score_detections
+    from utils.eval.utils_map import write_results_json
+
+    gt_files, det_files, unreadable = _read_back(out_dir=out_dir, image_ids=image_ids)
     if class_names is None:
         class_names = sorted({b.class_name for boxes in [*gt_files.values(), *det_files.values()] for b in boxes})
     results = score_detections(gt=gt_files, dets=det_files, class_names=class_names, iou_threshold=cfg["MINOVERLAP"],
@@ -210,6 +225,32 @@ def main(argv: list[str] | None = None) -> dict | None:
     _print_table(results)
     print(f"results written to {out_dir / 'results.json'}")
     return results
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    """Run the configured mode; returns the results dict (None when nothing could be evaluated)."""
+    from utils.eval.utils_map import DETECTION_DIR, GROUND_TRUTH_DIR
+
+    cfg = resolve_config(settings_of(globals()), argv)
+    mode = cfg["map_mode"]
+    out_dir = Path(cfg["map_out_path"])
+    class_names = _given_classes(cfg)
+    set_file, image_ids, image_paths = _image_set(cfg, mode=mode)
+    dets, gt, unreadable = {}, {}, {}
+    if mode in (0, 1):
+        dets, unreadable, class_names = _predict(cfg, class_names=class_names, image_paths=image_paths,
+                                                 out_dir=out_dir)
+    if mode in (0, 2) or (mode == 1 and cfg["map_vis"]):
+        gt = _ground_truth(year_dir=set_file.parents[2], image_ids=image_ids, unreadable=unreadable,
+                           class_names=class_names, out_dir=out_dir if mode != 1 else None)
+    if cfg["map_vis"] and image_paths:
+        _save_visualisations(image_paths=image_paths, gt=gt, dets=dets, out_dir=out_dir / "images-optional",
+                             min_score=cfg["score_threshold"])
+    if mode in (1, 2) and not ((out_dir / GROUND_TRUTH_DIR).is_dir() and (out_dir / DETECTION_DIR).is_dir()):
+        print(f"{out_dir} lacks the {'ground truth' if mode == 1 else 'detections'}; run mode "
+              f"{2 if mode == 1 else 1}, then mode 3 or 4, to get results.json")
+        return None
+    return _evaluate_files(cfg, mode=mode, out_dir=out_dir, image_ids=image_ids, class_names=class_names)
 
 
 if __name__ == "__main__":

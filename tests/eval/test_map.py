@@ -340,6 +340,24 @@ def test_get_map_mode0_with_stub_detector(tmp_path, monkeypatch):
         assert (map_out / png).stat().st_size > 0
 
 
+def test_modes_1_and_2_write_one_half_each_and_the_second_evaluates(tmp_path, monkeypatch, capsys):
+    make_voc(tmp_path / "VOCdevkit")
+    monkeypatch.setitem(sys.modules, "yolo", types.SimpleNamespace(YOLO=FakeDetector))
+    monkeypatch.setattr(FakeDetector, "instances", [])
+    map_out = tmp_path / "map_out"
+    args = [f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}", f"--map_out_path={map_out}"]
+    assert get_map.main(["--map_mode=1", "--map_vis=true", *args]) is None
+    assert "lacks the ground truth; run mode 2, then mode 3 or 4" in capsys.readouterr().out
+    assert sorted(p.name for p in (map_out / "detection-results").iterdir()) == ["img_a.txt", "img_b.txt"]
+    assert not (map_out / "ground-truth").exists()  # mode 1 reads the XMLs only to draw them
+    assert sorted(p.name for p in (map_out / "images-optional").iterdir()) == ["img_a.jpg", "img_b.jpg"]
+    results = get_map.main(["--map_mode=2", *args])
+    assert len(FakeDetector.instances) == 1  # mode 2 predicts nothing
+    # The same hand-computed values as mode 0 on this set: img_a TP, img_b FP at the same score.
+    assert results["map"] == pytest.approx(0.5) and results["map_voc07"] == pytest.approx(6 / 11)
+    assert "coco" not in results and not (map_out / "ap_per_class.png").exists()  # COCO AP and plots: modes 0 / 4
+
+
 def test_get_map_detector_settings_and_image_extensions(tmp_path, monkeypatch):
     make_voc(tmp_path / "VOCdevkit", extensions=(".JPG", ".png"))
     monkeypatch.setitem(sys.modules, "yolo", types.SimpleNamespace(YOLO=FakeDetector))
