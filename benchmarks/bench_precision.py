@@ -1,7 +1,7 @@
 """What a reduced inference precision does to accuracy at full size: each checkpoint scored on its test set by
 get_map.py (mode 0: confidence 0.001, NMS 0.5, letterboxed, batched) once per precision, with the mAP@0.5 change
 against fp32 per class. This is the check behind `precision=auto` picking bf16 on CPUs with native bf16
-(utils/infer/folding.py): a default that changes numerics must move the main job's test mAP@0.5 by less than
+(utils/core/device.py): a default that changes numerics must move the main job's test mAP@0.5 by less than
 ``max_map_change``.
 
     python benchmarks/bench_precision.py --model_paths="['runs/compare/runs/bce__seed11/last_epoch_weights.pth']"
