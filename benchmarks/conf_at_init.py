@@ -4,8 +4,8 @@ objectness-bias inits, on one real batch of the bundled BCCD training images (le
     python benchmarks/conf_at_init.py [--model=yolov4-tiny] [--batch_size=8]
 
 The unweighted term (``loss_conf``, summed over levels) and its contribution to the total after the
-loss weights (objectness ratio x level balance, x focal_loss_ratio for focal) are shown, so runs can be
-compared honestly: focal loss shrinks the raw term by about an order of magnitude at init.
+loss weights (the loss's weights dict: objectness ratio x level balance, x focal_loss_ratio for focal) are shown,
+so runs can be compared honestly: focal loss shrinks the raw term by about an order of magnitude at init.
 """
 import sys
 from pathlib import Path
@@ -21,6 +21,7 @@ from utils.core.config import resolve_config, run_cli, settings_of  # noqa: E402
 from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, ModelSpec, get_anchors  # noqa: E402
 from utils.data.dataloader import YoloDataset, yolo_collate  # noqa: E402
 from utils.data.voc import read_annotation_file  # noqa: E402
+from utils.train.conf_at_init import weighted_conf_term  # noqa: E402
 
 model: str = "yolov4-tiny"  # "yolov4" or "yolov4-tiny"
 batch_size: int = 8  # images of the first training batch
@@ -50,10 +51,9 @@ def main(argv: list[str] | None = None) -> None:
                                              focal_loss=focal, conf_normalization=norm)
                 criterion = build_loss(config=settings, spec=spec)
                 terms = criterion(outputs, targets)
-                strides = [config["input_shape"][0] / o.shape[2] for o in outputs]
-                weighted = sum(criterion.conf_weight(s) * terms[f"loss_conf_s{round(s)}"] for s in strides)
+                weighted = weighted_conf_term(criterion, outputs, targets)
                 print(f"{'bias 0' if prior is None else f'pi={prior}':<12}{'focal' if focal else 'BCE':<7}"
-                      f"{norm:<15}{terms['loss_conf'].item():>10.4f}{weighted.item():>10.4f}")
+                      f"{norm:<15}{terms['loss_conf'].item():>10.4f}{weighted:>10.4f}")
 
 
 if __name__ == "__main__":

@@ -65,5 +65,7 @@ def parity_reference_loss(criterion, outputs: list[Tensor], targets: Tensor) -> 
         loc = loc_sum / max(num_pairs, 1)
         cls = cls_sum / max(num_pairs * criterion.num_classes, 1)
         conf = conf_sum / max(kept_count, 1)
-        total = total + criterion.box_ratio * loc + criterion.cls_ratio * cls + criterion.conf_weight(stride_y) * conf
+        weight, tag = criterion.weights, f"s{round(stride_y)}"
+        total = (total + weight[f"loss_loc_{tag}"] * loc + weight[f"loss_cls_{tag}"] * cls
+                 + weight[f"loss_conf_{tag}"] * conf)
     return total

@@ -20,11 +20,12 @@ Conventions
   alpha_t * (1 - p_t)^gamma with focal loss. ``conf_normalization='mean'`` (default, the reference
   recipe) averages over kept cells per level; ``'num_pos'`` (the Focal Loss paper) sums and divides
   by the number of positive cells of the batch.
-- Weights, applied only in ``weighted_total``: box 0.05, class C / 80, objectness
-  5 * (H * W) / 416^2 * balance[stride] (balance 0.4 / 1.0 / 4 for stride 32 / 16 / 8), and, with
-  focal loss and 'mean' normalisation, ``focal_loss_ratio`` (10) on the confidence term, which the
-  reference recipe uses to bring the focal mean back to the scale of the plain BCE mean; with focal
-  loss, also ``focal_conf_scale`` (1, or computed at the start of training: utils/train/conf_at_init.py).
+- Weights: one dict keyed by term name (``loss_weights``; ``build_loss`` makes it from the training settings),
+  held by the loss and applied only in ``weighted_total``: box 0.05, class C / 80, objectness
+  5 * (H * W) / 416^2 * balance[stride] (balance 0.4 / 1.0 / 4 for stride 32 / 16 / 8) * the focal factor
+  (``focal_conf_factor``): 1 without focal loss; with it ``focal_conf_scale`` (1, or computed at the start of
+  training: utils/train/conf_at_init.py), times ``focal_loss_ratio`` (10) with 'mean' normalisation, which the
+  reference recipe uses to bring the focal mean back to the scale of the plain BCE mean.
 """
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ from utils.core.decode import decode_level_xyxy_planes, decode_txywh, level_stri
 
 IOU_LOSSES = {"ciou": complete_box_iou_loss, "diou": distance_box_iou_loss, "giou": generalized_box_iou_loss}
 BALANCE_BY_STRIDE = {32: 0.4, 16: 1.0, 8: 4.0}
+HEAD_STRIDES = (32, 16, 8)  # level l's stride, coarsest first: the heads of both networks in nets/yolo.py
 LOSS_TERMS = ("loss", "loss_loc", "loss_conf", "loss_cls")  # the total and its three named terms
 
 
@@ -51,14 +53,45 @@ def focal_ratio(logits: Tensor, is_positive: Tensor, *, alpha: float, gamma: flo
     return alpha_t * torch.exp(gamma * F.logsigmoid(-logit_t))
 
 
+def focal_conf_factor(*, focal_loss: bool, conf_normalization: str, focal_loss_ratio: float = 10.0,
+                      focal_conf_scale: float = 1.0) -> float:
+    """The factor on the confidence term's weight: the one place it is computed.
+
+    1 without focal loss. With it, ``focal_conf_scale`` times ``focal_loss_ratio`` under 'mean' normalisation;
+    a sum divided by the number of positives (the Focal Loss paper's) is not rescaled by the ratio.
+    """
+    if not focal_loss:
+        return 1.0
+    return focal_conf_scale * (focal_loss_ratio if conf_normalization == "mean" else 1.0)
+
+
+def loss_weights(*, num_levels: int, input_shape: tuple[int, int], num_classes: int, focal_factor: float = 1.0,
+                 box_ratio: float = 0.05, cls_ratio: float | None = None,
+                 obj_ratio: float | None = None) -> dict[str, float]:
+    """Every level term's weight in the total, keyed by term name (``loss_loc_s32``, ``loss_conf_s32``, ...),
+    levels coarsest first: ``box_ratio`` on location, ``cls_ratio`` (None: C / 80) on class, and on confidence
+    ``obj_ratio`` (None: 5 * (h * w) / 416^2) x the level's balance x ``focal_factor`` (focal_conf_factor)."""
+    if num_levels > len(HEAD_STRIDES):
+        raise ValueError(f"{num_levels} levels: the networks have at most {len(HEAD_STRIDES)}")
+    cls_ratio = num_classes / 80 if cls_ratio is None else cls_ratio
+    obj_ratio = 5 * input_shape[0] * input_shape[1] / 416**2 if obj_ratio is None else obj_ratio
+    weights = {}
+    for stride in HEAD_STRIDES[:num_levels]:
+        weights[f"loss_loc_s{stride}"] = box_ratio
+        weights[f"loss_cls_s{stride}"] = cls_ratio
+        weights[f"loss_conf_s{stride}"] = obj_ratio * BALANCE_BY_STRIDE[stride] * focal_factor
+    return weights
+
+
 class YOLOLoss(nn.Module):
+    """``weights``: loss_weights' dict (build_loss makes it from the training settings); None: loss_weights'
+    defaults for these classes, input and levels, with focal_conf_factor's defaults when ``focal_loss``."""
+
     def __init__(self, *, anchors_px: Tensor, anchors_mask: list[list[int]], num_classes: int,
                  input_shape: tuple[int, int], label_smoothing: float = 0.0, focal_loss: bool = False,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, focal_loss_ratio: float = 10.0,
-                 focal_conf_scale: float = 1.0,
-                 conf_normalization: str = "mean", iou_type: str = "ciou", ignore_threshold: float = 0.5,
-                 multi_anchor_threshold: float | None = None, scale_x_y: list[float] | None = None,
-                 box_ratio: float = 0.05, cls_ratio: float | None = None, obj_ratio: float | None = None):
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, conf_normalization: str = "mean",
+                 iou_type: str = "ciou", ignore_threshold: float = 0.5, multi_anchor_threshold: float | None = None,
+                 scale_x_y: list[float] | None = None, weights: dict[str, float] | None = None):
         super().__init__()
         if iou_type not in IOU_LOSSES:
             raise ValueError(f"iou_type must be one of {sorted(IOU_LOSSES)}, got {iou_type!r}")
@@ -70,16 +103,16 @@ class YOLOLoss(nn.Module):
         self.input_shape = tuple(input_shape)
         self.label_smoothing = label_smoothing
         self.focal_loss, self.focal_alpha, self.focal_gamma = focal_loss, focal_alpha, focal_gamma
-        self.focal_loss_ratio = focal_loss_ratio
-        self.focal_conf_scale = focal_conf_scale  # set from the first batch by utils.train.conf_at_init when asked
         self.conf_normalization = conf_normalization
         self.iou_loss = IOU_LOSSES[iou_type]
         self.ignore_threshold = ignore_threshold
         self.multi_anchor_threshold = multi_anchor_threshold
         self.scale_x_y = list(scale_x_y) if scale_x_y else [1.0] * len(anchors_mask)
-        self.box_ratio = box_ratio
-        self.cls_ratio = num_classes / 80 if cls_ratio is None else cls_ratio
-        self.obj_ratio = 5 * input_shape[0] * input_shape[1] / 416**2 if obj_ratio is None else obj_ratio
+        if weights is None:
+            weights = loss_weights(num_levels=len(anchors_mask), input_shape=self.input_shape, num_classes=num_classes,
+                                   focal_factor=focal_conf_factor(focal_loss=focal_loss,
+                                                                  conf_normalization=conf_normalization))
+        self.weights = dict(weights)
         usable = torch.zeros(len(self.anchors_px), dtype=torch.bool)
         usable[[a for mask in self.anchors_mask for a in mask]] = True
         self.register_buffer("usable_anchors", usable)
@@ -100,19 +133,13 @@ class YOLOLoss(nn.Module):
         gt_index, anchor_index = is_pair.nonzero(as_tuple=True)
         return gt_index, anchor_index
 
-    def conf_weight(self, stride: float) -> float:
-        focal = 1.0
-        if self.focal_loss:
-            focal = self.focal_conf_scale * (self.focal_loss_ratio if self.conf_normalization == "mean" else 1.0)
-        return self.obj_ratio * BALANCE_BY_STRIDE.get(round(stride), 1.0) * focal
-
-    def weighted_total(self, terms: dict[str, Tensor], strides: list[float]) -> Tensor:
-        """The one place where the loss weights are applied."""
-        total = 0.0
-        for stride in strides:
-            tag = f"s{round(stride)}"
-            total = total + (self.box_ratio * terms[f"loss_loc_{tag}"] + self.cls_ratio * terms[f"loss_cls_{tag}"]
-                             + self.conf_weight(stride) * terms[f"loss_conf_{tag}"])
+    def weighted_total(self, terms: dict[str, Tensor], tags: list[str]) -> Tensor:
+        """The one place where the loss weights are applied: level by level (``tags``: "s32", ... in level order),
+        location, class and confidence term each times its entry of ``self.weights``."""
+        total, weight = 0.0, self.weights
+        for tag in tags:
+            loc, cls, conf = f"loss_loc_{tag}", f"loss_cls_{tag}", f"loss_conf_{tag}"
+            total = total + (weight[loc] * terms[loc] + weight[cls] * terms[cls] + weight[conf] * terms[conf])
         return total
 
     def forward(self, outputs: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
@@ -152,13 +179,13 @@ class YOLOLoss(nn.Module):
 
     def _forward_fp32(self, outputs: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
         prepared = self._prepare_targets(targets)
-        terms, conf_sums, kept_counts, strides = {}, [], [], []
+        terms, conf_sums, kept_counts, tags = {}, [], [], []
         num_pos = outputs[0].new_zeros(())
         for level_index, raw in enumerate(outputs):
             level = split_levels(raw, len(self.anchors_mask[level_index]))  # (B, A, H, W, 5 + C)
             a = self._assign_level(level, level_index, prepared)
             tag = f"s{round(a['stride_yx'][0])}"
-            strides.append(a["stride_yx"][0])
+            tags.append(tag)
 
             pred_pos = level[a["img_i"], a["anchor_i"], a["cell_y"], a["cell_x"]]  # (P_l, 5 + C)
             pred_pos_cxcywh_px = decode_txywh(
@@ -184,13 +211,13 @@ class YOLOLoss(nn.Module):
             kept_counts.append(a["kept"].sum())
             num_pos = num_pos + a["is_obj"].sum()
 
-        for tag_stride, conf_sum, kept_count in zip(strides, conf_sums, kept_counts):
+        for tag, conf_sum, kept_count in zip(tags, conf_sums, kept_counts):
             norm = kept_count if self.conf_normalization == "mean" else num_pos
-            terms[f"loss_conf_s{round(tag_stride)}"] = conf_sum / norm.clamp(min=1)
+            terms[f"loss_conf_{tag}"] = conf_sum / norm.clamp(min=1)
 
         for name in ("loss_loc", "loss_conf", "loss_cls"):
-            terms[name] = sum(terms[f"{name}_s{round(s)}"] for s in strides)
-        terms["loss"] = self.weighted_total(terms, strides)
+            terms[name] = sum(terms[f"{name}_{tag}"] for tag in tags)
+        terms["loss"] = self.weighted_total(terms, tags)
         terms["num_pos"] = num_pos.detach()
         return terms
 
@@ -222,14 +249,27 @@ class YOLOLoss(nn.Module):
                                  input_shape=self.input_shape)
 
 
-def build_loss(*, config, spec) -> YOLOLoss:
-    """The one place a YOLOLoss is made from training settings (a train.TrainConfig) and a utils.core.model_files.ModelSpec."""
+def settings_focal_factor(config, *, focal_conf_scale: float | None = None) -> float:
+    """focal_conf_factor of training settings (a train.TrainConfig). ``focal_conf_scale``: the scale the run
+    resolved (utils/train/conf_at_init.py); None: the config's number, or 1 where the config asks for the scale
+    to be matched at init (the focal term unmatched)."""
+    if focal_conf_scale is None:
+        focal_conf_scale = 1.0 if isinstance(config.focal_conf_scale, str) else config.focal_conf_scale
+    return focal_conf_factor(focal_loss=config.focal_loss, conf_normalization=config.conf_normalization,
+                             focal_loss_ratio=config.focal_loss_ratio, focal_conf_scale=focal_conf_scale)
+
+
+def build_loss(*, config, spec, focal_conf_scale: float | None = None) -> YOLOLoss:
+    """The one place a YOLOLoss and its weights are made from training settings (a train.TrainConfig) and a
+    utils.core.model_files.ModelSpec; ``focal_conf_scale`` as for settings_focal_factor."""
+    weights = loss_weights(num_levels=len(spec.anchors_mask), input_shape=tuple(config.input_shape),
+                           num_classes=len(spec.class_names),
+                           focal_factor=settings_focal_factor(config, focal_conf_scale=focal_conf_scale),
+                           box_ratio=config.box_ratio, cls_ratio=config.cls_ratio, obj_ratio=config.obj_ratio)
     return YOLOLoss(anchors_px=torch.tensor(spec.anchors), anchors_mask=spec.anchors_mask,
                     num_classes=len(spec.class_names), input_shape=tuple(config.input_shape),
                     label_smoothing=config.label_smoothing, focal_loss=config.focal_loss,
                     focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
-                    focal_loss_ratio=config.focal_loss_ratio, conf_normalization=config.conf_normalization,
-                    focal_conf_scale=config.focal_conf_scale if not isinstance(config.focal_conf_scale, str) else 1.0,
-                    iou_type=config.iou_type, ignore_threshold=config.ignore_threshold,
-                    multi_anchor_threshold=config.multi_anchor_threshold, scale_x_y=config.scale_x_y,
-                    box_ratio=config.box_ratio, cls_ratio=config.cls_ratio, obj_ratio=config.obj_ratio)
+                    conf_normalization=config.conf_normalization, iou_type=config.iou_type,
+                    ignore_threshold=config.ignore_threshold, multi_anchor_threshold=config.multi_anchor_threshold,
+                    scale_x_y=config.scale_x_y, weights=weights)

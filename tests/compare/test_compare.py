@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import annotation_lines, ids
+from conftest import annotation_lines, ids, small_run
 
 import compare_focal
 import train
@@ -123,6 +123,19 @@ def fake_evaluation(map_value: float, *, focal: bool, alpha: float = 0.25, gamma
                        "conf_normalization": "mean"}}
 
 
+def test_table_shows_the_focal_factor_the_run_stored():
+    config = {"focal_loss": True, "focal_loss_ratio": 10.0, "conf_normalization": "mean", "focal_conf_scale": 2.0,
+              "focal_conf_scale_value": 2.0}
+    assert compare.conf_normalization_note({**config, "focal_conf_factor": 7.0}) == "mean over kept cells, focal x7"
+    # runs of earlier versions stored no factor: ratio 10 x scale 2 under 'mean', the scale alone under num_pos
+    assert compare.conf_normalization_note(config) == "mean over kept cells, focal x20"
+    assert (compare.conf_normalization_note({**config, "conf_normalization": "num_pos"})
+            == "sum / number of positives, focal x2")
+    matched = {**config, "focal_conf_scale": "match_bce_at_init", "focal_conf_factor": 4.2092859996649015}
+    assert compare.conf_normalization_note(matched) == "mean over kept cells, focal x4.21 (matched to BCE at init)"
+    assert compare.conf_normalization_note({**config, "focal_loss": False}) == "mean over kept cells"
+
+
 def fake_calibrations(runs, dece_values) -> dict:
     bins = reliability_bins(scores=[0.5], matched=[True])
     return {r.name: dataclasses.replace(bins, dece=d) for r, d in zip(runs, dece_values)}
@@ -214,24 +227,53 @@ def test_focal_scale_matches_bce_on_the_first_batch():
     net = build_model(model="yolov4-tiny", num_classes=3)
     init_weights(net, obj_prior=0.01)
     dataset = YoloDataset(annotation_lines=lines, input_shape=(64, 64), train=True, seed=3)
-    criterion = build_loss(config=config, spec=spec)
     rng_before = torch.get_rng_state()
-    stored = calibrate_conf_term(net=net, criterion=criterion, config=config, spec=spec, dataset=dataset,
-                                 batch_size=2, device=torch.device("cpu"), saved=None)
+    stored = calibrate_conf_term(net=net, config=config, spec=spec, dataset=dataset, batch_size=2,
+                                 device=torch.device("cpu"), saved=None)
     assert torch.equal(torch.get_rng_state(), rng_before) and net.training  # training stream and mode untouched
     images, targets = first_batch(dataset=dataset, batch_size=2, seed=3, epoch=0)
     with torch.no_grad():
         outputs = net.eval()(images)
     plain = build_loss(config=train.TrainConfig(model="yolov4-tiny", input_shape=[64, 64], obj_prior=0.01), spec=spec)
     bce_term = weighted_conf_term(plain, outputs, targets)
+    unmatched = weighted_conf_term(build_loss(config=config, spec=spec), outputs, targets)  # scale 1 until matched
+    scale = stored["focal_conf_scale_value"]
+    assert scale == pytest.approx(bce_term / unmatched, rel=1e-5) and scale != 1.0
+    assert stored["focal_conf_factor"] == pytest.approx(10.0 * scale, rel=1e-12)  # 'mean': focal_loss_ratio 10
     assert stored["conf_term_at_init"] == pytest.approx(bce_term, rel=1e-5)
-    assert weighted_conf_term(criterion, outputs, targets) == pytest.approx(bce_term, rel=1e-5)
-    criterion.focal_conf_scale = 1.0
-    unmatched = weighted_conf_term(criterion, outputs, targets)
-    assert stored["focal_conf_scale_value"] == pytest.approx(bce_term / unmatched, rel=1e-5)
-    again = calibrate_conf_term(net=net, criterion=criterion, config=config, spec=spec, dataset=dataset, batch_size=2,
+    matched = build_loss(config=config, spec=spec, focal_conf_scale=scale)
+    assert weighted_conf_term(matched, outputs, targets) == pytest.approx(bce_term, rel=1e-5)
+    # the weights at 64 x 64: objectness 5 * 64^2 / 416^2 x level balance (0.4 at stride 32, 1 at 16) x factor
+    objectness = 5 * 64 * 64 / 416**2
+    assert matched.weights["loss_conf_s32"] == pytest.approx(objectness * 0.4 * 10.0 * scale, rel=1e-12)
+    assert matched.weights["loss_conf_s16"] == pytest.approx(objectness * 10.0 * scale, rel=1e-12)
+    again = calibrate_conf_term(net=net, config=config, spec=spec, dataset=dataset, batch_size=2,
                                 device=torch.device("cpu"), saved={**stored, "focal_conf_scale": "x"})
-    assert again == stored and criterion.focal_conf_scale == stored["focal_conf_scale_value"]  # resume keeps it
+    assert again == stored  # resume keeps them
+    earlier = {k: v for k, v in stored.items() if k != "focal_conf_factor"}  # a checkpoint of an earlier version
+    assert calibrate_conf_term(net=net, config=config, spec=spec, dataset=dataset, batch_size=2,
+                               device=torch.device("cpu"), saved=earlier)["focal_conf_factor"] == pytest.approx(
+        10.0 * scale, rel=1e-12)
     with pytest.raises(ConfigError, match="focal_conf_scale"):
-        calibrate_conf_term(net=net, criterion=criterion, config=train.TrainConfig(focal_conf_scale="twice"),
+        calibrate_conf_term(net=net, config=train.TrainConfig(focal_conf_scale="twice"),
                             spec=spec, dataset=dataset, batch_size=2, device=torch.device("cpu"), saved=None)
+
+
+def test_the_run_trains_with_the_calibrated_loss_and_calibration_leaves_losses_alone(tmp_path):
+    """The loss a Run trains with carries the calibrated scale in its weights; a loss built before the calibration
+    keeps its weights (the calibration builds its own)."""
+    from nets.yolo_training import build_loss
+    from utils.train import trainer
+
+    config = trainer.resolve_training_config(train.TrainConfig, small_run(
+        tmp_path, "--focal_loss=True", "--focal_conf_scale=match_bce_at_init", "--obj_prior=0.01"))
+    before = build_loss(config=config, spec=trainer.model_spec(config))
+    weights_before = dict(before.weights)
+    run = trainer.Run(config)
+    run.history.close()
+    assert before.weights == weights_before
+    scale = run.run_config["focal_conf_scale_value"]
+    assert scale != 1.0 and run.run_config["focal_conf_factor"] == pytest.approx(10.0 * scale, rel=1e-12)
+    objectness = 5 * 128 * 128 / 416**2
+    assert run.criterion.weights["loss_conf_s32"] == pytest.approx(objectness * 0.4 * 10.0 * scale, rel=1e-12)
+    assert run.criterion.weights["loss_loc_s16"] == 0.05 and run.criterion.weights["loss_cls_s16"] == 3 / 80

@@ -41,7 +41,7 @@ def test_overfits_two_images():
     """Model, loss, optimizer and the evaluation code on two fixed letterboxed images: the detector must learn
     to find their objects (mAP on those very images), which fails if targets, decode or loss disagree."""
     from nets.yolo import build_model, init_weights
-    from nets.yolo_training import YOLOLoss
+    from nets.yolo_training import YOLOLoss, loss_weights
     from utils.data.dataloader import YoloDataset, yolo_collate
     from utils.eval.evaluation import evaluate_voc_images
     from yolo import YOLO, PostprocessSettings
@@ -56,7 +56,8 @@ def test_overfits_two_images():
     net = build_model(model="yolov4-tiny", num_classes=3)
     init_weights(net, obj_prior=0.01)
     criterion = YOLOLoss(anchors_px=torch.tensor(config["anchors"], dtype=torch.float32),
-                         anchors_mask=config["anchors_mask"], num_classes=3, input_shape=(192, 256), cls_ratio=0.5)
+                         anchors_mask=config["anchors_mask"], num_classes=3, input_shape=(192, 256),
+                         weights=loss_weights(num_levels=2, input_shape=(192, 256), num_classes=3, cls_ratio=0.5))
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     losses = []
     for _ in range(150):

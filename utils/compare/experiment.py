@@ -21,11 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nets.yolo_training import focal_conf_factor
 from utils.compare.easy_negatives import confidence_samples_over, easy_negative_share
 from utils.compare.paired import image_records, mean_or_none
 from utils.compare.run_folders import train_argv
 from utils.core.config import ConfigError, parse_value
 from utils.infer.checkpoint import read_checkpoint
+from utils.train.conf_at_init import MATCH_BCE
 
 GRID_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)  # the Focal Loss paper's Table 1 ablation
 GRID_ALPHAS = (0.25, 0.5, 0.75)
@@ -46,7 +48,7 @@ class RunSpec:
 def grid_arms() -> list[dict]:
     arms = [{"name": "bce", "focal_loss": False}]
     arms += [{"name": f"focal_a{a:g}_g{g:g}", "focal_loss": True, "focal_alpha": a, "focal_gamma": g,
-              "focal_conf_scale": "match_bce_at_init"}
+              "focal_conf_scale": MATCH_BCE}
              for g in GRID_GAMMAS for a in GRID_ALPHAS]
     return arms
 
@@ -222,7 +224,7 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_cl
                                                         "focal_loss_ratio", "focal_conf_scale", "conf_normalization",
                                                         "seed", "init_lr", "unfreeze_epoch", "input_shape", "model",
                                                         "focal_conf_scale_value", "conf_term_at_init",
-                                                        "trained_on")},
+                                                        "focal_conf_factor", "trained_on")},
         "cdf": confidence_loss_cdf(*samples["trained"]),
         "easy_negatives": {stage: easy_negative_share(logits=logits, positive=positive,
                                                       alpha=saved["config"]["focal_alpha"],
@@ -291,15 +293,25 @@ def confidence_loss_cdf(logits: torch.Tensor, positive: torch.Tensor, *, points:
             "num_negative": int((~positive).sum())}
 
 
+def stored_focal_factor(config: dict) -> float:
+    """The factor on the run's confidence weight, as the run stored it (``focal_conf_factor``); runs of earlier
+    versions stored only what it is made of, which nets.yolo_training.focal_conf_factor combines."""
+    if config.get("focal_conf_factor") is not None:
+        return config["focal_conf_factor"]
+    return focal_conf_factor(focal_loss=config["focal_loss"], conf_normalization=config["conf_normalization"],
+                             focal_loss_ratio=config["focal_loss_ratio"],
+                             focal_conf_scale=config.get("focal_conf_scale_value") or 1.0)
+
+
 def conf_normalization_note(config: dict) -> str:
+    """How the run normalised its confidence term and, with focal loss, the factor on its weight."""
     norm = "mean over kept cells" if config["conf_normalization"] == "mean" else "sum / number of positives"
     if not config["focal_loss"]:
         return norm
-    factor = config["focal_loss_ratio"] if config["conf_normalization"] == "mean" else 1.0
-    scale = config.get("focal_conf_scale_value") or 1.0
-    if config.get("focal_conf_scale") == "match_bce_at_init":
-        return f"{norm}, focal x{factor * scale:.3g} (matched to BCE at init)"
-    return f"{norm}, focal x{factor * scale:g}" if factor * scale != 1.0 else norm
+    factor = stored_focal_factor(config)
+    if config.get("focal_conf_scale") == MATCH_BCE:
+        return f"{norm}, focal x{factor:.3g} (matched to BCE at init)"
+    return f"{norm}, focal x{factor:g}" if factor != 1.0 else norm
 
 
 def hardware_summary(evaluations: dict[str, dict]) -> str:

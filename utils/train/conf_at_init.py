@@ -5,13 +5,15 @@ Focal loss shrinks the confidence term by about an order of magnitude at initial
 overshoots (README, "The loss"). A "focal vs BCE" comparison then also compares two loss weights.
 ``focal_conf_scale = "match_bce_at_init"`` removes that: on the run's first training batch, with the
 network as it starts, the focal arm's weighted confidence term is scaled to equal what plain BCE with
-the same settings gives on that batch. Every run records its weighted term at initialisation
-(``conf_term_at_init``) so the comparison table can show it.
+the same settings gives on that batch. Every run records the scale it trains with, the factor that puts on
+its confidence weight and its weighted term at initialisation (``conf_term_at_init``), so the comparison
+table reads them instead of working them out again.
 """
 import dataclasses
 
 import torch
 
+from nets.yolo_training import build_loss, settings_focal_factor
 from utils.core.config import ConfigError
 from utils.core.distributed import EpochSampler
 from utils.data.dataloader import yolo_collate
@@ -20,10 +22,10 @@ MATCH_BCE = "match_bce_at_init"
 
 
 def weighted_conf_term(criterion, outputs: list[torch.Tensor], targets: torch.Tensor) -> float:
-    """Sum over levels of the confidence term times its weight in the total (as ``weighted_total`` applies it)."""
+    """Sum over levels, coarsest first, of the confidence term times its entry of the loss's weights dict."""
     terms = criterion(outputs, targets)
-    strides = [criterion.input_shape[0] / out.shape[2] for out in outputs]
-    return float(sum(criterion.conf_weight(s) * terms[f"loss_conf_s{round(s)}"] for s in strides))
+    return float(sum(weight * terms[name] for name, weight in criterion.weights.items()
+                     if name.startswith("loss_conf_")))
 
 
 def first_batch(*, dataset, batch_size: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,31 +39,36 @@ def first_batch(*, dataset, batch_size: int, seed: int, epoch: int) -> tuple[tor
 
 
 @torch.no_grad()
-def calibrate_conf_term(*, net, criterion, config, spec, dataset, batch_size: int, device: torch.device,
+def calibrate_conf_term(*, net, config, spec, dataset, batch_size: int, device: torch.device,
                         saved: dict | None) -> dict:
-    """Sets ``criterion.focal_conf_scale`` and returns what the run stores beside its config:
-    ``focal_conf_scale_value`` and ``conf_term_at_init``. A resumed run (``saved``: its checkpoint's
-    config) takes both from the checkpoint, as its network is no longer at initialisation."""
-    from nets.yolo_training import build_loss
-
+    """What the run stores beside its config: the focal scale it trains with (``focal_conf_scale_value``, for
+    build_loss), its weighted confidence term at initialisation (``conf_term_at_init``) and the factor on its
+    confidence weight (``focal_conf_factor``). Builds its own losses and leaves the network as it found it.
+    A resumed run (``saved``: its checkpoint's config) takes them from the checkpoint, as its network is no
+    longer at initialisation; a checkpoint of an earlier version, which lacks the factor, has it derived."""
     scale = config.focal_conf_scale
     if isinstance(scale, str) and scale != MATCH_BCE:
         raise ConfigError(f"focal_conf_scale={scale!r}: give a number or {MATCH_BCE!r}")
     if saved is not None and "focal_conf_scale_value" in saved:
-        criterion.focal_conf_scale = saved["focal_conf_scale_value"]
-        return {k: saved[k] for k in ("focal_conf_scale_value", "conf_term_at_init")}
+        stored = {k: saved[k] for k in ("focal_conf_scale_value", "conf_term_at_init")}
+        factor = saved.get("focal_conf_factor")
+        if factor is None:
+            factor = settings_focal_factor(config, focal_conf_scale=stored["focal_conf_scale_value"])
+        return {**stored, "focal_conf_factor": factor}
     images, targets = first_batch(dataset=dataset, batch_size=batch_size, seed=config.seed, epoch=config.init_epoch)
     was_training = net.training
     net.eval()  # running statistics untouched, as in benchmarks/conf_at_init.py
     outputs = net(images.to(device))
     net.train(was_training)
     targets = targets.to(device)
-    if config.focal_loss and scale == MATCH_BCE:
-        plain = build_loss(config=dataclasses.replace(config, focal_loss=False, focal_conf_scale=1.0), spec=spec)
-        criterion.focal_conf_scale = 1.0
-        target = weighted_conf_term(plain.to(device), outputs, targets)
-        criterion.focal_conf_scale = target / weighted_conf_term(criterion, outputs, targets)
-    else:
-        criterion.focal_conf_scale = 1.0 if scale == MATCH_BCE else float(scale)
-    return {"focal_conf_scale_value": float(criterion.focal_conf_scale),
-            "conf_term_at_init": weighted_conf_term(criterion, outputs, targets)}
+    if scale == MATCH_BCE:
+        scale = 1.0
+        if config.focal_loss:
+            plain = build_loss(config=dataclasses.replace(config, focal_loss=False, focal_conf_scale=1.0), spec=spec)
+            unmatched = build_loss(config=config, spec=spec, focal_conf_scale=1.0)
+            scale = (weighted_conf_term(plain.to(device), outputs, targets)
+                     / weighted_conf_term(unmatched.to(device), outputs, targets))
+    scale = float(scale)
+    matched = build_loss(config=config, spec=spec, focal_conf_scale=scale).to(device)
+    return {"focal_conf_scale_value": scale, "conf_term_at_init": weighted_conf_term(matched, outputs, targets),
+            "focal_conf_factor": settings_focal_factor(config, focal_conf_scale=scale)}

@@ -139,7 +139,6 @@ class Run:
                 raise ConfigError("sync_bn=True needs CUDA; SyncBatchNorm does not run on the CPU")
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self.net.to(device)
-        self.criterion = build_loss(config=config, spec=self.spec).to(device)
         self.optimizer = build_optimizer(self.net, optimizer_type=config.optimizer_type, lr=config.init_lr,
                                          momentum=config.momentum, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp.enabled and self.amp.dtype == torch.float16)
@@ -156,9 +155,11 @@ class Run:
         self.val_set = YoloDataset(annotation_lines=self.val_lines, train=False, **common)
         checkpoint = read_checkpoint(config.resume) if config.resume else None  # read once: it can be large
         self.run_config.update(calibrate_conf_term(  # the focal scale asked for and the weighted conf term at init
-            net=self.net, criterion=self.criterion, config=config, spec=self.spec, dataset=self.train_set,
+            net=self.net, config=config, spec=self.spec, dataset=self.train_set,
             batch_size=self.phase(config.init_epoch)[1], device=device,
             saved=checkpoint["config"] if checkpoint is not None else None))
+        self.criterion = build_loss(config=config, spec=self.spec,
+                                    focal_conf_scale=self.run_config["focal_conf_scale_value"]).to(device)
         self.start_epoch, self.start_iteration, self.best = config.init_epoch, 0, None
         history_rows = []
         self.ema = ModelEMA(self.net, decay=config.ema_decay, tau=config.ema_tau) if config.ema else None
