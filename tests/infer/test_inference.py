@@ -189,3 +189,12 @@ def test_failed_onnx_export_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="nothing was written"):
         detector.export_onnx(target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_model_name_is_a_user_error(tmp_path):
+    from utils.core.config import UserError
+
+    path = tmp_path / "tiny.pth"
+    torch.save(build_model(model="yolov4-tiny", num_classes=20, anchors_per_level=3).state_dict(), path)
+    with pytest.raises(UserError, match=r"model 'yolov5': choose one of yolov4, yolov4-tiny"):
+        YOLO(model_path=str(path), model="yolov5")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from nets.darknet_weights import set_bn_eps
 from nets.yolo import build_model
+from utils.core.config import UserError
 from utils.core.decode import decode_outputs, split_levels
 from utils.core.device import DTYPES, resolve_device, resolve_precision
 from utils.core.model_files import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, MODEL_DATA, check_anchors_mask,
@@ -57,6 +58,8 @@ class YOLO(BaseDetector):
         checkpoint = read_model_file(model_path, cfg_path=cfg_path)  # a darknet .weights file needs its cfg_path
         config = checkpoint["config"] if is_project_checkpoint(checkpoint) else {}
         model_name = model or checkpoint_variant(checkpoint) or "yolov4"  # a bare state_dict: from its keys
+        if model_name not in DEFAULT_ANCHORS_MASK:  # the defaults below are looked up by it before build_model runs
+            raise UserError(f"model {model_name!r}: choose one of {', '.join(DEFAULT_ANCHORS_MASK)}")
         class_names = (get_classes(classes_path) if classes_path
                        else config.get("class_names") or get_classes(DEFAULT_CLASSES_PATH))
         anchors = (get_anchors(anchors_path) if anchors_path
