@@ -63,18 +63,51 @@ def split_argv(argv: list[str], own: dict, train_settings: dict) -> tuple[list[s
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    """Plans the runs, trains those not finished, scores them on the test images and writes the comparison;
+    returns the table's rows ([] with ``print_commands``)."""
     import sys
 
     import train
     import voc_annotation
-    from utils.compare import experiment, plots, run_folders
-    from utils.compare.paired import ImageRecords
-    from utils.compare.report import paired_comparisons, write_tables
-    from utils.core.config import settings_of_class
+    from utils.compare import experiment, run_folders
     from utils.data.voc import read_annotation_lines
-    from utils.eval.reliability import plot_reliability_diagrams, reliability_bins
 
-    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg, base, train_settings = parse_settings(sys.argv[1:] if argv is None else list(argv))
+    run_folders.prepare_annotations(config=base, test_annotation_path=cfg["test_annotation_path"],
+                                    voc_path=cfg["VOCdevkit_path"], make_annotations=voc_annotation.main)
+    runs = experiment.plan_runs(arms=experiment.grid_arms() if cfg["grid"] else cfg["arms"],
+                                sweep=experiment.parse_sweep(cfg["sweep"], train_settings),
+                                seeds=[cfg["seed"] + i for i in range(cfg["seeds"])])
+    out_dir = Path(cfg["results_dir"])
+    configs = run_configs(runs=runs, base=base, out_dir=out_dir, on_changed=cfg["on_changed"],
+                          config_class=train.TrainConfig)
+    progress = experiment.Progress(runs, base.unfreeze_epoch)
+    test_lines = read_annotation_lines(cfg["test_annotation_path"])  # read now: a bad file stops before training
+    evaluations, to_evaluate, to_train = pending_runs(runs=runs, configs=configs, progress=progress,
+                                                      epochs=base.unfreeze_epoch,
+                                                      test_annotation_path=cfg["test_annotation_path"])
+    if cfg["print_commands"]:
+        return write_commands(jobs=to_train, out_dir=out_dir)
+    devices = [d.strip() for d in cfg["devices"].split(",") if d.strip()]
+    if devices or (cfg["parallel"] > 1 and len(to_train) > 1):
+        experiment.train_in_subprocesses(jobs=to_train, parallel=cfg["parallel"], progress=progress, devices=devices)
+    else:
+        for run, run_dir in to_train:
+            experiment.train_in_process(run=run, run_dir=run_dir, progress=progress, config_class=train.TrainConfig)
+    for run, run_dir in to_evaluate:
+        evaluations[run.name] = experiment.evaluate_run(
+            run_dir=run_dir, test_lines=test_lines, device=cfg["eval_device"], config_class=train.TrainConfig,
+            test_annotation_path=cfg["test_annotation_path"])
+        print(f"[compare] {run.name}: test mAP@0.5 {evaluations[run.name]['map']:.4f}")
+    return write_report(cfg=cfg, runs=runs, run_dirs={name: Path(c.save_dir) for name, c in configs.items()},
+                        evaluations=evaluations, out_dir=out_dir)
+
+
+def parse_settings(argv: list[str]) -> tuple[dict, object, dict]:
+    """(this script's settings, the train.py settings every run starts from, train.py's setting types)."""
+    import train
+    from utils.core.config import settings_of_class
+
     own_settings, train_settings = settings_of(globals()), settings_of_class(train.TrainConfig)
     mine, for_train = split_argv(argv, own_settings, train_settings)
     recipe = [a.split("=", 1)[1] for a in mine if a.startswith("--config=")]
@@ -87,31 +120,39 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if "name" not in arm or unknown:
             raise ConfigError(f"arm {arm}: needs a 'name'; unknown train.py settings {unknown}")
     base = resolve_settings(train.TrainConfig, ([f"--config={cfg['config']}"] if cfg["config"] else []) + for_train)
-    run_folders.prepare_annotations(config=base, test_annotation_path=cfg["test_annotation_path"],
-                                     voc_path=cfg["VOCdevkit_path"], make_annotations=voc_annotation.main)
-    arm_list = experiment.grid_arms() if cfg["grid"] else cfg["arms"]
-    runs = experiment.plan_runs(arms=arm_list, sweep=experiment.parse_sweep(cfg["sweep"], train_settings),
-                             seeds=[cfg["seed"] + i for i in range(cfg["seeds"])])
-    out_dir = Path(cfg["results_dir"])
-    run_dirs, conflicts, configs = {}, {}, {}
+    return cfg, base, train_settings
+
+
+def run_configs(*, runs: list, base, out_dir: Path, on_changed: str, config_class: type) -> dict:
+    """{run name: its train.py config, save_dir = its folder}; refuses (listing every one) folders that hold a run
+    made with other settings, unless ``on_changed`` is "new"."""
+    from utils.compare import run_folders
+
+    configs, conflicts = {}, {}
     for run in runs:
         requested = dataclasses.replace(base, **run.overrides, save_dir=str(out_dir / "runs" / run.name), resume="")
         run_dir, keys = run_folders.choose_run_dir(run_dir=out_dir / "runs" / run.name, config=requested,
-                                                    config_class=train.TrainConfig, on_changed=cfg["on_changed"])
+                                                   config_class=config_class, on_changed=on_changed)
         if keys:
-            conflicts[run_dir] = (run_folders.stored_config(run_dir, train.TrainConfig),
-                                  run_folders.as_plain(requested), keys)
-        run_dirs[run.name], configs[run.name] = run_dir, dataclasses.replace(requested, save_dir=str(run_dir))
+            conflicts[run_dir] = (run_folders.stored_config(run_dir, config_class), run_folders.as_plain(requested),
+                                  keys)
+        configs[run.name] = dataclasses.replace(requested, save_dir=str(run_dir))
     if conflicts:
         raise run_folders.refusal(conflicts)
-    epochs = base.unfreeze_epoch
-    progress = experiment.Progress(runs, epochs)
-    test_lines = read_annotation_lines(cfg["test_annotation_path"])
+    return configs
+
+
+def pending_runs(*, runs: list, configs: dict, progress, epochs: int,
+                 test_annotation_path: str) -> tuple[dict, list, list]:
+    """(evaluations reused from runs finished earlier, runs to evaluate, runs to train), each run folder's
+    run_config.json written."""
+    from utils.compare import experiment, run_folders
+
     evaluations, to_evaluate, to_train = {}, [], []
     for run in runs:
-        run_dir = run_dirs[run.name]
+        run_dir = Path(configs[run.name].save_dir)
         run_folders.write_run_config(run_dir, configs[run.name])
-        evaluation = experiment.reusable_evaluation(run_dir, cfg["test_annotation_path"])
+        evaluation = experiment.reusable_evaluation(run_dir, test_annotation_path)
         if evaluation is not None:
             print(f"[compare] {run.name}: finished earlier with the same settings, reused")
             evaluations[run.name] = evaluation
@@ -122,19 +163,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         to_evaluate.append((run, run_dir))
         if done < configs[run.name].unfreeze_epoch:
             to_train.append((run, run_dir))
-    if cfg["print_commands"]:
-        return write_commands(jobs=to_train, out_dir=out_dir)
-    devices = [d.strip() for d in cfg["devices"].split(",") if d.strip()]
-    if devices or (cfg["parallel"] > 1 and len(to_train) > 1):
-        experiment.train_in_subprocesses(jobs=to_train, parallel=cfg["parallel"], progress=progress, devices=devices)
-    else:
-        for run, run_dir in to_train:
-            experiment.train_in_process(run=run, run_dir=run_dir, progress=progress, config_class=train.TrainConfig)
-    for run, run_dir in to_evaluate:
-        evaluations[run.name] = experiment.evaluate_run(run_dir=run_dir, test_lines=test_lines, device=cfg["eval_device"],
-                                                     config_class=train.TrainConfig,
-                                                     test_annotation_path=cfg["test_annotation_path"])
-        print(f"[compare] {run.name}: test mAP@0.5 {evaluations[run.name]['map']:.4f}")
+    return evaluations, to_evaluate, to_train
+
+
+def write_report(*, cfg: dict, runs: list, run_dirs: dict[str, Path], evaluations: dict, out_dir: Path) -> list[dict]:
+    """The table, the paired differences and the plots, from the runs' evaluations and saved test records."""
+    from utils.compare import experiment, plots
+    from utils.compare.paired import ImageRecords
+    from utils.compare.report import paired_comparisons, write_tables
+    from utils.eval.reliability import plot_reliability_diagrams, reliability_bins
+
     records = {r.name: ImageRecords.from_npz(run_dirs[r.name] / "eval_images.npz") for r in runs}
     calibrations = {name: reliability_bins(scores=rec.det_score, matched=rec.det_tp,
                                            min_score=cfg["calibration_min_score"]) for name, rec in records.items()}
@@ -143,11 +181,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                      resamples=cfg["bootstrap"], seed=cfg["bootstrap_seed"])
     class_names = list(next(iter(evaluations.values()))["per_class_ap"])
     histories = {r.name: json.loads((run_dirs[r.name] / "history.json").read_text(encoding="utf-8")) for r in runs}
+    first_seed = [r for r in runs if r.seed == cfg["seed"]]
     plots.plot_loss_curves(histories=histories, out_path=out_dir / "loss_curves.png")
     plots.plot_per_class_ap(rows=rows, class_names=class_names, out_path=out_dir / "per_class_ap.png")
-    plots.plot_cdfs(cdfs={r.name: evaluations[r.name]["cdf"] for r in runs if r.seed == cfg["seed"]},
-                            out_path=out_dir / "loss_cdf.png")
-    plot_reliability_diagrams(arms={r.name: calibrations[r.name] for r in runs if r.seed == cfg["seed"]},
+    plots.plot_cdfs(cdfs={r.name: evaluations[r.name]["cdf"] for r in first_seed}, out_path=out_dir / "loss_cdf.png")
+    plot_reliability_diagrams(arms={r.name: calibrations[r.name] for r in first_seed},
                               out_path=out_dir / "reliability.png",
                               title=f"test detections scored >= {cfg['calibration_min_score']:g}, matched at IoU 0.5")
     if cfg["grid"]:
