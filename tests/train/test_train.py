@@ -179,16 +179,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_frozen_backbone_stays_fixed_then_trains(tmp_path, monkeypatch):
     snapshots = []
-    original = trainer.run_epoch
+    original = trainer.train_epoch
 
-    def recording(run, epoch, state):
-        row = original(run, epoch, state)
+    def recording(run, *, epoch, state):
+        terms = original(run, epoch=epoch, state=state)
         snapshots.append({"params": {k: v.detach().clone() for k, v in run.net.named_parameters()},
                           "buffers": {k: v.clone() for k, v in run.net.named_buffers()},
                           "ema": {k: v.clone() for k, v in run.ema.module.state_dict().items()}})
-        return row
+        return terms
 
-    monkeypatch.setattr(trainer, "run_epoch", recording)
+    monkeypatch.setattr(trainer, "train_epoch", recording)
     run = train.main(small_run(tmp_path, "--unfreeze_epoch=2", "--freeze_train=True", "--freeze_epoch=1",
                                "--freeze_batch_size=4", "--init_lr=0.64"))
     assert [row["frozen"] for row in run.history.rows] == [True, False]

@@ -1,4 +1,5 @@
-"""Per-epoch training history: CSV and JSON, PNG curves, and TensorBoard events when installed."""
+"""Per-epoch training history: CSV and JSON, PNG curves, TensorBoard events when installed, and the line printed
+after each epoch."""
 import csv
 import json
 import os
@@ -77,3 +78,15 @@ class LossHistory:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def shown(value: float | None, spec: str = ".4f") -> str:
+    """A measured figure formatted with ``spec``; "-" for one not measured that epoch."""
+    return "-" if value is None else format(value, spec)
+
+
+def epoch_line(row: dict, *, total: int) -> str:
+    """The line printed after each epoch: the training loss and its terms, val loss, mAP, lr and seconds."""
+    return (f"epoch {row['epoch']}/{total}  train loss {row['train_loss']:.4f} (loc {row['train_loss_loc']:.4f} "
+            f"conf {row['train_loss_conf']:.4f} cls {row['train_loss_cls']:.4f})  val loss {shown(row['val_loss'])}  "
+            f"map {shown(row['map'])}  lr {row['lr']:.2e}  {row['seconds']:.1f}s")

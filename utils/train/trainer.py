@@ -1,9 +1,11 @@
-"""The training run behind train.py: set-up, the freeze/unfreeze epochs, evaluation, checkpoints, resume."""
+"""The training run behind train.py: its set-up (Run) and the epoch loop (fit): each epoch train_epoch, then
+measure_epoch (val loss, mAP), then save_epoch (history, the checkpoints of utils/train/checkpoints.py, the line)."""
 import dataclasses
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -11,23 +13,24 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from nets.darknet_weights import write_darknet_model
 from nets.yolo import build_model, init_weights
 from nets.yolo_training import build_loss
 from utils.core.config import ConfigError, print_config, resolve_settings
 from utils.core.device import cpu_has_native_bf16, resolve_device
-from utils.core.distributed import EpochSampler, barrier, cleanup_distributed, init_distributed, sync_buffers
+from utils.core.distributed import (DistInfo, EpochSampler, barrier, cleanup_distributed, init_distributed,
+                                    sync_buffers)
 from utils.core.model_files import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, ModelSpec, check_anchors_mask,
                                     get_anchors, get_classes)
 from utils.data.datacheck import check_annotation_files
 from utils.data.dataloader import YoloDataset, yolo_collate
 from utils.data.voc import read_annotation_file
 from utils.eval.evaluation import evaluate_voc_images, unreadable_note
-from utils.infer.checkpoint import CHECKPOINT_FORMAT, load_weights, read_checkpoint, save_atomic, saved_config
+from utils.infer.checkpoint import load_weights, read_checkpoint, saved_config
+from utils.train.checkpoints import due, restore, save_checkpoints, save_interrupted
 from utils.train.conf_at_init import calibrate_conf_term
 from utils.train.ema import ModelEMA
 from utils.train.engine import AmpSettings, NonFiniteLossError, train_one_epoch, validation_loss
-from utils.train.history import LossHistory
+from utils.train.history import LossHistory, epoch_line
 from utils.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
 
 
@@ -120,60 +123,66 @@ class Run:
 
     def __init__(self, config):
         self.config = config
-        self.dist = init_distributed(requested=config.distributed, device_type=resolve_device(config.device).type)
-        device = resolve_device(config.device)
-        if device.type == "cuda" and self.dist.enabled:
-            device = torch.device("cuda", self.dist.local_rank)
-            torch.cuda.set_device(device)
-        self.device = device
+        self.dist, self.device = distributed_device(config)
         # Every batch has the input shape, so cuDNN's autotuned convolution algorithms are chosen once and reused.
-        torch.backends.cudnn.benchmark = device.type == "cuda"
+        torch.backends.cudnn.benchmark = self.device.type == "cuda"
         self.spec = model_spec(config)
-        self.amp = training_amp(config, device)
+        self.amp = training_amp(config, self.device)
         self.run_config = {**dataclasses.asdict(config), **dataclasses.asdict(self.spec),  # what checkpoints store
-                           "trained_on": hardware_line(device, self.amp)}
+                           "trained_on": hardware_line(self.device, self.amp)}
         self.save_dir = Path(config.save_dir)
-        self.net = initial_network(config, self.spec, log=self.log)
-        if config.sync_bn and self.dist.enabled:
-            if device.type != "cuda":
-                raise ConfigError("sync_bn=True needs CUDA; SyncBatchNorm does not run on the CPU")
-            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
-        self.net.to(device)
+        self.net = self.training_network()
         self.optimizer = build_optimizer(self.net, optimizer_type=config.optimizer_type, lr=config.init_lr,
                                          momentum=config.momentum, weight_decay=config.weight_decay)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp.enabled and self.amp.dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp.enabled and self.amp.dtype == torch.float16)
+        train_lines, self.val_lines = self.annotation_lines()
+        self.train_set, self.val_set = self.datasets(train_lines=train_lines, val_lines=self.val_lines)
+        checkpoint = read_checkpoint(config.resume) if config.resume else None  # read once: it can be large
+        self.run_config.update(calibrate_conf_term(  # the focal scale asked for and the weighted conf term at init
+            net=self.net, config=config, spec=self.spec, dataset=self.train_set,
+            batch_size=self.phase(config.init_epoch)[1], device=self.device,
+            saved=checkpoint["config"] if checkpoint is not None else None))
+        self.criterion = build_loss(config=config, spec=self.spec,
+                                    focal_conf_scale=self.run_config["focal_conf_scale_value"]).to(self.device)
+        self.ema = ModelEMA(self.net, decay=config.ema_decay, tau=config.ema_tau) if config.ema else None
+        self.start_epoch, self.start_iteration, self.best = config.init_epoch, 0, None
+        history_rows = self.resume(checkpoint) if checkpoint is not None else []
+        self.history = LossHistory(self.save_dir, rows=history_rows) if self.dist.is_main else None
+
+    def training_network(self) -> nn.Module:
+        """initial_network on the run's device, with SyncBatchNorm when asked for under DDP."""
+        net = initial_network(self.config, self.spec, log=self.log)
+        if self.config.sync_bn and self.dist.enabled:
+            if self.device.type != "cuda":
+                raise ConfigError("sync_bn=True needs CUDA; SyncBatchNorm does not run on the CPU")
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        return net.to(self.device)
+
+    def resume(self, checkpoint: dict) -> list[dict]:
+        """Continues from ``checkpoint`` (utils/train/checkpoints.py restore); returns its history rows."""
+        rows = restore(self, checkpoint)
+        self.log(f"resumed {self.config.resume} at epoch {self.start_epoch + 1}, iteration {self.start_iteration}")
+        return rows
+
+    def annotation_lines(self) -> tuple[list[str], list[str]]:
+        """The training and validation annotation lines, checked against the classes."""
+        config = self.config
         train_file, val_file = check_annotation_files(
             [read_annotation_file(config.train_annotation_path), read_annotation_file(config.val_annotation_path)],
             class_names=self.spec.class_names, classes_path=config.classes_path, on_corrupt=config.on_corrupt,
             log=self.log)
-        self.train_lines, self.val_lines = train_file.lines, val_file.lines
+        return train_file.lines, val_file.lines
+
+    def datasets(self, *, train_lines: list[str], val_lines: list[str]) -> tuple[YoloDataset, YoloDataset]:
+        """The training set (augmented as configured) and the validation set."""
+        config = self.config
         common = dict(input_shape=tuple(config.input_shape), seed=config.seed, on_corrupt=config.on_corrupt)
-        self.train_set = YoloDataset(annotation_lines=self.train_lines, train=True, mosaic=config.mosaic,
-                                     mosaic_prob=config.mosaic_prob, mixup=config.mixup,
-                                     mixup_prob=config.mixup_prob, special_aug_ratio=config.special_aug_ratio,
-                                     total_epochs=config.unfreeze_epoch, **common)
-        self.val_set = YoloDataset(annotation_lines=self.val_lines, train=False, **common)
-        checkpoint = read_checkpoint(config.resume) if config.resume else None  # read once: it can be large
-        self.run_config.update(calibrate_conf_term(  # the focal scale asked for and the weighted conf term at init
-            net=self.net, config=config, spec=self.spec, dataset=self.train_set,
-            batch_size=self.phase(config.init_epoch)[1], device=device,
-            saved=checkpoint["config"] if checkpoint is not None else None))
-        self.criterion = build_loss(config=config, spec=self.spec,
-                                    focal_conf_scale=self.run_config["focal_conf_scale_value"]).to(device)
-        self.start_epoch, self.start_iteration, self.best = config.init_epoch, 0, None
-        history_rows = []
-        self.ema = ModelEMA(self.net, decay=config.ema_decay, tau=config.ema_tau) if config.ema else None
-        if checkpoint is not None:
-            self.net.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))  # "model" alone: no EMA
-            if self.ema is not None:  # a checkpoint written without EMA restarts the average from its weights
-                self.ema.load(weights=checkpoint["model"], state=checkpoint.get("ema", {"updates": 0}))
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.scaler.load_state_dict(checkpoint["scaler"])
-            torch.set_rng_state(checkpoint["torch_rng"])
-            self.start_epoch, self.start_iteration = checkpoint["epoch"], checkpoint["iteration"]
-            self.best, history_rows = checkpoint["best"], checkpoint["history"]
-            self.log(f"resumed {config.resume} at epoch {self.start_epoch + 1}, iteration {self.start_iteration}")
-        self.history = LossHistory(self.save_dir, rows=history_rows) if self.dist.is_main else None
+        train_set = YoloDataset(annotation_lines=train_lines, train=True, mosaic=config.mosaic,
+                                mosaic_prob=config.mosaic_prob, mixup=config.mixup, mixup_prob=config.mixup_prob,
+                                special_aug_ratio=config.special_aug_ratio, total_epochs=config.unfreeze_epoch,
+                                **common)
+        return train_set, YoloDataset(annotation_lines=val_lines, train=False, **common)
 
     @property
     def inference_net(self) -> nn.Module:
@@ -197,13 +206,6 @@ class Run:
                           collate_fn=yolo_collate, drop_last=shuffle, pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
 
-    def checkpoint_state(self, *, epoch: int, iteration: int) -> dict:
-        ema = {"train_model": self.net.state_dict(), "ema": self.ema.state_dict()} if self.ema is not None else {}
-        return {"format": CHECKPOINT_FORMAT, "model": self.inference_net.state_dict(), **ema, "config": self.run_config,
-                "epoch": epoch, "iteration": iteration, "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(), "best": self.best,
-                "history": self.history.rows if self.history else []}
-
     def evaluate_map(self) -> dict:
         from utils.infer.detector import YOLO
         from utils.infer.postprocess import PostprocessSettings
@@ -219,6 +221,16 @@ class Run:
         return results
 
 
+def distributed_device(config) -> tuple[DistInfo, torch.device]:
+    """The process group (when distributed) and this rank's device: under DDP on CUDA, the GPU of its local rank."""
+    device = resolve_device(config.device)
+    dist_info = init_distributed(requested=config.distributed, device_type=device.type)
+    if device.type == "cuda" and dist_info.enabled:
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    return dist_info, device
+
+
 def line_image_path(line: str) -> str:
     from utils.data.voc import parse_annotation_line
 
@@ -229,26 +241,20 @@ def fit(config, *, on_epoch_end=None) -> Run:
     """Runs train.py's schedule; returns the run (``run.net``, ``run.last_row``). Ctrl-C writes a
     resumable checkpoint. ``on_epoch_end(row)`` is called after every epoch (progress reporting)."""
     run = Run(config)
-    run.log("resolved config:")
-    if run.dist.is_main:
-        print_config(run.run_config)
-        run.save_dir.mkdir(parents=True, exist_ok=True)
-        (run.save_dir / "config.json").write_text(json.dumps(run.run_config, indent=1), encoding="utf-8")
-    if config.freeze_train and not config.model_path and config.freeze_epoch > config.init_epoch:
-        run.log("note: freeze_train with no start weights freezes a random backbone; consider --freeze_train=False")
-    total = config.unfreeze_epoch
-    state = {"epoch": run.start_epoch, "iteration": run.start_iteration}
+    announce(run)
+    state = {"epoch": run.start_epoch, "iteration": run.start_iteration}  # how far training got, for Ctrl-C
     run.last_row = {}
     try:
-        for epoch in range(run.start_epoch, total):
-            run.last_row = run_epoch(run, epoch, state)
+        for epoch in range(run.start_epoch, config.unfreeze_epoch):
+            started = time.time()
+            train_terms = train_epoch(run, epoch=epoch, state=state)
+            row = measure_epoch(run, epoch=epoch, train_terms=train_terms, started=started)
+            save_epoch(run, epoch=epoch, row=row)
+            run.last_row = row
             if on_epoch_end is not None:
-                on_epoch_end(run.last_row)
+                on_epoch_end(row)
     except KeyboardInterrupt:
-        if run.dist.is_main:
-            path = run.save_dir / "last_epoch_weights.pth"
-            save_atomic(run.checkpoint_state(**state), path)
-            print(f"\ninterrupted: resumable checkpoint written to {path}; continue with --resume={path}")
+        save_interrupted(run, state)
         raise
     except NonFiniteLossError as err:  # raised on every rank together (check_finite_all_ranks)
         print(f"stopped: {err}", file=sys.stderr, flush=True)
@@ -261,87 +267,112 @@ def fit(config, *, on_epoch_end=None) -> Run:
     return run
 
 
-def run_epoch(run: Run, epoch: int, state: dict) -> dict:
-    config, total = run.config, run.config.unfreeze_epoch
-    frozen, batch_size = run.phase(epoch)
-    for param in run.net.backbone.parameters():
-        param.requires_grad_(not frozen)
-    model = run.net
-    if run.dist.enabled:  # re-wrapped each epoch so DDP sees the current set of trainable parameters
-        model = DistributedDataParallel(run.net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    train_loader = run.loader(run.train_set, batch_size=batch_size, shuffle=True)
-    start_iteration = run.start_iteration if epoch == run.start_epoch else 0
-    train_loader.sampler.set_epoch(epoch, skip=start_iteration * train_loader.batch_size)
-    run.train_set.set_epoch(epoch)
-    iterations = len(run.train_set) // run.dist.world_size // train_loader.batch_size
-    if iterations == 0:
-        raise ConfigError(f"{config.train_annotation_path}: {len(run.train_set)} images make no full batch of "
-                          f"{batch_size}; lower the batch size")
-    lr = scaled_lr(config.init_lr, batch_size=batch_size)
-    min_lr = scaled_lr(config.min_lr, batch_size=batch_size)
+def announce(run: Run) -> None:
+    """Prints the resolved config and writes it to config.json (rank 0), with a note on a pointless freeze."""
+    config = run.config
+    run.log("resolved config:")
+    if run.dist.is_main:
+        print_config(run.run_config)
+        run.save_dir.mkdir(parents=True, exist_ok=True)
+        (run.save_dir / "config.json").write_text(json.dumps(run.run_config, indent=1), encoding="utf-8")
+    if config.freeze_train and not config.model_path and config.freeze_epoch > config.init_epoch:
+        run.log("note: freeze_train with no start weights freezes a random backbone; consider --freeze_train=False")
 
-    def lr_for_iteration(i: int) -> float:
-        value = lr_at(epoch + i / max(iterations, 1), total=total, lr=lr, min_lr=min_lr,
-                      warmup=config.warmup_epochs, decay_type=config.lr_decay_type)
-        set_lr(run.optimizer, value)
-        return value
+
+def train_epoch(run: Run, *, epoch: int, state: dict) -> dict[str, float]:
+    """Trains one epoch (a resumed run's first from where it stopped); returns the mean loss terms. ``state``
+    follows every iteration, so Ctrl-C can write where training stopped."""
+    frozen, batch_size = run.phase(epoch)
+    model = training_model(run, frozen=frozen)
+    loader, start_iteration = epoch_loader(run, epoch=epoch, batch_size=batch_size)
+    lr_for_iteration = epoch_lr(run, epoch=epoch, batch_size=batch_size,
+                                iterations=full_batches(run, batch_size=batch_size, per_rank=loader.batch_size))
 
     def on_iteration_end(i: int) -> None:
         if run.ema is not None:
             run.ema.update(run.net)
         state.update(epoch=epoch, iteration=i + 1)
 
-    started = time.time()
-    train_terms = train_one_epoch(model=model, criterion=run.criterion, loader=train_loader, optimizer=run.optimizer,
-                                  scaler=run.scaler, amp=run.amp, device=run.device, epoch=epoch, total_epochs=total,
-                                  start_iteration=start_iteration, lr_for_iteration=lr_for_iteration,
-                                  on_iteration_end=on_iteration_end, dist_info=run.dist,
-                                  frozen_modules=(run.net.backbone,) if frozen else ())
+    terms = train_one_epoch(model=model, criterion=run.criterion, loader=loader, optimizer=run.optimizer,
+                            scaler=run.scaler, amp=run.amp, device=run.device, epoch=epoch,
+                            total_epochs=run.config.unfreeze_epoch, start_iteration=start_iteration,
+                            lr_for_iteration=lr_for_iteration, on_iteration_end=on_iteration_end, dist_info=run.dist,
+                            frozen_modules=(run.net.backbone,) if frozen else ())
     state.update(epoch=epoch + 1, iteration=0)
     sync_buffers(run.net, run.dist)
     if run.ema is not None:  # every rank averages its own BatchNorm statistics: rank 0's are kept, as for the net
         sync_buffers(run.ema.module, run.dist)
-    last = epoch + 1 == total
+    return terms
+
+
+def training_model(run: Run, *, frozen: bool) -> nn.Module:
+    """The network with its backbone trainable or not; under DDP wrapped anew, so DDP sees the current set of
+    trainable parameters."""
+    for param in run.net.backbone.parameters():
+        param.requires_grad_(not frozen)
+    if not run.dist.enabled:
+        return run.net
+    return DistributedDataParallel(run.net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+
+
+def epoch_loader(run: Run, *, epoch: int, batch_size: int) -> tuple[DataLoader, int]:
+    """The training loader of ``epoch`` and the iteration it starts at: where a resumed run stopped in its first
+    epoch, else 0. Sampler order and augmentation follow the epoch, so a resumed epoch sees the same batches."""
+    loader = run.loader(run.train_set, batch_size=batch_size, shuffle=True)
+    start_iteration = run.start_iteration if epoch == run.start_epoch else 0
+    loader.sampler.set_epoch(epoch, skip=start_iteration * loader.batch_size)
+    run.train_set.set_epoch(epoch)
+    return loader, start_iteration
+
+
+def full_batches(run: Run, *, batch_size: int, per_rank: int) -> int:
+    """Iterations of a training epoch on each rank (``per_rank`` images each); at least one, or a ConfigError."""
+    iterations = len(run.train_set) // run.dist.world_size // per_rank
+    if iterations == 0:
+        raise ConfigError(f"{run.config.train_annotation_path}: {len(run.train_set)} images make no full batch of "
+                          f"{batch_size}; lower the batch size")
+    return iterations
+
+
+def epoch_lr(run: Run, *, epoch: int, batch_size: int, iterations: int) -> Callable[[int], float]:
+    """``lr_for_iteration(i)``: sets the learning rate of iteration i of ``epoch`` (``iterations`` long) and returns
+    it: the schedule at the fractional epoch, for rates scaled to ``batch_size``."""
+    config = run.config
+    lr = scaled_lr(config.init_lr, batch_size=batch_size)
+    min_lr = scaled_lr(config.min_lr, batch_size=batch_size)
+
+    def lr_for_iteration(i: int) -> float:
+        value = lr_at(epoch + i / max(iterations, 1), total=config.unfreeze_epoch, lr=lr, min_lr=min_lr,
+                      warmup=config.warmup_epochs, decay_type=config.lr_decay_type)
+        set_lr(run.optimizer, value)
+        return value
+
+    return lr_for_iteration
+
+
+def measure_epoch(run: Run, *, epoch: int, train_terms: dict[str, float], started: float) -> dict:
+    """The epoch's history row: training means, val loss and mAP where due (None otherwise), and the seconds
+    since ``started`` up to the end of validation."""
+    config, total = run.config, run.config.unfreeze_epoch
+    frozen, batch_size = run.phase(epoch)
     val_terms = dict.fromkeys(train_terms)  # None: no validation this epoch
-    if (epoch + 1) % config.val_period == 0 or last:
+    if due(epoch, period=config.val_period, total=total):
         val_terms = validation_loss(model=run.inference_net, criterion=run.criterion,
                                     loader=run.loader(run.val_set, batch_size=batch_size, shuffle=False), amp=run.amp,
                                     device=run.device, epoch=epoch, total_epochs=total, dist_info=run.dist)
     row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], "frozen": frozen,
            **{f"train_{k}": v for k, v in train_terms.items()}, **{f"val_{k}": v for k, v in val_terms.items()},
            "map": None, "seconds": round(time.time() - started, 2)}
-    if config.eval_flag and ((epoch + 1) % config.eval_period == 0 or last):
+    if config.eval_flag and due(epoch, period=config.eval_period, total=total):
         row["map"] = run.evaluate_map()["map"]
-    if not run.dist.is_main:
-        barrier(run.dist)  # wait while rank 0 writes checkpoints and history, with an explicit timeout
-        return row
-    score = row["map"] if config.eval_flag else _negated(row["val_loss"])  # higher is better; None: not measured
-    if score is not None and (run.best is None or score > run.best):
-        run.best = score
-        save_atomic({"format": CHECKPOINT_FORMAT, "model": run.inference_net.state_dict(), "config": run.run_config,
-                     "epoch": epoch + 1, "metrics": row}, run.save_dir / "best_epoch_weights.pth")
-        if config.save_darknet:
-            write_darknet_model(run.inference_net, weights_path=run.save_dir / "best_epoch_weights.weights",
-                                config=run.run_config)
-    run.history.append(row)
-    checkpoint = run.checkpoint_state(epoch=epoch + 1, iteration=0)
-    save_atomic(checkpoint, run.save_dir / "last_epoch_weights.pth")
-    if (epoch + 1) % config.save_period == 0 or last:
-        name = f"ep{epoch + 1:03d}-loss{row['train_loss']:.3f}-val_loss{_shown(row['val_loss'], '.3f')}.pth"
-        save_atomic(checkpoint, run.save_dir / name)
-        if config.save_darknet:
-            write_darknet_model(run.inference_net, weights_path=run.save_dir / f"{name[:-4]}.weights",
-                                config=run.run_config)
-    print(f"epoch {epoch + 1}/{total}  train loss {row['train_loss']:.4f} (loc {row['train_loss_loc']:.4f} "
-          f"conf {row['train_loss_conf']:.4f} cls {row['train_loss_cls']:.4f})  val loss {_shown(row['val_loss'])}  "
-          f"map {_shown(row['map'])}  lr {row['lr']:.2e}  {row['seconds']:.1f}s", flush=True)
-    barrier(run.dist)
     return row
 
 
-def _negated(value: float | None) -> float | None:
-    return None if value is None else -value
-
-
-def _shown(value: float | None, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
+def save_epoch(run: Run, *, epoch: int, row: dict) -> None:
+    """Rank 0 records the row, writes the checkpoints and prints the epoch's line; the other ranks wait for it
+    (an explicit barrier with a timeout)."""
+    if run.dist.is_main:
+        run.history.append(row)
+        save_checkpoints(run, epoch=epoch, row=row)
+        print(epoch_line(row, total=run.config.unfreeze_epoch), flush=True)
+    barrier(run.dist)
