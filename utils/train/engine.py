@@ -81,7 +81,6 @@ def train_one_epoch(*, model: nn.Module, criterion: nn.Module, loader, optimizer
                     scaler: torch.amp.GradScaler, amp: AmpSettings, device: torch.device, epoch: int,
                     total_epochs: int, start_iteration: int, lr_for_iteration: Callable[[int], float],
                     on_iteration_end: Callable[[int], None], dist_info: DistInfo,
-                    max_grad_norm: float | None = None,
                     frozen_modules: tuple[nn.Module, ...] = ()) -> dict[str, float]:
     """Trains one epoch from ``start_iteration`` (non-zero when resuming mid-epoch).
 
@@ -107,9 +106,6 @@ def train_one_epoch(*, model: nn.Module, criterion: nn.Module, loader, optimizer
         check_finite_all_ranks(terms, epoch=epoch, iteration=iteration, dist_info=dist_info)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms["loss"]).backward()
-        if max_grad_norm:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         values = means.update(terms)
