@@ -15,10 +15,10 @@ from typing import Literal
 from utils.core.config import ConfigError, resolve_config, run_cli, settings_of
 from utils.data.voc import IMAGE_EXTENSIONS, index_images
 
-map_mode: Literal[0, 1, 2, 3, 4] = 0  # 0 all; 1 predictions only; 2 ground truth only; 3 VOC AP from files in map_out_path; 4 VOC + COCO AP from them
+map_mode: Literal[0, 1, 2, 3, 4] = 0  # 0 all; 1 detections; 2 ground truth; 3 VOC AP from map_out_path; 4 + COCO AP
 model_path: str = "logs/best_epoch_weights.pth"  # checkpoint used by modes 0 and 1 (or darknet .weights)
 cfg_path: str | None = None  # the darknet .cfg of a .weights model_path
-classes_path: str | None = None  # class list (one per line); None: from the checkpoint (modes 0/1; a bare state_dict: VOC) or the text files (2-4)
+classes_path: str | None = None  # None: the checkpoint's (modes 0/1) or the text files' (2-4)
 model: Literal["yolov4", "yolov4-tiny"] | None = None  # None: from the checkpoint (a bare state_dict: from its keys)
 anchors_path: str | None = None  # anchors file; None: from the checkpoint (a bare state_dict: the variant's default)
 anchors_mask: list[list[int]] | None = None  # anchor ids per level, coarsest first; None: from the checkpoint
@@ -30,7 +30,7 @@ multi_label: bool = False  # a box may be reported once per class whose obj x cl
 input_shape: list[int] | None = None  # network input (h, w), multiples of 32; None: from the checkpoint
 letterbox_image: bool = True  # resize keeping the aspect ratio and pad, as in training
 device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
-precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # fp16: CUDA only; auto: bf16 on CPUs with native bf16, else fp32
+precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CPUs with native bf16, else fp32
 backend: Literal["torch", "onnxruntime"] = "torch"  # onnxruntime: the checkpoint exported to ONNX in memory
 batch_size: int = 8  # images per forward pass (each letterboxed to the input size)
 score_threshold: float = 0.5  # operating point for the per-class precision / recall / F1

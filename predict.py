@@ -33,7 +33,7 @@ max_det: int = 300  # at most this many detections per image
 nms_type: Literal["nms", "diou"] = "nms"  # IoU NMS or DIoU-NMS
 letterbox_image: bool = True  # keep the aspect ratio with gray padding, as in validation; False stretches
 device: str = "auto"  # auto | cpu | cuda | cuda:1
-precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # fp16: CUDA only; auto: bf16 on CPUs with native bf16, else fp32
+precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CPUs with native bf16, else fp32
 fp16: bool = False  # older spelling of precision="fp16" (CUDA only)
 backend: Literal["torch", "onnxruntime"] = "torch"  # onnxruntime: the checkpoint exported to ONNX in memory
 batch_size: int = 8  # dir_predict: images per forward pass

@@ -3,7 +3,7 @@ best-anchor assignment, CIoU, BCE, 'mean' normalisation, no focal loss, no label
 public PyTorch YOLOv4 implementations write it, for speed parity with them: a loop over levels and images,
 vectorised within an image, the ignore IoU as one dense (cells x boxes) tensor per image.
 
-It is not a test oracle (tests/loss_reference.py is); the benchmark checks that it gives YOLOLoss's value.
+It is not a test oracle (tests/nets/loss_reference.py is); the benchmark checks that it gives YOLOLoss's value.
 """
 import torch
 import torch.nn.functional as F

@@ -1,5 +1,5 @@
-"""compare_focal.py on a dataset it has never seen (tests/shapes_dataset.py): the user's classes, k-means
-anchors, run reuse only for equal settings, commands for a job array, the paired verdict."""
+"""compare_focal.py on a dataset it has never seen (conftest's shapes dataset): the user's classes, k-means anchors,
+run reuse only for equal settings, commands for a job array, the paired verdict."""
 import json
 import shlex
 

@@ -196,7 +196,8 @@ def resolve_config(settings: dict[str, tuple[Any, Any]], argv: list[str] | None 
             if key not in settings:
                 raise _unknown(key, settings, f"config file {config_path}")
             if not _matches(value, settings[key][0]):
-                raise ConfigError(f"config file {config_path}: {key} = {value!r}: expected {_type_name(settings[key][0])}")
+                raise ConfigError(f"config file {config_path}: {key} = {value!r}: "
+                                  f"expected {_type_name(settings[key][0])}")
             config[key] = _normalise(value)
     for key, text in overrides:
         if key not in settings:
