@@ -146,3 +146,11 @@ def write_shapes_voc(root: Path, *, images: int = 16, seed: int = 0, width: int 
             f"<annotation><filename>shape_{i:03d}.jpg</filename><size><width>{width}</width><height>{height}"
             f"</height><depth>3</depth></size>{xml_objects}</annotation>")
     return root / "VOCdevkit"
+
+
+def write_truncated_jpeg(path: Path, *, seed: int = 2) -> Path:
+    """A 64 x 64 noise JPEG cut to 60 % of its bytes: the header (and so the size) reads, the pixels do not."""
+    noise = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=95)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 6 // 10])
+    return path

@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from conftest import write_truncated_jpeg
+
 from utils.data import augment
 from utils.data.dataloader import YoloDataset, yolo_collate
 from utils.data.voc import parse_annotation_line
@@ -280,10 +282,7 @@ def test_parse_annotation_line_paths_with_spaces():
 
 
 def test_corrupt_and_missing_images(tmp_path):
-    noise = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    broken = tmp_path / "broken #1.jpg"
-    Image.fromarray(noise).save(broken, quality=95)
-    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size * 6 // 10])
+    broken = write_truncated_jpeg(tmp_path / "broken #1.jpg")
     good = tmp_path / "good.png"
     Image.new("RGB", (32, 32), (0, 200, 0)).save(good)
     lines = [f"{broken} 1,1,20,20,0", f"{good} 4,4,12,12,1"]

@@ -4,7 +4,7 @@ import ast
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, write_truncated_jpeg
 from PIL import Image
 
 from utils.core.config import UserError
@@ -60,10 +60,7 @@ def test_image_info_without_exif_and_with_decoding(tmp_path):
 
 
 def test_errors_name_the_file(tmp_path):
-    noise = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    cut = tmp_path / "cut #1.jpg"
-    Image.fromarray(noise).save(cut, quality=95)
-    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 6 // 10])
+    cut = write_truncated_jpeg(tmp_path / "cut #1.jpg")
     text = tmp_path / "text.jpg"
     text.write_text("not an image\n")
 
