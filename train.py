@@ -54,6 +54,13 @@ focal_alpha: float = 0.25  # focal alpha on positives (1 - alpha on negatives)
 focal_gamma: float = 2.0  # focal gamma
 focal_loss_ratio: float = 10.0  # extra weight on the focal confidence term with "mean" normalisation (reference: 10)
 focal_conf_scale: float | Literal["match_bce_at_init"] = 1.0  # factor on the focal conf term; or equal to BCE's at init
+focal_cls: bool = False  # also reweight the class BCE by alpha_t * (1 - p_t)^gamma (focal_alpha, focal_gamma)
+quality_loss: Literal["none", "qfl", "vfl"] = "none"  # confidence loss against the positives' IoU (not with focal_loss)
+qfl_beta: float = 2.0  # Quality Focal Loss: BCE(z, IoU) * |IoU - p|^beta
+vfl_alpha: float = 0.75  # Varifocal Loss: BCE(z, IoU) * IoU on positives, * alpha * p^gamma on negatives
+vfl_gamma: float = 2.0  # Varifocal Loss gamma
+conf_target: Literal["one", "iou"] = "one"  # positives' objectness target: 1, or YOLOv5's (1 - gr) + gr * IoU
+iou_target_ratio: float = 1.0  # gr of conf_target="iou" (YOLOv5: 1.0)
 conf_normalization: Literal["mean", "num_pos"] = "mean"  # mean over kept cells (reference) or / positives (paper)
 iou_type: Literal["ciou", "diou", "giou"] = "ciou"  # location loss: 1 - this IoU
 box_ratio: float = 0.05  # weight of loss_loc

@@ -1,4 +1,5 @@
-"""YOLOLoss: location, confidence and class terms, with an optional focal reweighting of the confidence BCE.
+"""YOLOLoss: location, confidence and class terms; the confidence loss plain BCE, focal, QFL, VFL or BCE with an
+IoU-aware target (nets/conf_losses.py).
 
 Conventions
 - ``outputs``: the model's raw head outputs, coarsest level first, each (B, A * (5 + C), H, W) logits.
@@ -15,23 +16,27 @@ Conventions
 - Terms (unweighted, summed over levels; per level as ``loss_loc_s32`` etc.):
   ``loss_loc`` = mean over positives of 1 - CIoU (or DIoU / GIoU);
   ``loss_cls`` = mean BCE-with-logits over positives x classes, label smoothing moves the targets to
-  1 - eps/2 and eps/2;
+  1 - eps/2 and eps/2; times alpha_t * (1 - p_t)^gamma with ``focal_cls``;
   ``loss_conf`` = BCE-with-logits over kept cells (positives and non-ignored negatives), times
-  alpha_t * (1 - p_t)^gamma with focal loss. ``conf_normalization='mean'`` (default, the reference
-  recipe) averages over kept cells per level; ``'num_pos'`` (the Focal Loss paper) sums and divides
-  by the number of positive cells of the batch.
+  alpha_t * (1 - p_t)^gamma with focal loss; or QFL / VFL against the positives' IoU (``quality_loss``), or BCE
+  against YOLOv5's IoU-aware target (``conf_target='iou'``): the formulas in nets/conf_losses.py.
+  ``conf_normalization='mean'`` (default, the reference recipe) averages over kept cells per level;
+  ``'num_pos'`` (the Focal Loss paper) sums and divides by the number of positive cells of the batch.
 - Weights: one dict keyed by term name (``loss_weights``; ``build_loss`` makes it from the training settings),
   held by the loss and applied only in ``weighted_total``: box 0.05, class C / 80, objectness
   5 * (H * W) / 416^2 * balance[stride] (balance 0.4 / 1.0 / 4 for stride 32 / 16 / 8) * the focal factor
-  (``focal_conf_factor``): 1 without focal loss; with it ``focal_conf_scale`` (1, or computed at the start of
-  training: utils/train/conf_at_init.py), times ``focal_loss_ratio`` (10) with 'mean' normalisation, which the
-  reference recipe uses to bring the focal mean back to the scale of the plain BCE mean.
+  (``focal_conf_factor``): 1 for plain BCE and the IoU-aware target; for the modulated losses (focal, QFL, VFL)
+  ``focal_conf_scale`` (1, or computed at the start of training: utils/train/conf_at_init.py), times
+  ``focal_loss_ratio`` (10) with 'mean' normalisation, which the reference recipe uses to bring the focal mean back
+  to the scale of the plain BCE mean. The class term's weight does not change with ``focal_cls``.
 """
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
+# focal_ratio: also imported from here (utils/compare/easy_negatives.py, tests)
+from nets.conf_losses import (ConfidenceLoss, cell_iou, check_conf_settings, class_term, focal_ratio,  # noqa: F401
+                               paired_box_iou)
 from nets.ignore import cells_overlapping
 from utils.core.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, wh_iou
 from utils.core.decode import decode_level_xyxy_planes, decode_txywh, level_strides, split_levels
@@ -40,27 +45,19 @@ IOU_LOSSES = {"ciou": complete_box_iou_loss, "diou": distance_box_iou_loss, "gio
 BALANCE_BY_STRIDE = {32: 0.4, 16: 1.0, 8: 4.0}
 HEAD_STRIDES = (32, 16, 8)  # level l's stride, coarsest first: the heads of both networks in nets/yolo.py
 LOSS_TERMS = ("loss", "loss_loc", "loss_conf", "loss_cls")  # the total and its three named terms
-
-
-def focal_ratio(logits: Tensor, is_positive: Tensor, *, alpha: float, gamma: float) -> Tensor:
-    """alpha_t * (1 - p_t)^gamma, elementwise, from logits.
-
-    (1 - p_t) is sigmoid(-z_t) with z_t the logit of p_t; raising it to gamma through logsigmoid keeps
-    the value and its gradient finite even where p_t rounds to 1 and gamma < 1.
-    """
-    alpha_t = torch.where(is_positive, alpha, 1.0 - alpha)
-    logit_t = torch.where(is_positive, logits, -logits)
-    return alpha_t * torch.exp(gamma * F.logsigmoid(-logit_t))
+# train.py's settings that make a run's confidence term plain BCE with 0/1 targets, its reference at init
+PLAIN_BCE = {"focal_loss": False, "quality_loss": "none", "conf_target": "one", "focal_conf_scale": 1.0}
 
 
 def focal_conf_factor(*, focal_loss: bool, conf_normalization: str, focal_loss_ratio: float = 10.0,
-                      focal_conf_scale: float = 1.0) -> float:
+                      focal_conf_scale: float = 1.0, quality_loss: str = "none") -> float:
     """The factor on the confidence term's weight: the one place it is computed.
 
-    1 without focal loss. With it, ``focal_conf_scale`` times ``focal_loss_ratio`` under 'mean' normalisation;
+    1 for plain BCE (and BCE with the IoU-aware target). For a modulated loss (focal, or the quality losses QFL
+    and VFL: ``quality_loss``), ``focal_conf_scale`` times ``focal_loss_ratio`` under 'mean' normalisation;
     a sum divided by the number of positives (the Focal Loss paper's) is not rescaled by the ratio.
     """
-    if not focal_loss:
+    if not (focal_loss or quality_loss != "none"):
         return 1.0
     return focal_conf_scale * (focal_loss_ratio if conf_normalization == "mean" else 1.0)
 
@@ -89,7 +86,9 @@ class YOLOLoss(nn.Module):
 
     def __init__(self, *, anchors_px: Tensor, anchors_mask: list[list[int]], num_classes: int,
                  input_shape: tuple[int, int], label_smoothing: float = 0.0, focal_loss: bool = False,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, conf_normalization: str = "mean",
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, focal_cls: bool = False,
+                 quality_loss: str = "none", qfl_beta: float = 2.0, vfl_alpha: float = 0.75, vfl_gamma: float = 2.0,
+                 conf_target: str = "one", iou_target_ratio: float = 1.0, conf_normalization: str = "mean",
                  iou_type: str = "ciou", ignore_threshold: float = 0.5, multi_anchor_threshold: float | None = None,
                  scale_x_y: list[float] | None = None, weights: dict[str, float] | None = None):
         super().__init__()
@@ -103,6 +102,11 @@ class YOLOLoss(nn.Module):
         self.input_shape = tuple(input_shape)
         self.label_smoothing = label_smoothing
         self.focal_loss, self.focal_alpha, self.focal_gamma = focal_loss, focal_alpha, focal_gamma
+        self.focal_cls = focal_cls
+        self.conf_loss = ConfidenceLoss(focal_loss=focal_loss, focal_alpha=focal_alpha, focal_gamma=focal_gamma,
+                                        quality_loss=quality_loss, qfl_beta=qfl_beta, vfl_alpha=vfl_alpha,
+                                        vfl_gamma=vfl_gamma, conf_target=conf_target,
+                                        iou_target_ratio=iou_target_ratio)
         self.conf_normalization = conf_normalization
         self.iou_loss = IOU_LOSSES[iou_type]
         self.ignore_threshold = ignore_threshold
@@ -110,7 +114,7 @@ class YOLOLoss(nn.Module):
         self.scale_x_y = list(scale_x_y) if scale_x_y else [1.0] * len(anchors_mask)
         if weights is None:
             weights = loss_weights(num_levels=len(anchors_mask), input_shape=self.input_shape, num_classes=num_classes,
-                                   focal_factor=focal_conf_factor(focal_loss=focal_loss,
+                                   focal_factor=focal_conf_factor(focal_loss=focal_loss, quality_loss=quality_loss,
                                                                   conf_normalization=conf_normalization))
         self.weights = dict(weights)
         usable = torch.zeros(len(self.anchors_px), dtype=torch.bool)
@@ -192,21 +196,24 @@ class YOLOLoss(nn.Module):
                 pred_pos[:, :4], grid_xy=torch.stack([a["cell_x"], a["cell_y"]], dim=-1).to(pred_pos),
                 anchor_wh_px=a["anchors_px"][a["anchor_i"]], stride_yx=a["stride_yx"],
                 scale_x_y=self.scale_x_y[level_index])
+            gt_pos_xyxy_px = prepared["gt_xyxy_px"][a["gt_i"]]  # (P_l, 4)
             if len(a["gt_i"]):
-                gt_pos_xyxy_px = prepared["gt_xyxy_px"][a["gt_i"]]
                 terms[f"loss_loc_{tag}"] = self.iou_loss(box_cxcywh_to_xyxy(pred_pos_cxcywh_px), gt_pos_xyxy_px,
                                                          reduction="mean")
-                cls_target = F.one_hot(prepared["cls"][a["gt_i"]], self.num_classes).to(pred_pos)
-                cls_target = cls_target * (1.0 - self.label_smoothing) + self.label_smoothing / 2
-                terms[f"loss_cls_{tag}"] = F.binary_cross_entropy_with_logits(pred_pos[:, 5:], cls_target)
+                terms[f"loss_cls_{tag}"] = class_term(
+                    pred_pos[:, 5:], prepared["cls"][a["gt_i"]], num_classes=self.num_classes,
+                    label_smoothing=self.label_smoothing, focal_cls=self.focal_cls, focal_alpha=self.focal_alpha,
+                    focal_gamma=self.focal_gamma)
             else:  # keeps the graph connected so DDP and GradScaler see every parameter
                 terms[f"loss_loc_{tag}"] = terms[f"loss_cls_{tag}"] = pred_pos.sum() * 0.0
 
             conf_logits = level[..., 4]  # (B, A, H, W)
-            conf_loss = F.binary_cross_entropy_with_logits(conf_logits, a["is_obj"].to(conf_logits), reduction="none")
-            if self.focal_loss:
-                conf_loss = conf_loss * focal_ratio(conf_logits, a["is_obj"], alpha=self.focal_alpha,
-                                                    gamma=self.focal_gamma)
+            iou = None
+            if self.conf_loss.needs_iou:  # the target: detached, so no gradient reaches the box through it
+                pred_pos_xyxy_px = box_cxcywh_to_xyxy(pred_pos_cxcywh_px.detach())
+                iou = cell_iou(paired_box_iou(pred_pos_xyxy_px, gt_pos_xyxy_px), shape=conf_logits.shape,
+                               cells=(a["img_i"], a["anchor_i"], a["cell_y"], a["cell_x"]))
+            conf_loss = self.conf_loss.elementwise(conf_logits, a["is_obj"], iou)
             conf_sums.append((conf_loss * a["kept"]).sum())
             kept_counts.append(a["kept"].sum())
             num_pos = num_pos + a["is_obj"].sum()
@@ -255,8 +262,24 @@ def settings_focal_factor(config, *, focal_conf_scale: float | None = None) -> f
     to be matched at init (the focal term unmatched)."""
     if focal_conf_scale is None:
         focal_conf_scale = 1.0 if isinstance(config.focal_conf_scale, str) else config.focal_conf_scale
-    return focal_conf_factor(focal_loss=config.focal_loss, conf_normalization=config.conf_normalization,
-                             focal_loss_ratio=config.focal_loss_ratio, focal_conf_scale=focal_conf_scale)
+    return focal_conf_factor(focal_loss=config.focal_loss, quality_loss=config.quality_loss,
+                             conf_normalization=config.conf_normalization, focal_loss_ratio=config.focal_loss_ratio,
+                             focal_conf_scale=focal_conf_scale)
+
+
+def modulated_conf(config) -> bool:
+    """Whether training settings (a train.TrainConfig) reweight the confidence BCE (focal, QFL or VFL): the arms
+    whose factor focal_conf_factor gives and whose ``focal_conf_scale="match_bce_at_init"`` matches them to
+    plain BCE (``PLAIN_BCE``) at init."""
+    return config.focal_loss or config.quality_loss != "none"
+
+
+def check_loss_settings(config) -> None:
+    """A ConfigError, naming both settings, for training settings (a train.TrainConfig) whose confidence loss
+    contradicts itself (focal_loss with a quality_loss, ...: nets.conf_losses.check_conf_settings). build_loss
+    checks too (YOLOLoss does); calling this where settings are resolved refuses them before any work."""
+    check_conf_settings(focal_loss=config.focal_loss, quality_loss=config.quality_loss,
+                        conf_target=config.conf_target, iou_target_ratio=config.iou_target_ratio)
 
 
 def build_loss(*, config, spec, focal_conf_scale: float | None = None) -> YOLOLoss:
@@ -269,7 +292,10 @@ def build_loss(*, config, spec, focal_conf_scale: float | None = None) -> YOLOLo
     return YOLOLoss(anchors_px=torch.tensor(spec.anchors), anchors_mask=spec.anchors_mask,
                     num_classes=len(spec.class_names), input_shape=tuple(config.input_shape),
                     label_smoothing=config.label_smoothing, focal_loss=config.focal_loss,
-                    focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
+                    focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma, focal_cls=config.focal_cls,
+                    quality_loss=config.quality_loss, qfl_beta=config.qfl_beta, vfl_alpha=config.vfl_alpha,
+                    vfl_gamma=config.vfl_gamma, conf_target=config.conf_target,
+                    iou_target_ratio=config.iou_target_ratio,
                     conf_normalization=config.conf_normalization, iou_type=config.iou_type,
                     ignore_threshold=config.ignore_threshold, multi_anchor_threshold=config.multi_anchor_threshold,
                     scale_x_y=config.scale_x_y, weights=weights)

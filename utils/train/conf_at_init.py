@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from nets.yolo_training import build_loss, settings_focal_factor
+from nets.yolo_training import PLAIN_BCE, build_loss, modulated_conf, settings_focal_factor
 from utils.core.config import ConfigError
 from utils.core.distributed import EpochSampler
 from utils.data.dataloader import yolo_collate
@@ -63,8 +63,8 @@ def calibrate_conf_term(*, net, config, spec, dataset, batch_size: int, device: 
     targets = targets.to(device)
     if scale == MATCH_BCE:
         scale = 1.0
-        if config.focal_loss:
-            plain = build_loss(config=dataclasses.replace(config, focal_loss=False, focal_conf_scale=1.0), spec=spec)
+        if modulated_conf(config):  # focal, QFL or VFL, matched to plain BCE with 0/1 targets
+            plain = build_loss(config=dataclasses.replace(config, **PLAIN_BCE), spec=spec)
             unmatched = build_loss(config=config, spec=spec, focal_conf_scale=1.0)
             scale = (weighted_conf_term(plain.to(device), outputs, targets)
                      / weighted_conf_term(unmatched.to(device), outputs, targets))
