@@ -1,9 +1,11 @@
 """Does a focal confidence loss help this detector on this data? Trains the same model with plain BCE and
-with focal loss (identical seed, data order, augmentation stream and schedule), evaluates every run on the
-test images with get_map.py's code, and writes a side-by-side table, the paired differences with their
+with focal loss, or with any of the named arms (bce, focal, focal_cls, qfl, vfl, iou_obj: ARM_PRESETS in
+utils/compare/experiment.py), with identical seed, data order, augmentation stream and schedule, evaluates every
+run on the test images with get_map.py's code, and writes a side-by-side table, the paired differences with their
 95 % intervals, a one-line verdict and plots to ``results_dir``.
 
     python compare_focal.py                                   # BCCD recipe (configs/bccd_tiny.toml), BCE vs focal
+    python compare_focal.py --arms='["bce","qfl","vfl"]'      # named arms; the first is the reference
     python compare_focal.py --seeds=3                         # paired over seeds: mean difference, t interval
     python compare_focal.py --config=configs/voc_yolov4.toml --classes_path=model_data/my_classes.txt \
         --VOCdevkit_path=path/to/VOCdevkit --anchors_path=auto   # your data: your classes, k-means anchors
@@ -25,11 +27,9 @@ from utils.core.config import ConfigError, resolve_config, resolve_settings, run
 
 config: str = "configs/bccd_tiny.toml"  # the recipe: a TOML/JSON file of train.py settings ("" = train.py defaults)
 results_dir: str = "runs/compare"  # everything goes here: runs/<run>/ (ordinary train.py runs), tables, plots
-arms: list[dict] = [  # loss settings per arm (the first is the reference): a "name" and train.py settings
-    {"name": "bce", "focal_loss": False},
-    {"name": "focal", "focal_loss": True, "focal_alpha": 0.25, "focal_gamma": 2.0,
-     "focal_conf_scale": 1.0},  # the reference recipe's weight: focal_loss_ratio 10 on the mean-normalised term
-]
+# The arms, the first the reference: names of presets (bce, focal, focal_cls, qfl, vfl, iou_obj; focal is
+# alpha 0.25, gamma 2 at the reference recipe's weight) or dicts of a "name" and train.py settings
+arms: list[str | dict] = ["bce", "focal"]
 grid: bool = False  # replace the arms by plain BCE + focal over gamma {0,0.5,1,2,5} x alpha {0.25,0.5,0.75}
 seeds: int = 1  # runs per arm, seeds seed, seed+1, ...
 seed: int = 11  # first seed
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def parse_settings(argv: list[str]) -> tuple[dict, object, dict]:
     """(this script's settings, the train.py settings every run starts from, train.py's setting types)."""
     import train
+    from utils.compare.experiment import resolve_arms
     from utils.core.config import settings_of_class
 
     own_settings, train_settings = settings_of(globals()), settings_of_class(train.TrainConfig)
@@ -113,6 +114,7 @@ def parse_settings(argv: list[str]) -> tuple[dict, object, dict]:
     recipe = [a.split("=", 1)[1] for a in mine if a.startswith("--config=")]
     cfg = resolve_config(own_settings, [a for a in mine if not a.startswith("--config=")])
     cfg["config"] = recipe[-1] if recipe else cfg["config"]
+    cfg["arms"] = resolve_arms(cfg["arms"])  # names -> their presets' settings
     if cfg["seeds"] < 1 or cfg["parallel"] < 1 or cfg["bootstrap"] < 1:
         raise ConfigError("--seeds, --parallel and --bootstrap need at least 1")
     for arm in cfg["arms"]:

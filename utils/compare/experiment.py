@@ -33,6 +33,19 @@ GRID_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)  # the Focal Loss paper's Table 1 ablati
 GRID_ALPHAS = (0.25, 0.5, 0.75)
 CDF_GAMMAS = (0.0, 0.5, 1.0, 2.0)  # the Focal Loss paper's Figure 4
 REPO = Path(__file__).resolve().parents[2]
+# The named arms of compare_focal.py's --arms: each sets every setting that chooses the confidence loss, so a
+# train.py setting given to all arms cannot turn one arm into another. Formulas: nets/conf_losses.py.
+_PLAIN = {"focal_loss": False, "focal_cls": False, "quality_loss": "none", "conf_target": "one"}
+_FOCAL = {"focal_alpha": 0.25, "focal_gamma": 2.0}
+ARM_PRESETS = {
+    "bce": _PLAIN,
+    # the modulated arms keep the reference recipe's weight: focal_loss_ratio 10 on the mean-normalised term
+    "focal": {**_PLAIN, "focal_loss": True, **_FOCAL, "focal_conf_scale": 1.0},
+    "focal_cls": {**_PLAIN, "focal_loss": True, "focal_cls": True, **_FOCAL, "focal_conf_scale": 1.0},
+    "qfl": {**_PLAIN, "quality_loss": "qfl", "qfl_beta": 2.0, "focal_conf_scale": 1.0},  # Li et al. 2020
+    "vfl": {**_PLAIN, "quality_loss": "vfl", "vfl_alpha": 0.75, "vfl_gamma": 2.0, "focal_conf_scale": 1.0},
+    "iou_obj": {**_PLAIN, "conf_target": "iou", "iou_target_ratio": 1.0},  # YOLOv5's objectness target
+}
 
 
 @dataclass
@@ -82,9 +95,27 @@ def _split_top_level(text: str) -> list[str]:
     return [i.strip() for i in items + [current] if i.strip()]
 
 
-def plan_runs(*, arms: list[dict], sweep: list[dict], seeds: list[int]) -> list[RunSpec]:
-    runs = []
+def resolve_arms(arms: list[str | dict]) -> list[dict]:
+    """compare_focal.py's ``arms``: a name stands for its ARM_PRESETS entry; a dict (a "name" and train.py
+    settings) is kept as it is. Unknown names and two arms of one name are refused."""
+    resolved = []
     for arm in arms:
+        if isinstance(arm, str):
+            if arm not in ARM_PRESETS:
+                raise ConfigError(f"--arms: no arm named {arm!r}; the named arms are {', '.join(ARM_PRESETS)}, or "
+                                  f"give a dict of a 'name' and train.py settings")
+            arm = {"name": arm, **ARM_PRESETS[arm]}
+        resolved.append(dict(arm))
+    names = [arm["name"] for arm in resolved if "name" in arm]  # an arm without one is refused by its caller
+    if len(set(names)) < len(names):
+        raise ConfigError(f"--arms: two arms share a name ({names}); each arm's runs are kept under its name")
+    return resolved
+
+
+def plan_runs(*, arms: list[str | dict], sweep: list[dict], seeds: list[int]) -> list[RunSpec]:
+    """Every arm (names resolved as resolve_arms does) at every sweep combination and seed."""
+    runs = []
+    for arm in resolve_arms(arms):
         settings = {k: v for k, v in arm.items() if k != "name"}
         for combo in sweep:
             for seed in seeds:
@@ -220,7 +251,9 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_cl
         "scored_in": detector.precision,
         "final_train": {k: last.get(f"train_{k}") for k in ("loss_loc", "loss_conf", "loss_cls")},
         "train_seconds": round(sum(row.get("seconds", 0.0) for row in history), 1),
-        "config": {k: saved["config"].get(k) for k in ("focal_loss", "focal_alpha", "focal_gamma",
+        "config": {k: saved["config"].get(k) for k in ("focal_loss", "focal_alpha", "focal_gamma", "focal_cls",
+                                                        "quality_loss", "qfl_beta", "vfl_alpha", "vfl_gamma",
+                                                        "conf_target", "iou_target_ratio",
                                                         "focal_loss_ratio", "focal_conf_scale", "conf_normalization",
                                                         "seed", "init_lr", "unfreeze_epoch", "input_shape", "model",
                                                         "focal_conf_scale_value", "conf_term_at_init",
@@ -298,20 +331,24 @@ def stored_focal_factor(config: dict) -> float:
     versions stored only what it is made of, which nets.yolo_training.focal_conf_factor combines."""
     if config.get("focal_conf_factor") is not None:
         return config["focal_conf_factor"]
-    return focal_conf_factor(focal_loss=config["focal_loss"], conf_normalization=config["conf_normalization"],
+    return focal_conf_factor(focal_loss=config["focal_loss"], quality_loss=config.get("quality_loss") or "none",
+                             conf_normalization=config["conf_normalization"],
                              focal_loss_ratio=config["focal_loss_ratio"],
                              focal_conf_scale=config.get("focal_conf_scale_value") or 1.0)
 
 
 def conf_normalization_note(config: dict) -> str:
-    """How the run normalised its confidence term and, with focal loss, the factor on its weight."""
+    """How the run normalised its confidence term and, with a modulated loss (focal, QFL, VFL), the factor on its
+    weight."""
     norm = "mean over kept cells" if config["conf_normalization"] == "mean" else "sum / number of positives"
-    if not config["focal_loss"]:
+    quality = config.get("quality_loss") or "none"  # runs of earlier versions have none
+    if not (config["focal_loss"] or quality != "none"):
         return norm
+    loss = "focal" if config["focal_loss"] else quality
     factor = stored_focal_factor(config)
     if config.get("focal_conf_scale") == MATCH_BCE:
-        return f"{norm}, focal x{factor:.3g} (matched to BCE at init)"
-    return f"{norm}, focal x{factor:g}" if factor != 1.0 else norm
+        return f"{norm}, {loss} x{factor:.3g} (matched to BCE at init)"
+    return f"{norm}, {loss} x{factor:g}" if factor != 1.0 else norm
 
 
 def hardware_summary(evaluations: dict[str, dict]) -> str:
@@ -326,9 +363,12 @@ def hardware_summary(evaluations: dict[str, dict]) -> str:
             + f". Scored in {' and '.join(scored)} (get_map.py's default here).")
 
 
-def own_loss_share(shares: dict, *, focal: bool) -> float:
-    """The easy negatives' share of the confidence loss the run trained with (focal or plain BCE)."""
-    return shares["focal_share"] if focal else shares["bce_share"]
+def own_loss_share(shares: dict, *, config: dict) -> float | None:
+    """The easy negatives' share of the confidence loss the run trained with (focal or plain BCE, as the run's
+    stored ``config`` says); None (not measured) for the losses with IoU targets (QFL, VFL, conf_target 'iou')."""
+    if (config.get("quality_loss") or "none") != "none" or (config.get("conf_target") or "one") != "one":
+        return None
+    return shares["focal_share"] if config["focal_loss"] else shares["bce_share"]
 
 
 def summarise(evaluations: dict[str, dict], runs: list[RunSpec], calibrations: dict) -> list[dict]:
@@ -350,7 +390,7 @@ def summarise(evaluations: dict[str, dict], runs: list[RunSpec], calibrations: d
                "conf_term_at_init": mean_or_none(e["config"].get("conf_term_at_init") for e in evs),
                "dece": mean_or_none(calibrations[name].dece for name in names),
                **{f"easy_negative_share_{stage}": mean_or_none(
-                   own_loss_share(e["easy_negatives"][stage], focal=e["config"]["focal_loss"]) for e in evs)
+                   own_loss_share(e["easy_negatives"][stage], config=e["config"]) for e in evs)
                   for stage in ("init", "trained")}}
         for name in evs[0]["per_class_ap"]:
             row[f"ap_{name}"] = mean_or_none(e["per_class_ap"][name] for e in evs)
