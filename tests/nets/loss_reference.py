@@ -8,6 +8,8 @@ are used; nothing is imported from nets/ or utils/.
 Head layout (per level): (B, A * (5 + C), H, W), anchor-major, channels per anchor tx, ty, tw, th, obj,
 classes. Decoded box: cx = (sigmoid(tx) * s - (s - 1) / 2 + grid_x) * stride_x, w = anchor_w * exp(tw),
 with tw clamped at 10 from above as the decoder documents.
+
+Also the random cases the loss tests share (make_case): head outputs, ground truths with crowded cells.
 """
 import math
 
@@ -16,8 +18,43 @@ from torch import Tensor
 from torchvision.ops import box_iou, complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
 MAX_WH_LOGIT = 10.0
+YOLOV4_ANCHORS = [[12, 16], [19, 36], [40, 28], [36, 75], [76, 55], [72, 146], [142, 110], [192, 243], [459, 401]]
+YOLOV4_MASK = [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
+TINY_ANCHORS = [[10, 14], [23, 27], [37, 58], [81, 82], [135, 169], [344, 319]]
+TINY_MASK = [[3, 4, 5], [1, 2, 3]]
+GEOMETRY = {"yolov4": (YOLOV4_ANCHORS, YOLOV4_MASK, (32, 16, 8)), "yolov4-tiny": (TINY_ANCHORS, TINY_MASK, (32, 16))}
 BALANCE = {32: 0.4, 16: 1.0, 8: 4.0}
 IOU_LOSS = {"ciou": complete_box_iou_loss, "diou": distance_box_iou_loss, "giou": generalized_box_iou_loss}
+
+
+def make_case(*, seed: int, model: str, num_classes: int = 3, batch: int = 3, input_shape=(128, 128),
+              boxes_per_image=(6, 9, 0), crowded: bool = True):
+    """Random head outputs and targets; the last image has no objects by default; every fourth box is small;
+    a few ground truths get a near-duplicate (same image, shape and cell) to make crowded cells."""
+    gen = torch.Generator().manual_seed(seed)
+    anchors_list, mask, strides = GEOMETRY[model]
+    in_h, in_w = input_shape
+    anchors = torch.tensor(anchors_list, dtype=torch.float32) * (in_w / 416)
+    rows = []
+    for img, count in enumerate(boxes_per_image):
+        for _ in range(count):
+            wh = torch.rand(2, generator=gen) * torch.tensor([in_w * 0.8, in_h * 0.8]) + 4
+            if len(rows) % 4 == 2:  # small boxes too, down to the smallest (tiny: unused) anchor
+                wh = torch.rand(2, generator=gen) * 8 + 3
+            cxcy = torch.rand(2, generator=gen) * torch.tensor([in_w, in_h])
+            x1y1 = torch.maximum(cxcy - wh / 2, torch.zeros(2))
+            x2y2 = torch.minimum(cxcy + wh / 2, torch.tensor([in_w, in_h], dtype=torch.float32))
+            cls = torch.randint(num_classes, (1,), generator=gen).float()
+            box = torch.round(torch.cat([x1y1, x2y2]) * 4) / 4  # exact in fp32 and fp64
+            rows.append(torch.cat([torch.tensor([float(img)]), cls, box]))
+            if crowded and len(rows) % 3 == 1:
+                rows.append(torch.cat([rows[-1][:1], (rows[-1][1:2] + 1) % num_classes,
+                                       rows[-1][2:] + torch.tensor([0.25, 0.25, 0.0, 0.0])]))
+    targets = torch.stack(rows) if rows else torch.zeros(0, 6)
+    depth = len(mask[0]) * (5 + num_classes)
+    outputs = [torch.randn(batch, depth, in_h // s, in_w // s, generator=gen) for s in strides]
+    return outputs, targets, dict(anchors_px=anchors, anchors_mask=mask, num_classes=num_classes,
+                                  input_shape=input_shape)
 
 
 def bce_with_logits(logits: Tensor, target: Tensor) -> Tensor:
@@ -62,11 +99,21 @@ def assign_anchors(gts: list[list[float]], anchors: list[tuple[float, float]], u
 def reference_loss(outputs: list[Tensor], targets: Tensor, *, anchors_px, anchors_mask: list[list[int]],
                    num_classes: int, input_shape: tuple[int, int], label_smoothing: float = 0.0,
                    focal_loss: bool = False, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                   focal_cls: bool = False, quality_loss: str = "none", qfl_beta: float = 2.0, vfl_alpha: float = 0.75,
+                   vfl_gamma: float = 2.0, conf_target: str = "one", iou_target_ratio: float = 1.0,
                    focal_loss_ratio: float = 10.0, conf_normalization: str = "mean", iou_type: str = "ciou",
                    ignore_threshold: float = 0.5, multi_anchor_threshold: float | None = None,
                    scale_x_y: list[float] | None = None, box_ratio: float = 0.05, cls_ratio: float | None = None,
                    obj_ratio: float | None = None) -> dict[str, Tensor | int]:
-    """Same keys as YOLOLoss's output, plus diagnostics ``num_ignored``, ``num_pairs`` and ``num_crowded``."""
+    """Same keys as YOLOLoss's output, plus diagnostics ``num_ignored``, ``num_pairs`` and ``num_crowded``.
+
+    The confidence losses with IoU targets, written from their papers: for each positive cell the IoU of its
+    decoded box (no gradient) with its ground truth, the largest where ground truths share the cell;
+    QFL (Li et al. 2020) BCE(z, y) |y - sigmoid(z)|^beta with y that IoU (0 elsewhere); VFL (Zhang et al. 2021,
+    mmdetection's iou_weighted) BCE(z, q) times q on cells with q > 0 and alpha sigmoid(z)^gamma elsewhere;
+    YOLOv5's objectness BCE(z, (1 - gr) + gr IoU) on positive cells. ``focal_cls``: each class BCE element
+    times alpha_t (1 - p_t)^gamma, p_t against the one-hot label.
+    """
     anchors = [(float(w), float(h)) for w, h in torch.as_tensor(anchors_px, dtype=torch.float64).view(-1, 2).tolist()]
     usable = sorted({k for mask in anchors_mask for k in mask})
     in_h, in_w = input_shape
@@ -86,7 +133,7 @@ def reference_loss(outputs: list[Tensor], targets: Tensor, *, anchors_px, anchor
         stride_y, stride_x = in_h / height, in_w / width
         stride = round(stride_y)
         strides.append(stride)
-        loc_terms, cls_terms, cell_of_pair = [], [], []
+        loc_terms, cls_terms, cell_of_pair, iou_of_cell = [], [], [], {}
         for n, (img, cls, x1, y1, x2, y2) in enumerate(gts):
             for k in gt_anchors[n]:
                 if k not in mask:
@@ -103,8 +150,16 @@ def reference_loss(outputs: list[Tensor], targets: Tensor, *, anchors_px, anchor
                 loc_terms.append(IOU_LOSS[iou_type](pred_xyxy[None], gt_xyxy[None], reduction="sum"))
                 cls_target = torch.full((num_classes,), label_smoothing / 2, dtype=torch.float64)
                 cls_target[int(cls)] = 1.0 - label_smoothing / 2
-                cls_terms.append(bce_with_logits(logits[5:], cls_target).sum())
+                cls_bce = bce_with_logits(logits[5:], cls_target)
+                if focal_cls:
+                    is_label = torch.arange(num_classes) == int(cls)
+                    p = torch.sigmoid(logits[5:])
+                    p_t = torch.where(is_label, p, 1 - p)
+                    cls_bce = cls_bce * torch.where(is_label, focal_alpha, 1 - focal_alpha) * (1 - p_t) ** focal_gamma
+                cls_terms.append(cls_bce.sum())
                 cell_of_pair.append((b, a, gy, gx))
+                iou = float(box_iou(pred_xyxy.detach()[None], gt_xyxy[None])[0, 0])
+                iou_of_cell[(b, a, gy, gx)] = max(iou, iou_of_cell.get((b, a, gy, gx), 0.0))
         num_pairs += len(cell_of_pair)
         positive_cells = set(cell_of_pair)
         num_crowded += len(cell_of_pair) - len(positive_cells)
@@ -131,13 +186,25 @@ def reference_loss(outputs: list[Tensor], targets: Tensor, *, anchors_px, anchor
                     iou = box_iou(cells_xyxy.reshape(-1, 4), gt_xyxy).view(len(mask), height, width)
                     ignored |= iou > ignore_threshold
             is_obj = torch.zeros(len(mask), height, width, dtype=torch.bool)
+            iou_map = torch.zeros(len(mask), height, width, dtype=torch.float64)
             for cb, a, gy, gx in positive_cells:
                 if cb == b:
                     is_obj[a, gy, gx] = True
+                    iou_map[a, gy, gx] = iou_of_cell[(cb, a, gy, gx)]
             kept = is_obj | ~ignored
             num_ignored += int((~kept).sum())
             conf_logits = image[:, 4]  # (A, H, W)
-            conf_loss = bce_with_logits(conf_logits, is_obj.double())
+            p = torch.sigmoid(conf_logits)
+            if quality_loss == "qfl":
+                conf_loss = bce_with_logits(conf_logits, iou_map) * (iou_map - p).abs() ** qfl_beta
+            elif quality_loss == "vfl":
+                conf_loss = bce_with_logits(conf_logits, iou_map) * torch.where(iou_map > 0, iou_map,
+                                                                                vfl_alpha * p**vfl_gamma)
+            elif conf_target == "iou":
+                target = torch.where(is_obj, 1 - iou_target_ratio + iou_target_ratio * iou_map, 0.0)
+                conf_loss = bce_with_logits(conf_logits, target)
+            else:
+                conf_loss = bce_with_logits(conf_logits, is_obj.double())
             if focal_loss:
                 alpha_t = torch.where(is_obj, focal_alpha, 1.0 - focal_alpha)
                 one_minus_p_t = torch.where(is_obj, torch.sigmoid(-conf_logits), torch.sigmoid(conf_logits))
@@ -154,7 +221,8 @@ def reference_loss(outputs: list[Tensor], targets: Tensor, *, anchors_px, anchor
     total = zero
     for stride in strides:
         # focal_loss_ratio rescales the focal *mean* only; a num_pos-normalised focal sum is left as it is
-        focal_weight = focal_loss_ratio if focal_loss and conf_normalization == "mean" else 1.0
+        modulated = focal_loss or quality_loss != "none"
+        focal_weight = focal_loss_ratio if modulated and conf_normalization == "mean" else 1.0
         conf_weight = obj_ratio * BALANCE.get(stride, 1.0) * focal_weight
         total = total + (box_ratio * result[f"loss_loc_s{stride}"] + cls_ratio * result[f"loss_cls_s{stride}"]
                          + conf_weight * result[f"loss_conf_s{stride}"])

@@ -4,18 +4,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from loss_reference import assign_anchors, decode_box_xyxy, reference_loss
+from loss_reference import (GEOMETRY, TINY_ANCHORS, TINY_MASK, YOLOV4_ANCHORS, YOLOV4_MASK, assign_anchors,
+                            decode_box_xyxy, make_case, reference_loss)
 from torchvision.ops import box_iou, complete_box_iou_loss, sigmoid_focal_loss
 
 from nets.yolo_training import YOLOLoss, focal_ratio
 from utils.core.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from utils.core.decode import decode_level, decode_level_xyxy_planes, split_levels
 
-YOLOV4_ANCHORS = [[12, 16], [19, 36], [40, 28], [36, 75], [76, 55], [72, 146], [142, 110], [192, 243], [459, 401]]
-YOLOV4_MASK = [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
-TINY_ANCHORS = [[10, 14], [23, 27], [37, 58], [81, 82], [135, 169], [344, 319]]
-TINY_MASK = [[3, 4, 5], [1, 2, 3]]
-GEOMETRY = {"yolov4": (YOLOV4_ANCHORS, YOLOV4_MASK, (32, 16, 8)), "yolov4-tiny": (TINY_ANCHORS, TINY_MASK, (32, 16))}
 
 # One level of stride 32 at a 128x128 input (4x4 cells), three anchors of very different shapes so that
 # square-ish ground truths always pick anchor 0 (32x32 px).
@@ -78,36 +74,6 @@ def test_ciou_hand_values_match_torchvision():
     gt_xyxy = torch.tensor([[32.0, 32, 64, 64], [32, 32, 64, 64], [36, 16, 84, 32]], dtype=torch.float64)
     expected = torch.tensor([1 - ciou_by_hand(**pair[3]) for pair in CIOU_PAIRS], dtype=torch.float64)
     torch.testing.assert_close(complete_box_iou_loss(pred_xyxy, gt_xyxy), expected, rtol=0, atol=1e-6)
-
-
-def make_case(*, seed: int, model: str, num_classes: int = 3, batch: int = 3, input_shape=(128, 128),
-              boxes_per_image=(6, 9, 0), crowded: bool = True):
-    """Random head outputs and targets; the last image has no objects by default; every fourth box is small;
-    a few ground truths get a near-duplicate (same image, shape and cell) to make crowded cells."""
-    gen = torch.Generator().manual_seed(seed)
-    anchors_list, mask, strides = GEOMETRY[model]
-    in_h, in_w = input_shape
-    anchors = torch.tensor(anchors_list, dtype=torch.float32) * (in_w / 416)
-    rows = []
-    for img, count in enumerate(boxes_per_image):
-        for _ in range(count):
-            wh = torch.rand(2, generator=gen) * torch.tensor([in_w * 0.8, in_h * 0.8]) + 4
-            if len(rows) % 4 == 2:  # small boxes too, down to the smallest (tiny: unused) anchor
-                wh = torch.rand(2, generator=gen) * 8 + 3
-            cxcy = torch.rand(2, generator=gen) * torch.tensor([in_w, in_h])
-            x1y1 = torch.maximum(cxcy - wh / 2, torch.zeros(2))
-            x2y2 = torch.minimum(cxcy + wh / 2, torch.tensor([in_w, in_h], dtype=torch.float32))
-            cls = torch.randint(num_classes, (1,), generator=gen).float()
-            box = torch.round(torch.cat([x1y1, x2y2]) * 4) / 4  # exact in fp32 and fp64
-            rows.append(torch.cat([torch.tensor([float(img)]), cls, box]))
-            if crowded and len(rows) % 3 == 1:
-                rows.append(torch.cat([rows[-1][:1], (rows[-1][1:2] + 1) % num_classes,
-                                       rows[-1][2:] + torch.tensor([0.25, 0.25, 0.0, 0.0])]))
-    targets = torch.stack(rows) if rows else torch.zeros(0, 6)
-    depth = len(mask[0]) * (5 + num_classes)
-    outputs = [torch.randn(batch, depth, in_h // s, in_w // s, generator=gen) for s in strides]
-    return outputs, targets, dict(anchors_px=anchors, anchors_mask=mask, num_classes=num_classes,
-                                  input_shape=input_shape)
 
 
 REFERENCE_CASES = {

@@ -35,6 +35,15 @@ WEIGHT_CASES = {
     "focal num_pos: scale 2, no ratio": ({"focal_loss": True, "focal_conf_scale": 2.0,
                                          "conf_normalization": "num_pos"}, 2.0),
     "focal to be matched, not yet: scale 1": ({"focal_loss": True, "focal_conf_scale": "match_bce_at_init"}, 10.0),
+    # QFL and VFL share focal's rule; the IoU-aware target and focal on the class term alone leave the factor at 1
+    "qfl mean: ratio 10": ({"quality_loss": "qfl"}, 10.0),
+    "vfl mean: ratio 10 x scale 2": ({"quality_loss": "vfl", "focal_conf_scale": 2.0}, 20.0),
+    "qfl num_pos: scale 2, no ratio": ({"quality_loss": "qfl", "focal_conf_scale": 2.0,
+                                       "conf_normalization": "num_pos"}, 2.0),
+    "vfl to be matched, not yet: scale 1": ({"quality_loss": "vfl", "focal_conf_scale": "match_bce_at_init"}, 10.0),
+    "iou target ignores the focal settings": ({"conf_target": "iou", "focal_conf_scale": 2.0}, 1.0),
+    "focal on the class term only": ({"focal_cls": True}, 1.0),
+    "focal on both terms: ratio 10, class weight unchanged": ({"focal_loss": True, "focal_cls": True}, 10.0),
 }
 
 
