@@ -155,6 +155,35 @@ def test_predict_missing_checkpoint_exits_2_with_the_pointer(tmp_path, monkeypat
     assert_user_error(result, "logs/nothing_here.pth", "compare_focal.py to <results_dir>/runs/<run>/")
 
 
+@pytest.fixture(scope="module")
+def cell_model(tmp_path_factory) -> dict:
+    """A 1-class yolov4-tiny checkpoint of this project (64 px), the same network as a bare state_dict, an image."""
+    import torch
+
+    from nets.yolo import build_model
+
+    root = tmp_path_factory.mktemp("cell_model")
+    net = build_model(model="yolov4-tiny", num_classes=1)
+    config = {"model": "yolov4-tiny", "class_names": ["cell"], "input_shape": [64, 64],
+              "anchors": [[10.0, 14.0], [23.0, 27.0], [37.0, 58.0], [81.0, 82.0], [135.0, 169.0], [344.0, 319.0]],
+              "anchors_mask": [[3, 4, 5], [1, 2, 3]]}
+    torch.save({"model": net.state_dict(), "config": config}, root / "cell.pth")
+    torch.save(net.state_dict(), root / "bare.pth")
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(root / "a.jpg")
+    (root / "cat.txt").write_text("cat\n")
+    (root / "two.txt").write_text("cat\ndog\n")
+    return {"root": root, "image": f"--image_paths=['{root / 'a.jpg'}']", "out": f"--save_dir={root / 'out'}"}
+
+
+def test_predict_names_an_undecodable_image_without_training_settings(cell_model, monkeypatch, capsys):
+    bad = cell_model["root"] / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    result = run_cli_in_process(monkeypatch, capsys, predict, f"--model_path={cell_model['root'] / 'cell.pth'}",
+                                "--device=cpu", f"--image_paths=['{bad}']", cell_model["out"])
+    assert_user_error(result, "cannot decode image", "bad.jpg", "fix or remove it")
+    assert "on_corrupt" not in result.stderr  # a training setting: predict.py has none
+
+
 class _EchoDetector:
     def detect_image(self, image):
         return image

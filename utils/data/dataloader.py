@@ -117,7 +117,8 @@ class YoloDataset(Dataset):
         for offset in range(len(self)):
             candidate = (index + offset) % len(self)
             try:
-                return read_image_rgb(self.image_paths[candidate]), self.boxes_list[candidate]
+                image = read_image_rgb(self.image_paths[candidate], fix="fix or remove it, or set --on_corrupt=skip")
+                return image, self.boxes_list[candidate]
             except (ValueError, FileNotFoundError) as exc:
                 if self.on_corrupt == "error":
                     raise

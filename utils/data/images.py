@@ -41,11 +41,12 @@ def _orientation(image: Image.Image) -> int:
     return orientation if isinstance(orientation, int) else 1
 
 
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+def read_image_rgb(path: str | os.PathLike, *, fix: str = "fix or remove it") -> np.ndarray:
     """Read an image as uint8 RGB (H, W, 3) in its upright (EXIF-orientation-applied) frame.
 
     Grayscale becomes 3 channels and alpha is dropped. Raises FileNotFoundError for a missing file and
-    UserError (a ValueError) naming the file for a truncated or undecodable one.
+    UserError (a ValueError) naming the file for a truncated or undecodable one; ``fix`` ends that message, so
+    each tool names the remedies it has (training adds its on_corrupt setting, prediction has none).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
@@ -58,7 +59,7 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
                 img = img.convert("RGBA")
             return np.asarray(img.convert("RGB"))
     except _DECODE_ERRORS as exc:
-        raise UserError(f"cannot decode image {path}: {exc}; fix or remove it, or set --on_corrupt=skip") from exc
+        raise UserError(f"cannot decode image {path}: {exc}; {fix}") from exc
 
 
 def image_info(path: str | os.PathLike, *, decode: bool = False) -> ImageInfo:
