@@ -12,7 +12,7 @@ in skipped-images.txt and left out. A bare state_dict takes model, anchors and c
 from pathlib import Path
 from typing import Literal
 
-from utils.core.config import ConfigError, resolve_config, run_cli, settings_of
+from utils.core.config import resolve_config, run_cli, settings_of
 from utils.data.voc import IMAGE_EXTENSIONS, index_images
 
 map_mode: Literal[0, 1, 2, 3, 4] = 0  # 0 all; 1 detections; 2 ground truth; 3 VOC AP from map_out_path; 4 + COCO AP
@@ -117,21 +117,16 @@ def _image_set(cfg: dict, *, mode: int) -> tuple[Path, list[str], dict[str, Path
     return set_file, image_ids, _image_paths(set_file=set_file, image_ids=image_ids) if needs_images else {}
 
 
-def _build_detector(cfg: dict, class_names: list[str] | None):
-    """The detector of modes 0 / 1. A checkpoint of this project keeps its own classes (a differing classes_path
-    is refused); a bare state_dict takes classes_path, model, anchors_path and anchors_mask as predict.py does."""
-    from utils.infer.checkpoint import saved_config
+def _build_detector(cfg: dict):
+    """The detector of modes 0 / 1. A checkpoint of this project keeps its own classes (YOLO refuses a classes_path
+    that names them differently); a bare state_dict takes classes_path, model, anchors_path and anchors_mask as
+    predict.py does."""
     from utils.infer.postprocess import PostprocessSettings
     from yolo import YOLO
 
-    darknet = cfg["cfg_path"] or Path(cfg["model_path"]).suffix.lower() == ".weights"
-    saved = saved_config(cfg["model_path"]) if Path(cfg["model_path"]).is_file() and not darknet else None
-    if saved is not None and class_names is not None and list(saved.get("class_names") or []) != class_names:
-        raise ConfigError(f"classes_path {cfg['classes_path']}: classes {class_names} differ from the checkpoint's "
-                          f"{saved.get('class_names')}")
     settings = PostprocessSettings(confidence=cfg["confidence"], nms_iou=cfg["nms_iou"], nms_type=cfg["nms_type"],
                                    multi_label=cfg["multi_label"])
-    detector = YOLO(model_path=cfg["model_path"], classes_path=cfg["classes_path"] if saved is None else None,
+    detector = YOLO(model_path=cfg["model_path"], classes_path=cfg["classes_path"],
                     anchors_path=cfg["anchors_path"], anchors_mask=cfg["anchors_mask"], model=cfg["model"],
                     input_shape=cfg["input_shape"], letterbox_image=cfg["letterbox_image"],
                     postprocess_settings=settings, device=cfg["device"], precision=cfg["precision"],
@@ -142,14 +137,13 @@ def _build_detector(cfg: dict, class_names: list[str] | None):
     return detector
 
 
-def _predict(cfg: dict, *, class_names: list[str] | None, image_paths: dict[str, Path],
-             out_dir: Path) -> tuple[dict, dict, list[str]]:
+def _predict(cfg: dict, *, image_paths: dict[str, Path], out_dir: Path) -> tuple[dict, dict, list[str]]:
     """Modes 0 / 1: detections of every image, written to detection-results/ (and unreadable images to
     skipped-images.txt). Returns (detections, unreadable images, the detector's class names)."""
     from utils.eval.evaluation import predict_images, unreadable_note
     from utils.eval.utils_map import DETECTION_DIR, write_detection_files, write_skipped_images
 
-    detector = _build_detector(cfg, class_names)
+    detector = _build_detector(cfg)
     predictions = predict_images(detector=detector, image_paths=image_paths, progress=True)
     dets, unreadable = predictions.dets, predictions.unreadable
     if unreadable:
@@ -238,8 +232,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     set_file, image_ids, image_paths = _image_set(cfg, mode=mode)
     dets, gt, unreadable = {}, {}, {}
     if mode in (0, 1):
-        dets, unreadable, class_names = _predict(cfg, class_names=class_names, image_paths=image_paths,
-                                                 out_dir=out_dir)
+        dets, unreadable, class_names = _predict(cfg, image_paths=image_paths, out_dir=out_dir)
     if mode in (0, 2) or (mode == 1 and cfg["map_vis"]):
         gt = _ground_truth(year_dir=set_file.parents[2], image_ids=image_ids, unreadable=unreadable,
                            class_names=class_names, out_dir=out_dir if mode != 1 else None)

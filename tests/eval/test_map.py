@@ -12,7 +12,7 @@ from conftest import GOLDEN, GOLDEN_AP, assert_truncated_equal, load_golden, pyc
 from PIL import Image
 
 import get_map
-from utils.core.config import ConfigError
+from utils.core.config import ConfigError, UserError
 from utils.eval.coco_eval import coco_ap
 from utils.eval.evaluation import predict_images
 from utils.eval.utils_map import (DetBox, GTBox, evaluate_detections, read_detection_files, read_ground_truth_files,
@@ -384,6 +384,26 @@ def test_get_map_detector_settings_and_image_extensions(tmp_path, monkeypatch):
     # Mode 2 reads only the XMLs, so a missing image does not stop it.
     get_map.main(["--map_mode=2", f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}", f"--map_out_path={tmp_path / 'gt'}"])
     assert sorted(p.name for p in (tmp_path / "gt" / "ground-truth").iterdir()) == ["img_a.txt", "img_b.txt"]
+
+
+def test_a_classes_file_naming_other_classes_is_refused(tmp_path):
+    """get_map.py with a checkpoint and another dataset's classes file of the same length: refused by name."""
+    import torch
+
+    from nets.yolo import build_model
+
+    make_voc(tmp_path / "VOCdevkit")
+    config = {"model": "yolov4-tiny", "class_names": ["RBC", "WBC", "Platelets"], "input_shape": [64, 64],
+              "anchors": [[10.0, 14.0], [23.0, 27.0], [37.0, 58.0], [81.0, 82.0], [135.0, 169.0], [344.0, 319.0]],
+              "anchors_mask": [[3, 4, 5], [1, 2, 3]]}
+    torch.save({"model": build_model(model="yolov4-tiny", num_classes=3).state_dict(), "config": config},
+               tmp_path / "tiny.pth")
+    (tmp_path / "abc.txt").write_text("a\nb\nc\n")
+    with pytest.raises(UserError, match=r"abc.txt: class 0 is 'a', but checkpoint .*tiny.pth was trained with 'RBC'"):
+        get_map.main(["--map_mode=1", f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}", "--device=cpu",
+                      f"--model_path={tmp_path / 'tiny.pth'}", f"--classes_path={tmp_path / 'abc.txt'}",
+                      f"--map_out_path={tmp_path / 'out'}"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_plots_survive_a_class_with_ground_truth_but_no_detections(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import cv2
@@ -16,7 +17,7 @@ from torch import nn
 import predict
 from nets.compat import PUBLISHED_TO_OURS
 from nets.yolo import build_model, init_weights
-from utils.core.config import resolve_config, settings_of
+from utils.core.config import UserError, resolve_config, settings_of
 from utils.core.model_files import get_anchors
 from utils.infer.preprocess import preprocess_image
 from yolo import YOLO, Detections, OnnxYOLO, PostprocessSettings, onnx_mismatch
@@ -81,13 +82,11 @@ def test_yolo_reads_settings_from_checkpoint_config(checkpoint):
 
 
 def test_yolo_arguments_override_checkpoint(checkpoint, tmp_path):
-    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
     (tmp_path / "anchors.txt").write_text("1,2, 3,4, 5,6, 7,8, 9,10, 11,12\n")
-    detector = YOLO(model_path=str(checkpoint), classes_path=str(tmp_path / "classes.txt"),
-                    anchors_path=str(tmp_path / "anchors.txt"), anchors_mask=[[2, 3, 4], [0, 1, 5]],
-                    input_shape=[96, 160], device="cpu",
+    detector = YOLO(model_path=str(checkpoint), anchors_path=str(tmp_path / "anchors.txt"),
+                    anchors_mask=[[2, 3, 4], [0, 1, 5]], input_shape=[96, 160], device="cpu",
                     postprocess_settings=PostprocessSettings(confidence=0.25, nms_iou=0.6, nms_type="diou"))
-    assert detector.class_names == ["a", "b", "c"]
+    assert detector.class_names == CLASSES
     assert detector.anchors == [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12]]
     assert detector.anchors_mask == [[2, 3, 4], [0, 1, 5]] and detector.input_shape == [96, 160]
     settings = detector.postprocess_settings
@@ -124,6 +123,47 @@ def test_yolo_from_published_state_dict_with_explicit_arguments(tmp_path):
     assert recognised.model_name == "yolov4-tiny"  # from the keys, without model=
     with pytest.raises(ValueError, match="keys are those of a yolov4-tiny model, not yolov4; set model=yolov4-tiny"):
         YOLO(model_path=str(bare), model="yolov4", classes_path=str(tmp_path / "classes.txt"), device="cpu")
+
+
+def test_a_classes_file_must_name_the_checkpoints_classes(checkpoint, tmp_path):
+    """Another dataset's file of the same length would relabel every detection: names are compared, in order."""
+    for name, text in (("abc", "a\nb\nc\n"), ("reordered", "RBC\nPlatelets\nWBC\n"), ("same", "RBC\nWBC\nPlatelets\n")):
+        (tmp_path / f"{name}.txt").write_text(text)
+    with pytest.raises(UserError, match=r"abc.txt: class 0 is 'a', but checkpoint .*tiny.pth was trained with 'RBC' "
+                                        r"there \(its classes: RBC, WBC, Platelets\); leave classes_path unset"):
+        YOLO(model_path=str(checkpoint), classes_path=str(tmp_path / "abc.txt"), device="cpu")
+    with pytest.raises(UserError, match=r"reordered.txt: class 1 is 'Platelets', but .* with 'WBC' there"):
+        YOLO(model_path=str(checkpoint), classes_path=str(tmp_path / "reordered.txt"), device="cpu")
+    voc = REPO / "model_data" / "voc_classes.txt"
+    with pytest.raises(UserError, match=r"voc_classes.txt lists 20 classes, but checkpoint .*tiny.pth was trained "
+                                        r"on 3 \(RBC, WBC, Platelets\)"):
+        YOLO(model_path=str(checkpoint), classes_path=str(voc), device="cpu")
+    same = YOLO(model_path=str(checkpoint), classes_path=str(tmp_path / "same.txt"), device="cpu")
+    assert same.class_names == CLASSES
+
+
+def test_a_bare_state_dict_takes_the_classes_file_its_heads_fit(tmp_path):
+    """No names are stored with a bare state_dict, so the classes file is taken as given; its length must be the
+    heads' class count: 3 * (5 + 3) = 24 output channels per level here."""
+    torch.save(biased_tiny_net().state_dict(), tmp_path / "bare.pth")
+    (tmp_path / "abc.txt").write_text("a\nb\nc\n")
+    (tmp_path / "two.txt").write_text("a\nb\n")
+    detector = YOLO(model_path=str(tmp_path / "bare.pth"), classes_path=str(tmp_path / "abc.txt"), device="cpu")
+    assert detector.class_names == ["a", "b", "c"]
+    with pytest.raises(UserError, match=r"classes file .*two.txt lists 2 classes, but checkpoint .*bare.pth predicts "
+                                        r"3; pass the classes file it was trained with \(--classes_path\)"):
+        YOLO(model_path=str(tmp_path / "bare.pth"), classes_path=str(tmp_path / "two.txt"), device="cpu")
+    with pytest.raises(UserError, match=r"the default classes file .*voc_classes.txt lists 20 classes, but checkpoint "
+                                        r".*bare.pth predicts 3"):
+        YOLO(model_path=str(tmp_path / "bare.pth"), device="cpu")  # the default classes of a published state_dict
+
+
+def test_a_folder_as_model_path_names_its_checkpoints(checkpoint, tmp_path):
+    with pytest.raises(UserError, match=r"model_path .*ckpt\d*: is a folder, not a checkpoint file; give a file in it "
+                                        r"\(it holds tiny.pth\)"):
+        YOLO(model_path=str(checkpoint.parent), device="cpu")
+    with pytest.raises(UserError, match=r"it holds no .pth, .pt or .weights file"):
+        YOLO(model_path=str(tmp_path), device="cpu")
 
 
 class FixedHead(nn.Module):
@@ -267,6 +307,52 @@ def test_export_onnx_and_predict_onnx(checkpoint, tmp_path):
     results = run_main(["--mode=predict_onnx", f"--onnx_save_path={onnx_path}", f"--image_paths={[str(BCCD_IMAGE)]}",
                         f"--save_dir={tmp_path / 'out'}"], checkpoint)
     assert (tmp_path / "out" / "BloodImage_00000.png").is_file() and len(results[0]["detections"]) > 0
+    (tmp_path / "abc.txt").write_text("a\nb\nc\n")
+    with pytest.raises(UserError, match=r"abc.txt: class 0 is 'a', but ONNX model .*model.onnx was trained with 'RBC'"):
+        OnnxYOLO(onnx_path=str(onnx_path), classes_path=str(tmp_path / "abc.txt"))
+
+
+class Foreign(nn.Module):
+    """Stands in for a network exported elsewhere: any input -> (B, N, outputs) or a feature map."""
+
+    def __init__(self, outputs: int | None):
+        super().__init__()
+        self.conv, self.outputs = nn.Conv2d(3, 8, 3), outputs
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.conv(images)
+        return features if self.outputs is None else features.flatten(2)[:, :self.outputs].transpose(1, 2)
+
+
+def foreign_onnx(path: Path, *, hw: int, outputs: int | None) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's notice
+        torch.onnx.export(Foreign(outputs), (torch.rand(1, 3, hw, hw),), str(path), dynamo=False,
+                          input_names=["x"], output_names=["y"])
+    return path
+
+
+def test_an_onnx_file_of_another_project_is_named_as_such(tmp_path):
+    odd_size = foreign_onnx(tmp_path / "odd.onnx", hw=100, outputs=7)
+    with pytest.raises(UserError, match=r"odd.onnx: its input 'x' has shape \[1, 3, 100, 100\], not \[batch, 3, h, w\] "
+                                        r"with fixed h and w, multiples of 32; it was not exported by this project; "
+                                        r"export a checkpoint with python predict.py --mode=export_onnx") as err:
+        OnnxYOLO(onnx_path=str(odd_size))
+    assert "input_shape" not in str(err.value)  # no input_shape was given
+    feature_map = foreign_onnx(tmp_path / "map.onnx", hw=64, outputs=None)
+    with pytest.raises(UserError, match=r"its output 'y' has shape \[1, 8, 62, 62\], not \[batch, boxes, "
+                                        r"5 \+ classes\]"):
+        OnnxYOLO(onnx_path=str(feature_map), classes_path=str(REPO / "model_data" / "bccd_classes.txt"))
+    # Shaped as ours but without metadata: 7 outputs per box = 5 + 2 classes, taken from a classes file of 2.
+    fitting = foreign_onnx(tmp_path / "fits.onnx", hw=64, outputs=7)
+    with pytest.raises(UserError, match=r"fits.onnx: has no class names in its metadata, so it was not exported by "
+                                        r"this project; .*; or pass classes_path"):
+        OnnxYOLO(onnx_path=str(fitting))
+    with pytest.raises(UserError, match=r"bccd_classes.txt lists 3 classes, but ONNX model .*fits.onnx predicts 2"):
+        OnnxYOLO(onnx_path=str(fitting), classes_path=str(REPO / "model_data" / "bccd_classes.txt"))
+    (tmp_path / "two.txt").write_text("a\nb\n")
+    detector = OnnxYOLO(onnx_path=str(fitting), classes_path=str(tmp_path / "two.txt"))
+    assert detector.class_names == ["a", "b"] and detector.input_shape == [64, 64]
 
 
 @pytest.mark.parametrize("args, named", [

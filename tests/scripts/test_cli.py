@@ -175,6 +175,23 @@ def cell_model(tmp_path_factory) -> dict:
     return {"root": root, "image": f"--image_paths=['{root / 'a.jpg'}']", "out": f"--save_dir={root / 'out'}"}
 
 
+def test_predict_refuses_another_datasets_classes_of_the_same_length(cell_model, monkeypatch, capsys):
+    root = cell_model["root"]
+    result = run_cli_in_process(monkeypatch, capsys, predict, f"--model_path={root / 'cell.pth'}", "--device=cpu",
+                                f"--classes_path={root / 'cat.txt'}", cell_model["image"], cell_model["out"])
+    assert_user_error(result, "cat.txt: class 0 is 'cat', but checkpoint", "cell.pth was trained with 'cell' there",
+                      "leave classes_path unset")
+    assert not list((root / "out").glob("*.png"))
+
+
+def test_predict_class_count_of_a_bare_state_dict_is_one_line(cell_model, monkeypatch, capsys):
+    root = cell_model["root"]
+    result = run_cli_in_process(monkeypatch, capsys, predict, f"--model_path={root / 'bare.pth'}", "--device=cpu",
+                                f"--classes_path={root / 'two.txt'}", cell_model["image"], cell_model["out"])
+    assert_user_error(result, "two.txt lists 2 classes, but checkpoint", "bare.pth predicts 1")
+    assert "size mismatch" not in result.stderr
+
+
 def test_predict_names_an_undecodable_image_without_training_settings(cell_model, monkeypatch, capsys):
     bad = cell_model["root"] / "bad.jpg"
     bad.write_bytes(b"not an image")

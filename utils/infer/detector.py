@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from nets.compat import recognise_state_dict, translate_key
 from nets.darknet_weights import set_bn_eps
 from nets.yolo import build_model
 from utils.core.config import UserError
@@ -34,7 +35,7 @@ from utils.core.model_files import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, 
 from utils.infer.checkpoint import checkpoint_variant, is_project_checkpoint, load_weights, read_model_file
 from utils.infer.folding import InferenceCache, inference_copy
 from utils.infer.onnx_detector import DecodedYOLO, OnnxYOLO, export_decoded_onnx
-from utils.infer.pipeline import BaseDetector, input_hw
+from utils.infer.pipeline import BaseDetector, check_class_count, class_names_for, input_hw
 from utils.infer.postprocess import DEFAULT_POSTPROCESS, PostprocessSettings
 
 DEFAULT_CLASSES_PATH = MODEL_DATA / "voc_classes.txt"
@@ -42,12 +43,43 @@ DEFAULT_INPUT_SHAPE = [416, 416]
 REQUIRED_CONFIG = ("class_names", "anchors", "anchors_mask", "input_shape")
 
 
+def _refuse_folder(model_path: str) -> None:
+    """A folder given as model_path: name the checkpoints in it rather than call it missing."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return
+    found = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".pth", ".pt", ".weights"))
+    listing = f"it holds {', '.join(found[:4])}" if found else "it holds no .pth, .pt or .weights file"
+    raise UserError(f"model_path {model_path}: is a folder, not a checkpoint file; give a file in it ({listing})")
+
+
+def _head_classes(checkpoint: dict[str, Any], *, model: str, anchors_per_level: int) -> int | None:
+    """The number of classes the checkpoint's first head predicts (its output channels / anchors per level - 5);
+    None when its keys are not recognised as a ``model`` (the loader then names what does not fit)."""
+    if is_project_checkpoint(checkpoint):
+        state_dict, layout = checkpoint["model"], "project"
+    else:
+        kind = recognise_state_dict(checkpoint) if isinstance(checkpoint, dict) else None
+        if kind is None or kind.variant != model:
+            return None
+        state_dict, layout = checkpoint, kind.layout
+    for key, tensor in state_dict.items():
+        ours = key.removeprefix("module.")
+        if layout == "published":
+            ours = translate_key(ours, model=model)
+        if ours == "heads.0.pred.weight" and tensor.shape[0] % anchors_per_level == 0:
+            return tensor.shape[0] // anchors_per_level - 5
+    return None
+
+
 class YOLO(BaseDetector):
     """Detector built from a checkpoint: this project's (settings read from its config), a darknet ``.weights`` file
     with its ``cfg_path`` (settings from the cfg) or a published state_dict (settings from the arguments, defaulting
     to VOC classes, the yolov4 anchors and 416 x 416). Arguments that are not None override the checkpoint's
-    settings; ``postprocess_settings`` holds the NMS settings (confidence, nms_iou, nms_type, max_det,
-    multi_label)."""
+    settings, except the class names a checkpoint of this project stores: a ``classes_path`` must list the same
+    names (another dataset's file of the same length would relabel every detection); a checkpoint without stored
+    names takes the classes file as given, if its head predicts as many classes. ``postprocess_settings`` holds the
+    NMS settings (confidence, nms_iou, nms_type, max_det, multi_label)."""
 
     def __init__(self, *, model_path: str, classes_path: str | None = None, anchors_path: str | None = None,
                  anchors_mask: list[list[int]] | None = None, input_shape: int | list[int] | None = None,
@@ -55,16 +87,26 @@ class YOLO(BaseDetector):
                  postprocess_settings: PostprocessSettings = DEFAULT_POSTPROCESS, device: str = "auto",
                  fp16: bool = False, strict: bool = True, precision: str = "auto", optimize: bool = True,
                  cfg_path: str | None = None):
+        _refuse_folder(model_path)
         checkpoint = read_model_file(model_path, cfg_path=cfg_path)  # a darknet .weights file needs its cfg_path
         config = checkpoint["config"] if is_project_checkpoint(checkpoint) else {}
         model_name = model or checkpoint_variant(checkpoint) or "yolov4"  # a bare state_dict: from its keys
         if model_name not in DEFAULT_ANCHORS_MASK:  # the defaults below are looked up by it before build_model runs
             raise UserError(f"model {model_name!r}: choose one of {', '.join(DEFAULT_ANCHORS_MASK)}")
-        class_names = (get_classes(classes_path) if classes_path
-                       else config.get("class_names") or get_classes(DEFAULT_CLASSES_PATH))
+        # A darknet file's names are placeholders made from its cfg's class count, so a classes file replaces them.
+        stored_names = None if checkpoint.get("format") == "darknet" else config.get("class_names")
+        class_names = class_names_for(classes_path=classes_path, stored=stored_names, source=f"checkpoint {model_path}")
+        class_names = class_names or config.get("class_names") or get_classes(DEFAULT_CLASSES_PATH)
         anchors = (get_anchors(anchors_path) if anchors_path
                    else config.get("anchors") or get_anchors(DEFAULT_ANCHORS_PATH[model_name]))
         anchors_mask = anchors_mask or config.get("anchors_mask") or DEFAULT_ANCHORS_MASK[model_name]
+        if strict and stored_names is None:  # strict=False leaves heads of another class count untrained
+            classes_source = (f"classes file {classes_path}" if classes_path
+                              else f"the default classes file {DEFAULT_CLASSES_PATH}")
+            check_class_count(class_names, classes_source=classes_source,
+                              model_classes=_head_classes(checkpoint, model=model_name,
+                                                          anchors_per_level=len(anchors_mask[0])),
+                              source=f"checkpoint {model_path}")
         net = build_model(model=model_name, num_classes=len(class_names), anchors_per_level=len(anchors_mask[0]))
         load_weights(net, model_path, model=model_name, strict=strict, checkpoint=checkpoint)
         if "bn_eps" in checkpoint:  # darknet files: normalise as darknet does

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from utils.core.config import UserError
 from utils.core.decode import decode_outputs
 from utils.core.device import resolve_device
-from utils.core.model_files import get_classes
-from utils.infer.pipeline import BaseDetector, input_hw
+from utils.infer.pipeline import BaseDetector, check_class_count, class_names_for, input_hw
 from utils.infer.postprocess import DEFAULT_POSTPROCESS, PostprocessSettings
 
 # ONNX Runtime vs PyTorch on the same fp32 graph: boxes within ONNX_BOX_RTOL of their magnitude (plus ONNX_BOX_ATOL
@@ -120,10 +120,25 @@ def export_decoded_onnx(wrapper: DecodedYOLO, path: str | Path, *, opset: int, d
     return mismatch
 
 
+def _interface_problem(model_input, model_output) -> str | None:
+    """What keeps an ONNX model from being run as this project exports it (input ``images`` (B, 3, h, w) with
+    fixed h and w, multiples of 32; output ``decoded`` (B, N, 5 + C)); None when it fits."""
+    shape = list(model_input.shape)
+    fixed = len(shape) == 4 and all(isinstance(v, int) and v > 0 for v in shape[1:])
+    if not fixed or shape[1] != 3 or shape[2] % 32 or shape[3] % 32:
+        return (f"its input '{model_input.name}' has shape {shape}, not [batch, 3, h, w] with fixed h and w, "
+                f"multiples of 32")
+    out = list(model_output.shape)
+    if len(out) != 3 or (isinstance(out[2], int) and out[2] < 6):
+        return f"its output '{model_output.name}' has shape {out}, not [batch, boxes, 5 + classes]"
+    return None
+
+
 class OnnxYOLO(BaseDetector):
     """Runs a model written by ``YOLO.export_onnx`` with onnxruntime; same preprocessing and postprocessing.
 
-    Class names and input shape come from the file's metadata (``classes_path`` overrides the names)."""
+    Class names and input shape come from the file's metadata; a ``classes_path`` must list the same names. A file
+    without names in its metadata takes ``classes_path`` as given, if its output has room for as many classes."""
 
     def __init__(self, *, onnx_path: str, classes_path: str | None = None, letterbox_image: bool = True,
                  postprocess_settings: PostprocessSettings = DEFAULT_POSTPROCESS, device: str = "auto"):
@@ -140,13 +155,22 @@ class OnnxYOLO(BaseDetector):
         except Exception as err:  # onnxruntime raises its own unrelated exception types for unreadable files
             raise ValueError(f"ONNX model {onnx_path}: cannot be read ({type(err).__name__}: {err})") from err
         metadata = self.session.get_modelmeta().custom_metadata_map
-        model_input = self.session.get_inputs()[0]
-        if classes_path:
-            self.class_names = get_classes(classes_path)
-        elif "class_names" in metadata:
-            self.class_names = json.loads(metadata["class_names"])
-        else:
-            raise ValueError(f"ONNX model {onnx_path}: has no class names in its metadata; pass classes_path")
+        model_input, model_output = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        export_hint = (f"it was not exported by this project; export a checkpoint with python predict.py "
+                       f"--mode=export_onnx --model_path=<checkpoint> --onnx_save_path={onnx_path}")
+        problem = _interface_problem(model_input, model_output)
+        if problem:
+            raise UserError(f"ONNX model {onnx_path}: {problem}; {export_hint}")
+        stored = json.loads(metadata["class_names"]) if "class_names" in metadata else None
+        class_names = class_names_for(classes_path=classes_path, stored=stored, source=f"ONNX model {onnx_path}")
+        if class_names is None:
+            raise UserError(f"ONNX model {onnx_path}: has no class names in its metadata, so {export_hint}; "
+                            f"or pass classes_path")
+        if stored is None:
+            classes = model_output.shape[2] - 5 if isinstance(model_output.shape[2], int) else None
+            check_class_count(class_names, classes_source=f"classes file {classes_path}", model_classes=classes,
+                              source=f"ONNX model {onnx_path}")
+        self.class_names = class_names
         self.input_shape = input_hw(model_input.shape[2:])
         self._input_name = model_input.name
         self._static_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None

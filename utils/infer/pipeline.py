@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from utils.core.config import UserError
+from utils.core.model_files import get_classes
 from utils.infer.draw import draw_detections, save_crops
 from utils.infer.postprocess import PostprocessSettings, non_max_suppression
 from utils.infer.preprocess import LetterboxInfo, boxes_to_original, preprocess_image
@@ -44,6 +46,39 @@ def input_hw(input_shape: int | list[int] | tuple[int, ...]) -> list[int]:
     if len(hw) != 2 or any(v <= 0 or v % 32 for v in hw):
         raise ValueError(f"input_shape must be [h, w] with positive multiples of 32, got {input_shape}")
     return hw
+
+
+def _listing(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... ({len(names)} in all)"
+
+
+def class_names_for(*, classes_path: str | None, stored: list[str] | None, source: str) -> list[str] | None:
+    """The class names a model runs with: those stored with it (``stored``), which a given classes file must
+    repeat name for name, since another file of the same length would relabel every detection; without stored
+    names the classes file's, taken as given (None when there is neither)."""
+    given = get_classes(classes_path) if classes_path else None
+    if stored is None or given is None:
+        return given if given is not None else (list(stored) if stored is not None else None)
+    stored = list(stored)
+    fix = "leave classes_path unset (the model's own names are used) or pass the file it was trained with"
+    if len(given) != len(stored):
+        raise UserError(f"classes file {classes_path} lists {len(given)} classes, but {source} was trained on "
+                        f"{len(stored)} ({_listing(stored)}); {fix}")
+    if given != stored:
+        i = next(i for i, (a, b) in enumerate(zip(given, stored)) if a != b)
+        raise UserError(f"classes file {classes_path}: class {i} is {given[i]!r}, but {source} was trained with "
+                        f"{stored[i]!r} there (its classes: {_listing(stored)}); {fix}")
+    return given
+
+
+def check_class_count(class_names: list[str], *, classes_source: str, model_classes: int | None,
+                      source: str) -> None:
+    """A model that stores no class names (a published state_dict, a darknet file, a foreign ONNX file) takes the
+    classes file as given; its head still fixes how many classes there are."""
+    if model_classes is not None and model_classes != len(class_names):
+        raise UserError(f"{classes_source} lists {len(class_names)} classes, but {source} predicts "
+                        f"{model_classes}; pass the classes file it was trained with (--classes_path)")
 
 
 class BaseDetector:
