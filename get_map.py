@@ -12,7 +12,7 @@ in skipped-images.txt and left out. A bare state_dict takes model, anchors and c
 from pathlib import Path
 from typing import Literal
 
-from utils.core.config import resolve_config, run_cli, settings_of
+from utils.core.config import ConfigError, UserError, resolve_config, run_cli, settings_of
 from utils.data.voc import IMAGE_EXTENSIONS, index_images
 
 map_mode: Literal[0, 1, 2, 3, 4] = 0  # 0 all; 1 detections; 2 ground truth; 3 VOC AP from map_out_path; 4 + COCO AP
@@ -146,6 +146,9 @@ def _predict(cfg: dict, *, image_paths: dict[str, Path], out_dir: Path) -> tuple
     detector = _build_detector(cfg)
     predictions = predict_images(detector=detector, image_paths=image_paths, progress=True)
     dets, unreadable = predictions.dets, predictions.unreadable
+    if unreadable and not dets:
+        raise UserError(f"none of the {len(unreadable)} images of the image set can be read: "
+                        f"{next(iter(unreadable.values()))}")
     if unreadable:
         print(unreadable_note(unreadable))
     write_detection_files(map_out_path=out_dir, dets=dets)
@@ -171,11 +174,26 @@ def _ground_truth(*, year_dir: Path, image_ids: list[str], unreadable: dict, cla
     return gt
 
 
+def _check_text_folders(out_dir: Path) -> None:
+    """Modes 3 / 4 score what earlier modes wrote: a missing half is an error naming the mode that writes it, not
+    an mAP of 0."""
+    from utils.eval.utils_map import DETECTION_DIR, GROUND_TRUTH_DIR
+
+    if not out_dir.is_dir():
+        raise UserError(f"map_out_path {out_dir}: no such folder; map_mode 0 writes the ground truth and the "
+                        f"detections there (or map_mode 2 and map_mode 1), which map_mode 3 and 4 score")
+    for folder, writer, what in ((GROUND_TRUTH_DIR, 2, "ground truth"), (DETECTION_DIR, 1, "detections")):
+        if not (out_dir / folder).is_dir():
+            raise UserError(f"{out_dir / folder}: no such folder; map_mode {writer} (or 0) writes the {what} of "
+                            f"the image set there")
+
+
 def _read_back(*, out_dir: Path, image_ids: list[str]) -> tuple[dict, dict, dict]:
     """The text files of map_out_path, limited to the image set's readable images (all ground-truth files when
-    there is no image set): (ground truth, detections, unreadable images), sorted by image id."""
-    from utils.eval.utils_map import (GROUND_TRUTH_DIR, SKIPPED_FILE, read_detection_files, read_ground_truth_files,
-                                      read_skipped_images)
+    there is no image set): (ground truth, detections, unreadable images), sorted by image id. Every evaluated
+    image needs its detection file: a missing one would silently count as an image without detections."""
+    from utils.eval.utils_map import (DETECTION_DIR, GROUND_TRUTH_DIR, SKIPPED_FILE, read_detection_files,
+                                      read_ground_truth_files, read_skipped_images)
 
     gt_files = read_ground_truth_files(map_out_path=out_dir)
     det_files = read_detection_files(map_out_path=out_dir)
@@ -183,10 +201,20 @@ def _read_back(*, out_dir: Path, image_ids: list[str]) -> tuple[dict, dict, dict
     if unreadable:
         print(f"note: {len(unreadable)} unreadable images listed in {out_dir / SKIPPED_FILE} are left out")
     wanted = [i for i in (image_ids or gt_files) if i not in unreadable]
+    if not wanted and unreadable:
+        raise UserError(f"{out_dir / SKIPPED_FILE}: lists all {len(unreadable)} images as unreadable, so none is "
+                        f"left to evaluate; fix or remove them, then run map_mode 1 (or 0) again")
+    if not wanted:
+        raise UserError(f"{out_dir / GROUND_TRUTH_DIR}: holds no ground-truth files; map_mode 2 (or 0) writes them "
+                        f"for the image set")
     missing = [i for i in wanted if i not in gt_files]
     if missing:
-        raise ValueError(f"{out_dir / GROUND_TRUTH_DIR}: no ground-truth file for {len(missing)} images of "
-                         f"the image set, e.g. '{missing[0]}'; run map_mode 2 for this image set")
+        raise UserError(f"{out_dir / GROUND_TRUTH_DIR}: no ground-truth file for {len(missing)} images of "
+                        f"the image set, e.g. '{missing[0]}'; run map_mode 2 for this image set")
+    undetected = [i for i in wanted if i not in det_files]
+    if undetected:
+        raise UserError(f"{out_dir / DETECTION_DIR}: no detection file for {len(undetected)} of the {len(wanted)} "
+                        f"evaluated images, e.g. '{undetected[0]}'; run map_mode 1 (or 0) for this image set")
     wanted_set = set(wanted)
     gt_files = {i: boxes for i, boxes in gt_files.items() if i in wanted_set}  # keeps sorted order
     stale = sorted(set(det_files) - set(gt_files) - set(unreadable))
@@ -200,9 +228,14 @@ def _evaluate_files(cfg: dict, *, mode: int, out_dir: Path, image_ids: list[str]
     """Scores what the text files hold, so that every mode agrees with mode 3; plots (mode 0), results.json and
     the table."""
     from utils.eval.evaluation import score_detections
-    from utils.eval.utils_map import write_results_json
+    from utils.eval.utils_map import GROUND_TRUTH_DIR, write_results_json
 
     gt_files, det_files, unreadable = _read_back(out_dir=out_dir, image_ids=image_ids)
+    if not any(gt_files.values()):
+        raise UserError(f"{out_dir / GROUND_TRUTH_DIR}: the {len(gt_files)} evaluated images hold no ground-truth "
+                        f"object{'' if class_names is None else ' of the classes ' + ', '.join(class_names)}, so "
+                        f"there is no AP to compute; check VOCdevkit_path, image_set_path and the XMLs, then run "
+                        f"map_mode 2 (or 0) again")
     if class_names is None:
         class_names = sorted({b.class_name for boxes in [*gt_files.values(), *det_files.values()] for b in boxes})
     results = score_detections(gt=gt_files, dets=det_files, class_names=class_names, iou_threshold=cfg["MINOVERLAP"],
@@ -228,6 +261,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     cfg = resolve_config(settings_of(globals()), argv)
     mode = cfg["map_mode"]
     out_dir = Path(cfg["map_out_path"])
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"map_out_path {out_dir}: is a file, not a folder; choose a folder name")
+    if mode in (3, 4):
+        _check_text_folders(out_dir)
     class_names = _given_classes(cfg)
     set_file, image_ids, image_paths = _image_set(cfg, mode=mode)
     dets, gt, unreadable = {}, {}, {}

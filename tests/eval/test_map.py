@@ -255,6 +255,38 @@ def test_get_map_mode3_and_mode4_from_text_files(tmp_path, capsys):
     assert [saved["coco"][k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")] == pytest.approx(expected, abs=1e-12)
 
 
+def test_modes_3_and_4_refuse_a_missing_half_instead_of_scoring_zero(tmp_path):
+    map_out = tmp_path / "map_out"
+    with pytest.raises(UserError, match=r"map_out_path .*map_out: no such folder; map_mode 0 writes the ground truth "
+                                        r"and the detections there \(or map_mode 2 and map_mode 1\)"):
+        get_map.main(["--map_mode=3", f"--map_out_path={map_out}"])
+    write_ground_truth_files(map_out_path=map_out, gt=load_golden("groundtruths", detections=False))
+    with pytest.raises(UserError, match=r"map_out/detection-results: no such folder; map_mode 1 \(or 0\) writes the "
+                                        r"detections of the image set there"):
+        get_map.main(["--map_mode=3", f"--map_out_path={map_out}"])
+    assert not (map_out / "results.json").exists()
+    dets = load_golden("detections", detections=True)
+    write_detection_files(map_out_path=map_out, dets={i: boxes for i, boxes in dets.items() if i != "00003"})
+    with pytest.raises(UserError, match=r"no detection file for 1 of the 7 evaluated images, e.g. '00003'; run "
+                                        r"map_mode 1 \(or 0\) for this image set"):
+        get_map.main(["--map_mode=4", f"--map_out_path={map_out}"])
+
+    only_dets = tmp_path / "only_dets"
+    write_detection_files(map_out_path=only_dets, dets=dets)
+    with pytest.raises(UserError, match=r"only_dets/ground-truth: no such folder; map_mode 2 \(or 0\) writes"):
+        get_map.main(["--map_mode=4", f"--map_out_path={only_dets}"])
+    (only_dets / "ground-truth").mkdir()
+    with pytest.raises(UserError, match=r"ground-truth: holds no ground-truth files; map_mode 2 \(or 0\) writes"):
+        get_map.main(["--map_mode=3", f"--map_out_path={only_dets}"])
+    write_ground_truth_files(map_out_path=only_dets, gt={i: [] for i in dets})  # background images only
+    with pytest.raises(UserError, match=r"the 7 evaluated images hold no ground-truth object, so there is no AP"):
+        get_map.main(["--map_mode=3", f"--map_out_path={only_dets}"])
+    assert not (only_dets / "results.json").exists()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError, match=r"map_out_path .*a_file: is a file, not a folder"):
+        get_map.main(["--map_mode=2", f"--map_out_path={tmp_path / 'a_file'}"])
+
+
 def test_settings_types_and_errors(tmp_path):
     map_out = tmp_path / "map_out"
     write_golden_map_out(map_out)
@@ -384,6 +416,17 @@ def test_get_map_detector_settings_and_image_extensions(tmp_path, monkeypatch):
     # Mode 2 reads only the XMLs, so a missing image does not stop it.
     get_map.main(["--map_mode=2", f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}", f"--map_out_path={tmp_path / 'gt'}"])
     assert sorted(p.name for p in (tmp_path / "gt" / "ground-truth").iterdir()) == ["img_a.txt", "img_b.txt"]
+
+
+def test_an_image_set_of_unreadable_images_is_an_error(tmp_path, monkeypatch):
+    make_voc(tmp_path / "VOCdevkit")
+    for image in (tmp_path / "VOCdevkit" / "VOC2007" / "JPEGImages").iterdir():
+        image.write_bytes(b"not an image")
+    monkeypatch.setitem(sys.modules, "yolo", types.SimpleNamespace(YOLO=FakeDetector))
+    with pytest.raises(UserError, match=r"none of the 2 images of the image set can be read: cannot decode image "
+                                        r".*img_b.jpg: .*; fix or remove it$"):
+        get_map.main(["--map_mode=0", f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}",
+                      f"--map_out_path={tmp_path / 'map_out'}"])
 
 
 def test_a_classes_file_naming_other_classes_is_refused(tmp_path):
