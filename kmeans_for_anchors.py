@@ -10,6 +10,7 @@ box with its best anchor, and the share of boxes whose best anchor is above ``th
 multi-anchor assignment threshold 0.213: a box below it still gets its best anchor, but fits it badly).
 train.py's ``anchors_path = "auto"`` runs the same computation at the start of training.
 """
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -28,15 +29,30 @@ config: str = ""  # a train.py config file (TOML/JSON): its train_annotation_pat
 ANCHORS_PER_MODEL = {"yolov4": 9, "yolov4-tiny": 6}
 
 
+def check_settings(cfg: dict) -> None:
+    """Settings k-means cannot run with, refused before any image is read."""
+    from utils.core.config import ConfigError
+
+    shape = cfg["input_shape"]
+    if len(shape) != 2 or min(shape) < 1:
+        raise ConfigError(f"input_shape={shape}: needs [h, w], both positive")
+    for key in ("num_anchors", "restarts"):
+        if cfg[key] is not None and cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]}: needs at least 1")
+    if cfg["out_path"] and Path(cfg["out_path"]).is_dir():
+        raise ConfigError(f"out_path={cfg['out_path']}: is a folder; give a file name such as "
+                          f"{Path(cfg['out_path']) / 'my_anchors.txt'}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     from utils.core.config import ConfigError
-    from utils.data.anchors import anchor_fit, format_anchors, kmeans_anchors, letterboxed_box_sizes
-    from utils.data.voc import read_annotation_lines
+    from utils.data.anchors import anchor_fit, annotation_box_sizes, format_anchors, kmeans_anchors
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     settings = settings_of(globals())
-    cfg = resolve_config(settings, [a for a in (argv or []) if not a.startswith("--config=")])
-    given = {a[2:].split("=", 1)[0] for a in argv or []}
-    cfg["config"] = next((a.split("=", 1)[1] for a in argv or [] if a.startswith("--config=")), "")
+    cfg = resolve_config(settings, [a for a in argv if not a.startswith("--config=")])
+    given = {a[2:].split("=", 1)[0] for a in argv}
+    cfg["config"] = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
     if cfg["config"]:  # take the recipe's values unless given on the command line
         recipe = read_config_file(cfg["config"])
         for ours, theirs in (("annotation_path", "train_annotation_path"), ("input_shape", "input_shape"),
@@ -45,9 +61,10 @@ def main(argv: list[str] | None = None) -> dict:
                 cfg[ours] = recipe[theirs]
     if cfg["model"] not in ANCHORS_PER_MODEL:
         raise ConfigError(f"model={cfg['model']!r}: choose one of {', '.join(ANCHORS_PER_MODEL)}")
+    check_settings(cfg)
     k = cfg["num_anchors"] or ANCHORS_PER_MODEL[cfg["model"]]
-    wh = letterboxed_box_sizes(annotation_lines=read_annotation_lines(cfg["annotation_path"]),
-                               input_shape=tuple(cfg["input_shape"]))
+    wh = annotation_box_sizes(annotation_path=cfg["annotation_path"], input_shape=tuple(cfg["input_shape"]), k=k,
+                              fewer_fix=f"lower --num_anchors (now {k}) or annotate more objects")
     anchors = kmeans_anchors(wh, k=k, seed=cfg["seed"], restarts=cfg["restarts"])
     fit = anchor_fit(wh, anchors.round(), threshold=cfg["threshold"])
     text = format_anchors(anchors)
@@ -62,6 +79,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    import sys
-
-    run_cli(lambda: main(sys.argv[1:]))
+    run_cli(main)

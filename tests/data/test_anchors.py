@@ -6,7 +6,8 @@ from conftest import SHAPES_SIZES, write_shapes_voc
 from PIL import Image
 
 import kmeans_for_anchors
-from utils.data.anchors import anchor_fit, kmeans_anchors, letterboxed_box_sizes
+from utils.core.config import ConfigError, UserError
+from utils.data.anchors import anchor_fit, auto_anchors, kmeans_anchors, letterboxed_box_sizes
 from utils.data.dataloader import YoloDataset
 
 
@@ -45,6 +46,29 @@ def test_recipe_file_values_are_used_unless_given(tmp_path):
                                      f'train_annotation_path = "{tmp_path / "missing.txt"}"\n')
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         kmeans_for_anchors.main([f"--config={tmp_path / 'r.toml'}"])
+
+
+def test_too_few_boxes_and_bad_settings_name_the_file_or_setting(tmp_path):
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (64, 48)).save(image)
+    (tmp_path / "no_boxes.txt").write_text(f"{image}\n{image}\n")  # background images only
+    (tmp_path / "one_box.txt").write_text(f"{image} 4,4,20,30,0\n")
+    with pytest.raises(UserError, match=r"annotation file .*no_boxes.txt: holds no boxes, so k-means has nothing"):
+        kmeans_for_anchors.main([f"--annotation_path={tmp_path / 'no_boxes.txt'}"])
+    with pytest.raises(UserError, match=r"one_box.txt: 1 boxes cannot make 6 anchors; lower --num_anchors \(now 6\)"):
+        kmeans_for_anchors.main([f"--annotation_path={tmp_path / 'one_box.txt'}", "--model=yolov4-tiny"])
+    with pytest.raises(UserError, match=r"one_box.txt: 1 boxes cannot make 9 anchors; give an anchors file with "
+                                        r"--anchors_path"):
+        auto_anchors(annotation_path=str(tmp_path / "one_box.txt"), input_shape=(64, 64), k=9)
+    for bad, message in (("--num_anchors=0", r"num_anchors=0: needs at least 1"),
+                         ("--restarts=0", r"restarts=0: needs at least 1"),
+                         ("--input_shape=[64]", r"input_shape=\[64\]: needs \[h, w\]"),
+                         (f"--out_path={tmp_path}", r"out_path=.*: is a folder; give a file name")):
+        with pytest.raises(ConfigError, match=message):
+            kmeans_for_anchors.main([f"--annotation_path={tmp_path / 'one_box.txt'}", "--num_anchors=1", bad])
+    result = kmeans_for_anchors.main([f"--annotation_path={tmp_path / 'one_box.txt'}", "--num_anchors=1",
+                                      "--input_shape=[64,64]"])
+    np.testing.assert_allclose(result["anchors"], [[16.0, 26.0]])  # 16 x 26 px, scale 1 into 64 x 64
 
 
 def test_exif_rotated_image_is_letterboxed_upright(tmp_path):

@@ -201,6 +201,20 @@ def test_predict_names_an_undecodable_image_without_training_settings(cell_model
     assert "on_corrupt" not in result.stderr  # a training setting: predict.py has none
 
 
+def test_get_map_and_kmeans_with_nothing_to_do_are_one_line(tmp_path, monkeypatch, capsys):
+    import get_map
+    import kmeans_for_anchors
+
+    result = run_cli_in_process(monkeypatch, capsys, get_map, "--map_mode=3", f"--map_out_path={tmp_path / 'none'}")
+    assert_user_error(result, f"map_out_path {tmp_path / 'none'}: no such folder; map_mode 0 writes")
+    assert not (tmp_path / "none").exists()
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.jpg")
+    (tmp_path / "no_boxes.txt").write_text(f"{tmp_path / 'a.jpg'}\n")
+    result = run_cli_in_process(monkeypatch, capsys, kmeans_for_anchors,
+                                f"--annotation_path={tmp_path / 'no_boxes.txt'}")
+    assert_user_error(result, f"annotation file {tmp_path / 'no_boxes.txt'}: holds no boxes")
+
+
 class _EchoDetector:
     def detect_image(self, image):
         return image

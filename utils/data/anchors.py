@@ -6,13 +6,15 @@ stored width and height), so the anchors match what the loss assigns at training
 """
 import numpy as np
 
+from utils.core.config import UserError
 from utils.data.augment import letterbox_geometry
 from utils.data.images import image_info
-from utils.data.voc import parse_annotation_line
+from utils.data.voc import parse_annotation_line, read_annotation_lines
 
 
 def letterboxed_box_sizes(*, annotation_lines: list[str], input_shape: tuple[int, int]) -> np.ndarray:
-    """(N, 2) widths and heights of every box of the annotation lines, letterboxed into ``input_shape`` (h, w)."""
+    """(N, 2) widths and heights of every box of the annotation lines, letterboxed into ``input_shape`` (h, w);
+    (0, 2) when the lines hold no box."""
     sizes = []
     for line in annotation_lines:
         path, boxes = parse_annotation_line(line)
@@ -25,9 +27,23 @@ def letterboxed_box_sizes(*, annotation_lines: list[str], input_shape: tuple[int
         wh = boxes[:, 2:4] - boxes[:, 0:2]
         sizes.append(wh * np.array([new_w / width, new_h / height], dtype=np.float32))
     if not sizes:
-        raise ValueError("no boxes in the annotation lines: anchors cannot be computed")
+        return np.zeros((0, 2))
     wh = np.concatenate(sizes).astype(np.float64)
     return wh[(wh > 0).all(axis=1)]
+
+
+def annotation_box_sizes(*, annotation_path: str, input_shape: tuple[int, int], k: int, fewer_fix: str
+                         ) -> np.ndarray:
+    """(N, 2) letterboxed widths and heights of the boxes of an annotation file, at least ``k`` of them: fewer is
+    a UserError naming the file (``fewer_fix`` says how the caller's user gets by with fewer)."""
+    wh = letterboxed_box_sizes(annotation_lines=read_annotation_lines(annotation_path), input_shape=input_shape)
+    if not len(wh):
+        raise UserError(f"annotation file {annotation_path}: holds no boxes, so k-means has nothing to make anchors "
+                        f"from; use a file with objects (voc_annotation.py writes the boxes of the classes in its "
+                        f"classes_path)")
+    if len(wh) < k:
+        raise UserError(f"annotation file {annotation_path}: {len(wh)} boxes cannot make {k} anchors; {fewer_fix}")
+    return wh
 
 
 def wh_iou_np(wh_a: np.ndarray, wh_b: np.ndarray) -> np.ndarray:
@@ -83,10 +99,8 @@ def auto_anchors(*, annotation_path: str, input_shape: tuple[int, int], k: int, 
                  ) -> list[list[float]]:
     """Anchors for ``anchors_path = "auto"``: k-means on the training boxes, rounded to whole pixels as a
     written anchors file would be, so the run is the same as one given that file."""
-    from utils.data.voc import read_annotation_lines
-
-    lines = read_annotation_lines(annotation_path)
-    wh = letterboxed_box_sizes(annotation_lines=lines, input_shape=input_shape)
+    wh = annotation_box_sizes(annotation_path=annotation_path, input_shape=input_shape, k=k,
+                              fewer_fix="give an anchors file with --anchors_path, or annotate more objects")
     anchors = kmeans_anchors(wh, k=k, seed=seed)
     return [[float(round(w)), float(round(h))] for w, h in anchors]
 
