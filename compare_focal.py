@@ -122,7 +122,56 @@ def parse_settings(argv: list[str]) -> tuple[dict, object, dict]:
         if "name" not in arm or unknown:
             raise ConfigError(f"arm {arm}: needs a 'name'; unknown train.py settings {unknown}")
     base = resolve_settings(train.TrainConfig, ([f"--config={cfg['config']}"] if cfg["config"] else []) + for_train)
+    check_models(cfg=cfg, base=base, train_settings=train_settings)
     return cfg, base, train_settings
+
+
+def check_models(*, cfg: dict, base, train_settings: dict) -> None:
+    """Every planned run's model, anchors and anchors_mask fit together, checked as train.py checks them before any
+    run starts: a misfit found inside a run stops the comparison after the runs before it have been trained."""
+    from utils.compare import experiment
+    from utils.core.config import UserError
+    from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, check_anchors_mask, get_anchors
+
+    runs = experiment.plan_runs(arms=experiment.grid_arms() if cfg["grid"] else cfg["arms"],
+                                sweep=experiment.parse_sweep(cfg["sweep"], train_settings), seeds=[cfg["seed"]])
+    problems: dict[tuple[str, str], list[str]] = {}
+    for run in runs:
+        config = dataclasses.replace(base, **run.overrides)
+        if config.model not in DEFAULT_ANCHORS_MASK:
+            raise ConfigError(f"arm {run.arm}: model {config.model!r}: choose one of {', '.join(DEFAULT_ANCHORS_MASK)}")
+        anchors_mask = config.anchors_mask or DEFAULT_ANCHORS_MASK[config.model]
+        anchors_path = config.anchors_path or str(DEFAULT_ANCHORS_PATH[config.model])
+        # "auto" makes one k-means anchor per index of the mask, so only the mask's levels can misfit.
+        num_anchors = (1 + max((a for level in anchors_mask for a in level), default=-1) if anchors_path == "auto"
+                       else len(get_anchors(anchors_path)))
+        try:
+            check_anchors_mask(anchors_mask, num_anchors=num_anchors,
+                               num_levels=len(DEFAULT_ANCHORS_MASK[config.model]),
+                               source=f"model {config.model} with anchors_path {anchors_path}")
+        except UserError as err:
+            problems.setdefault((str(err), config.model), []).append(run.arm)
+    if problems:
+        raise ConfigError("; ".join(f"{problem} (arms {', '.join(arms)})" for (problem, _), arms in problems.items())
+                          + "; nothing was trained: "
+                          + _model_fix(sorted({model for _, model in problems}), classes_path=base.classes_path,
+                                       recipe=cfg["config"]))
+
+
+def _model_fix(models: list[str], *, classes_path: str, recipe: str) -> str:
+    """The settings that make a model fit: k-means anchors for its default mask, or another recipe made for it
+    (with the run's classes, since a recipe names the classes of its own dataset)."""
+    from utils.core.config import read_config_file
+
+    here = Path(__file__).parent
+    in_use = Path(recipe).resolve() if recipe else None
+    recipes = [f"configs/{path.name}" for path in sorted((here / "configs").glob("*.toml"))
+               if len(models) == 1 and path.resolve() != in_use
+               and read_config_file(str(path)).get("model") == models[0]]
+    mask = "the default mask of " + " / ".join(models)
+    return (f"set --anchors_path=auto --anchors_mask=None (k-means anchors on the training boxes, {mask})"
+            + (f", or use a recipe made for {models[0]}: --config={recipes[0]} --classes_path={classes_path}"
+               if recipes else ""))
 
 
 def run_configs(*, runs: list, base, out_dir: Path, on_changed: str, config_class: type) -> dict:

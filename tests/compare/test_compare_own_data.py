@@ -124,3 +124,26 @@ def test_yolov4_three_levels(tmp_path):
     assert config["anchors"] == expected and config["anchors_mask"] == [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
     assert config["conf_normalization"] == "num_pos" and config["conf_term_at_init"] > 0
     assert len(rows) == 1 and "sum / number of positives" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_a_model_the_recipes_anchors_do_not_fit_is_refused_before_any_run(tmp_path):
+    """--model=yolov4 on the tiny recipe (2-level mask, 6-anchor file): named with both fixes before annotation
+    files are made or a run starts, instead of failing inside the first run."""
+    write_shapes_voc(tmp_path, images=6)
+    argv = [arg for arg in tool_argv(tmp_path, "--config=configs/bccd_tiny.toml", "--input_shape=[32,32]")
+            if arg != "--anchors_path=auto"]
+    with pytest.raises(ConfigError) as err:
+        compare_focal.main([*argv, "--model=yolov4"])
+    message = str(err.value)
+    assert message.startswith("model yolov4 with anchors_path model_data/bccd_tiny_anchors.txt: anchors_mask has 2 "
+                              "levels, the model has 3 (arms bce, focal); nothing was trained: ")
+    assert "set --anchors_path=auto --anchors_mask=None" in message and "\n" not in message
+    assert message.endswith(f"--config=configs/voc_yolov4.toml --classes_path={tmp_path / 'shapes_classes.txt'}")
+    assert not (tmp_path / "ann").exists() and not (tmp_path / "out").exists()
+    # Either fix passes the check parse_settings ends with (test_yolov4_three_levels trains such a yolov4 run).
+    for fix in (["--anchors_path=auto", "--anchors_mask=None"], ["--config=configs/voc_yolov4.toml"]):
+        base = compare_focal.parse_settings([*argv, "--model=yolov4", *fix])[1]
+        assert base.model == "yolov4" and len(base.anchors_mask or [[6, 7, 8], [3, 4, 5], [0, 1, 2]]) == 3
+    with pytest.raises(ConfigError, match=r"anchors_mask refers to anchors \[6, 7, 8\], but only 6 anchors exist "
+                                          r"\(arms bce, focal\)"):
+        compare_focal.parse_settings([*argv, "--model=yolov4", "--anchors_mask=None"])
