@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from utils.core.config import print_config, resolve_config, run_cli, settings_of
+from utils.core.config import ConfigError, UserError, print_config, resolve_config, run_cli, settings_of
 
 mode: Literal["predict", "video", "fps", "dir_predict", "heatmap", "export_onnx", "predict_onnx"] = "predict"
 model_path: str = "logs/best_epoch_weights.pth"  # checkpoint of this project, published state_dict or darknet .weights
@@ -62,6 +62,25 @@ def load_image(path: str | Path) -> Image.Image:
     from utils.data.images import read_image_rgb
 
     return Image.fromarray(read_image_rgb(str(path)))
+
+
+def output_folder(path: str | Path, *, setting: str) -> Path:
+    """The folder a mode writes into, made when missing; a file in its way is named with the setting."""
+    folder = Path(path)
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"{setting}={path}: {blocker} is a file, not a folder; choose another folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def output_file(path: str | Path, *, setting: str, example: str) -> Path:
+    """A file a mode writes, its folder made when missing; a folder of that name is refused with an example."""
+    file = Path(path)
+    if file.is_dir():
+        raise ConfigError(f"{setting}={path}: is a folder; give a file name such as {file / example}")
+    output_folder(file.parent, setting=setting)
+    return file
 
 
 def postprocess_settings(cfg: dict):
@@ -114,11 +133,15 @@ def run_predict(cfg: dict, detector=None) -> list[dict]:
     if not paths and not sys.stdin.isatty():
         raise ValueError("no images to predict: set --image_paths=\"['img/street.jpg']\" "
                          "(or run in a terminal to be asked for file names)")
+    folders = [p for p in paths if Path(p).is_dir()]
+    if folders:
+        raise ConfigError(f"image_paths: {folders[0]} is a folder; detect every image of a folder with "
+                          f"--mode=dir_predict --dir_origin_path={folders[0]}")
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"image file not found: {', '.join(missing)}")
+    output_folder(cfg["save_dir"], setting="save_dir")
     detector = detector or build_detector(cfg)
-    Path(cfg["save_dir"]).mkdir(parents=True, exist_ok=True)
     if paths:
         return [_predict_one(detector, path, cfg) for path in paths]
     results = []
@@ -160,6 +183,8 @@ def run_video(cfg: dict) -> int:
     is_camera = source.isdigit()
     if not is_camera and not Path(source).is_file():
         raise FileNotFoundError(f"video file not found: {source}")
+    if cfg["video_save_path"]:
+        output_file(cfg["video_save_path"], setting="video_save_path", example="video.mp4")
     detector = build_detector(cfg)
     capture = cv2.VideoCapture(int(source) if is_camera else source)
     writer, window, frames, fps = None, None, 0, 0.0
@@ -171,7 +196,6 @@ def run_video(cfg: dict) -> int:
             raise ValueError(f"{'camera ' + source if is_camera else 'video file ' + source}: no frame could be read")
         if cfg["video_save_path"]:
             save_path = Path(cfg["video_save_path"])
-            save_path.parent.mkdir(parents=True, exist_ok=True)
             fourcc = cv2.VideoWriter_fourcc(*("XVID" if save_path.suffix.lower() == ".avi" else "mp4v"))
             source_fps = capture.get(cv2.CAP_PROP_FPS)  # 0 (or NaN) when the source does not say
             out_fps = cfg["video_fps"] or (source_fps if source_fps > 0 else 25.0)
@@ -225,9 +249,8 @@ def run_dir_predict(cfg: dict) -> dict:
     paths = sorted(p for p in origin.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ValueError(f"image folder {origin}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    out_dir = output_folder(cfg["dir_save_path"], setting="dir_save_path")
     detector = build_detector(cfg)
-    out_dir = Path(cfg["dir_save_path"])
-    out_dir.mkdir(parents=True, exist_ok=True)
     images, skipped = {}, {}
     step = detector.batch_size
     for start in tqdm(range(0, len(paths), step), desc=f"dir_predict, {step} images per batch"):
@@ -243,6 +266,9 @@ def run_dir_predict(cfg: dict) -> dict:
         for (path, image), detections in zip(loaded, detector.detect_batch([image for _, image in loaded])):
             detector.render(image, detections).save(out_dir / f"{path.stem}.png")
             images[path.name] = detections.to_dicts()
+    if not images:
+        raise UserError(f"image folder {origin}: none of its {len(skipped)} images can be read, e.g. "
+                        f"{next(iter(skipped.values()))}")
     report = {"class_names": detector.class_names, "images": images, "skipped": skipped}
     json_path = out_dir / "detections.json"
     json_path.write_text(json.dumps(report, indent=1), encoding="utf-8")
@@ -256,15 +282,15 @@ def run_heatmap(cfg: dict) -> Path:
 
     path = cfg["image_paths"][0] if cfg["image_paths"] else cfg["fps_image_path"]
     image = load_image(path)
+    out_path = output_file(cfg["heatmap_save_path"], setting="heatmap_save_path", example="heatmap.png")
     heat = build_detector(cfg, allow_onnx=False).heatmap(image)  # needs the raw head outputs: PyTorch only
-    out_path = Path(cfg["heatmap_save_path"])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     overlay_heatmap(image, heat).save(out_path)
     print(f"{path}: objectness heat map -> {out_path}")
     return out_path
 
 
 def run_export_onnx(cfg: dict) -> dict:
+    output_file(cfg["onnx_save_path"], setting="onnx_save_path", example="models.onnx")
     mismatch = build_detector(cfg, allow_onnx=False).export_onnx(
         cfg["onnx_save_path"], opset=cfg["onnx_opset"], dynamic_batch=cfg["onnx_dynamic_batch"],
         simplify=cfg["onnx_simplify"])

@@ -201,6 +201,44 @@ def test_predict_names_an_undecodable_image_without_training_settings(cell_model
     assert "on_corrupt" not in result.stderr  # a training setting: predict.py has none
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["--save_dir={file}"], "save_dir={file}: {file} is a file, not a folder; choose another folder"),
+    (["--save_dir={file}/sub"], "save_dir={file}/sub: {file} is a file, not a folder"),
+    (["--mode=dir_predict", "--dir_origin_path={root}", "--dir_save_path={file}"], "dir_save_path={file}: {file} is a"),
+    (["--mode=export_onnx", "--onnx_save_path={root}"], "onnx_save_path={root}: is a folder; give a file name such "
+                                                        "as {root}/models.onnx"),
+    (["--mode=heatmap", "--heatmap_save_path={root}"], "heatmap_save_path={root}: is a folder; give a file name"),
+    (["--mode=video", "--video_path={file}", "--video_save_path={root}"], "video_save_path={root}: is a folder"),
+    (["--image_paths=['{root}']"], "image_paths: {root} is a folder; detect every image of a folder with "
+                                   "--mode=dir_predict --dir_origin_path={root}"),
+])
+def test_predict_output_paths_in_the_way_are_one_line(cell_model, monkeypatch, capsys, args, expected):
+    root = cell_model["root"]
+    values = {"root": root, "file": root / "cat.txt"}
+    result = run_cli_in_process(monkeypatch, capsys, predict, f"--model_path={root / 'cell.pth'}", "--device=cpu",
+                                cell_model["image"], *[arg.format(**values) for arg in args])
+    assert_user_error(result, expected.format(**values))
+
+
+def test_predict_model_path_folder_unreadable_folder_and_video_are_one_line(cell_model, monkeypatch, capsys):
+    root = cell_model["root"]
+    result = run_cli_in_process(monkeypatch, capsys, predict, f"--model_path={root}", cell_model["image"])
+    assert_user_error(result, f"model_path {root}: is a folder, not a checkpoint file; give a file in it (it holds "
+                              f"bare.pth, cell.pth)")
+    unreadable = root / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "a.jpg").write_text("text")
+    result = run_cli_in_process(monkeypatch, capsys, predict, f"--model_path={root / 'cell.pth'}", "--device=cpu",
+                                "--mode=dir_predict", f"--dir_origin_path={unreadable}",
+                                f"--dir_save_path={root / 'dir_out'}")
+    assert_user_error(result, f"image folder {unreadable}: none of its 1 images can be read, e.g. cannot decode image")
+    assert not (root / "dir_out" / "detections.json").exists()
+    (root / "clip.mp4").write_text("not a video")
+    result = run_cli_in_process(monkeypatch, capsys, predict, f"--model_path={root / 'cell.pth'}", "--device=cpu",
+                                "--mode=video", f"--video_path={root / 'clip.mp4'}")
+    assert_user_error(result, f"cannot open video file {root / 'clip.mp4'}")
+
+
 def test_get_map_and_kmeans_with_nothing_to_do_are_one_line(tmp_path, monkeypatch, capsys):
     import get_map
     import kmeans_for_anchors
