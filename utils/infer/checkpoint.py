@@ -6,6 +6,7 @@ repeated settings. Training checkpoints add optimizer, scaler, schedule, epoch a
 weights' moving average on (train.py's ``ema``), ``model`` holds the averaged weights, the ones to infer
 with, and ``train_model`` and ``ema`` (its update count) hold what resuming needs besides.
 """
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -21,19 +22,49 @@ CHECKPOINT_FORMAT = "yolov4-focal-checkpoint/1"
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the target folder, then rename: a crash never leaves half a file."""
+    """torch.save to a temporary file in the target folder, then rename: a crash never leaves half a file.
+
+    A failed write (disk full, no permission, read-only file system) removes the temporary file, leaves any earlier
+    file at ``path`` as it was and raises a UserError naming the file and the cause."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(handle, "wb") as file:
             torch.save(obj, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    except BaseException as err:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+        cause = write_cause(err)
+        if cause is None:
+            raise
+        raise UserError(f"cannot save {path}: {cause}; {_WRITE_FIXES.get(cause, 'check the folder')} or pass another "
+                        "--save_dir (the files saved before are kept)") from err
+
+
+_WRITE_CAUSES = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.EROFS: "read-only file system"}
+_WRITE_FIXES = {"disk full": "free some space", "disk quota exceeded": "free some space",
+                "permission denied": "make the folder writable", "read-only file system": "save to a writable disk"}
+
+
+def write_cause(err: BaseException) -> str | None:
+    """The cause of a failed file write in plain words ("disk full", "permission denied", ...); None when ``err``
+    is no write failure (a bug). torch's writer reports the system's error text inside a RuntimeError."""
+    if isinstance(err, OSError):
+        return _WRITE_CAUSES.get(err.errno) or (err.strerror or str(err)).lower()
+    if isinstance(err, RuntimeError):
+        text = str(err)
+        for code, cause in _WRITE_CAUSES.items():
+            if os.strerror(code) in text:
+                return cause
+        if "PytorchStreamWriter" in text or "inline_container" in text:
+            return f"the write failed ({text.splitlines()[0].strip()})"
+    return None
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
