@@ -74,7 +74,7 @@ ema: bool = True  # keep a moving average of the weights for validation, mAP and
 ema_decay: float = 0.999  # EMA decay once warmed up: averages ~1 / (1 - decay) steps (0.9999 suits 100k+ step runs)
 ema_tau: float = 200.0  # EMA warm-up in optimizer steps: decay at step t is ema_decay * (1 - exp(-t / ema_tau))
 save_period: int = 10  # keep a checkpoint every this many epochs
-save_dir: str = "logs"  # checkpoints, history, curves, config.json
+save_dir: str = "logs"  # checkpoints, history, curves, config.json; one run at a time (run.lock while it trains)
 val_period: int = 1  # epochs between validation losses (and always after the last): they pick "best" without eval_flag
 eval_flag: bool = True  # compute val mAP@0.5 during training (same code and settings as get_map.py)
 eval_period: int = 10  # epochs between mAP evaluations (and always after the last epoch)
@@ -82,7 +82,7 @@ num_workers: int = 2  # DataLoader worker processes
 train_annotation_path: str = "2007_train.txt"  # from voc_annotation.py
 val_annotation_path: str = "2007_val.txt"  # from voc_annotation.py
 on_corrupt: Literal["error", "skip"] = "error"  # unreadable image: error names the file and stops, skip warns
-resume: str = ""  # a checkpoint written by this script: continue exactly where it stopped
+resume: str = ""  # a checkpoint of this script: continue where it stopped, in its folder (unless --save_dir is given)
 
 TrainConfig = settings_dataclass(globals(), name="TrainConfig")  # the settings above as one typed, frozen object
 

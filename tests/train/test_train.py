@@ -25,6 +25,8 @@ def test_short_training_lowers_the_loss(tmp_path):
     assert best["epoch"] in (4, 6)
     for name in ("best_epoch_weights.pth", "last_epoch_weights.pth", "history.csv", "loss.png", "config.json"):
         assert (tmp_path / "logs" / name).is_file(), name
+    assert not (tmp_path / "logs" / "run.lock").exists()  # released at the end
+    assert all(r["val_held_out"] is True for r in rows)  # train and val images are distinct
     saved = torch.load(tmp_path / "logs" / "last_epoch_weights.pth", weights_only=True)
     assert saved["config"]["class_names"] == CLASSES and saved["config"]["model"] == "yolov4-tiny"
     assert saved["config"]["input_shape"] == [128, 128]
@@ -75,7 +77,8 @@ def test_overfits_two_images():
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):
-    """Interrupted mid-epoch and resumed, the training weights and their EMA match an uninterrupted run bit-for-bit.
+    """Interrupted mid-epoch and resumed, the training weights and their EMA match an uninterrupted run bit-for-bit,
+    and so does the history: the interrupted epoch's logged means cover its iterations before the interrupt too.
     A short EMA warm-up (tau = 1 step) makes the average differ clearly from the raw weights."""
     ema = ("--ema_decay=0.9", "--ema_tau=1")
     straight = small_run(tmp_path / "a", "--unfreeze_epoch=2", "--mosaic=True", "--mosaic_prob=0.5", *ema)
@@ -105,8 +108,12 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     checkpoint = tmp_path / "b" / "logs" / "last_epoch_weights.pth"
     interrupted_at = torch.load(checkpoint, weights_only=True)
     assert interrupted_at["iteration"] == 1 and interrupted_at["ema"]["updates"] == 3  # 2 steps in epoch 1, 1 in 2
+    assert interrupted_at["epoch_means"]["count"] == 1  # the loss sums of epoch 2's first iteration
+    assert not (tmp_path / "b" / "logs" / "run.lock").exists()  # released on Ctrl-C
     train.main([f"--resume={checkpoint}"])
     got = torch.load(checkpoint, weights_only=True)
+    timeless = [{k: v for k, v in row.items() if k != "seconds"} for row in got["history"]]
+    assert timeless == [{k: v for k, v in row.items() if k != "seconds"} for row in expected["history"]]
     assert got["ema"] == expected["ema"]
     for weights in ("model", "train_model"):
         assert got[weights].keys() == expected[weights].keys()
@@ -154,6 +161,7 @@ def test_bad_settings_are_refused(tmp_path):
         train.main(["--val_period=0"])
     with pytest.raises(FileNotFoundError, match="voc_annotation.py"):
         train.main(["--train_annotation_path=missing.txt", f"--save_dir={tmp_path}"])
+    assert not (tmp_path / "run.lock").exists()  # released on the error
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

@@ -23,14 +23,15 @@ def due(epoch: int, *, period: int, total: int) -> bool:
     return (epoch + 1) % period == 0 or epoch + 1 == total
 
 
-def resumable_checkpoint(run, *, epoch: int, iteration: int) -> dict:
+def resumable_checkpoint(run, *, epoch: int, iteration: int, means: dict | None = None) -> dict:
     """``run`` (a utils.train.trainer.Run) at epoch ``epoch``, iteration ``iteration`` of it: weights (the EMA as
-    ``model``, the raw weights as ``train_model``), optimizer, scaler, torch RNG, best score and history."""
+    ``model``, the raw weights as ``train_model``), optimizer, scaler, torch RNG, best score and history; mid-epoch
+    also ``epoch_means``, the loss sums of the epoch's iterations so far (engine.RunningMeans.state)."""
     ema = {"train_model": run.net.state_dict(), "ema": run.ema.state_dict()} if run.ema is not None else {}
     return {"format": CHECKPOINT_FORMAT, "model": run.inference_net.state_dict(), **ema, "config": run.run_config,
             "epoch": epoch, "iteration": iteration, "optimizer": run.optimizer.state_dict(),
             "scaler": run.scaler.state_dict(), "torch_rng": torch.get_rng_state(), "best": run.best,
-            "history": run.history.rows if run.history else []}
+            "history": run.history.rows if run.history else [], "epoch_means": means if iteration else None}
 
 
 def save_checkpoints(run, *, epoch: int, row: dict) -> None:
@@ -53,7 +54,8 @@ def save_checkpoints(run, *, epoch: int, row: dict) -> None:
 
 
 def save_interrupted(run, state: dict) -> None:
-    """On rank 0, the checkpoint to resume from where training stopped (``state``: epoch and iteration reached)."""
+    """On rank 0, the checkpoint to resume from where training stopped (``state``: epoch and iteration reached, the
+    epoch's loss sums so far)."""
     if run.dist.is_main:
         path = run.save_dir / LAST
         save_atomic(resumable_checkpoint(run, **state), path)
@@ -62,7 +64,8 @@ def save_interrupted(run, state: dict) -> None:
 
 def restore(run, checkpoint: dict) -> list[dict]:
     """Puts ``checkpoint`` (resumable_checkpoint's dict) back into ``run``: weights, EMA, optimizer, scaler, torch
-    RNG, where to start, best score; returns the history rows."""
+    RNG, where to start (and the loss sums of a part-trained epoch: a checkpoint of earlier versions has none, so
+    that epoch's logged means cover the iterations after the resume only), best score; returns the history rows."""
     run.net.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))  # "model" alone: no EMA
     if run.ema is not None:  # a checkpoint written without EMA restarts the average from its weights
         run.ema.load(weights=checkpoint["model"], state=checkpoint.get("ema", {"updates": 0}))
@@ -70,6 +73,7 @@ def restore(run, checkpoint: dict) -> list[dict]:
     run.scaler.load_state_dict(checkpoint["scaler"])
     torch.set_rng_state(checkpoint["torch_rng"])
     run.start_epoch, run.start_iteration = checkpoint["epoch"], checkpoint["iteration"]
+    run.start_means = checkpoint.get("epoch_means")
     run.best = checkpoint["best"]
     return checkpoint["history"]
 

@@ -34,11 +34,20 @@ class AmpSettings:
 
 
 class RunningMeans:
-    """Means of the named loss terms over the iterations of an epoch."""
+    """Means of the named loss terms over the iterations of an epoch.
 
-    def __init__(self):
+    ``state()`` and ``RunningMeans(state)`` carry the sums of an interrupted epoch over a resume: the sums go on
+    from the same float values, so the resumed epoch's means equal an uninterrupted epoch's to the bit."""
+
+    def __init__(self, state: dict | None = None):
         self.sums = {name: 0.0 for name in LOSS_TERMS}
         self.count = 0
+        if state:
+            self.sums.update(state["sums"])
+            self.count = state["count"]
+
+    def state(self) -> dict:
+        return {"sums": dict(self.sums), "count": self.count}
 
     def update(self, terms: dict[str, Tensor]) -> dict[str, float]:
         """Adds one iteration's terms; returns them as floats (for progress bars)."""
@@ -81,8 +90,11 @@ def train_one_epoch(*, model: nn.Module, criterion: nn.Module, loader, optimizer
                     scaler: torch.amp.GradScaler, amp: AmpSettings, device: torch.device, epoch: int,
                     total_epochs: int, start_iteration: int, lr_for_iteration: Callable[[int], float],
                     on_iteration_end: Callable[[int], None], dist_info: DistInfo,
-                    frozen_modules: tuple[nn.Module, ...] = ()) -> dict[str, float]:
+                    frozen_modules: tuple[nn.Module, ...] = (), means: RunningMeans | None = None) -> dict[str, float]:
     """Trains one epoch from ``start_iteration`` (non-zero when resuming mid-epoch).
+
+    ``means`` gathers the loss terms (the sums of the iterations before ``start_iteration`` when resuming); the
+    caller may keep it to save them on an interrupt. Under DDP each rank adds its own terms.
 
     ``lr_for_iteration(i)`` sets the learning rate before iteration i; ``on_iteration_end(i)`` runs after
     the optimizer step (EMA update; lets the caller save an interrupt checkpoint knowing how far the epoch got).
@@ -93,7 +105,7 @@ def train_one_epoch(*, model: nn.Module, criterion: nn.Module, loader, optimizer
         model.to(memory_format=torch.channels_last)  # a no-op once the weights have that layout
     for module in frozen_modules:
         module.eval()
-    means = RunningMeans()
+    means = RunningMeans() if means is None else means
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs} train", initial=start_iteration,
                total=start_iteration + len(loader), disable=not dist_info.is_main, dynamic_ncols=True, leave=False)
     for iteration, (images, targets) in enumerate(bar, start=start_iteration):

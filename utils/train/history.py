@@ -1,5 +1,5 @@
 """Per-epoch training history: CSV and JSON, PNG curves, TensorBoard events when installed, and the line printed
-after each epoch."""
+after each epoch; whether the validation images are held out from training."""
 import csv
 import json
 import os
@@ -11,6 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from nets.yolo_training import LOSS_TERMS  # noqa: E402
+from utils.core.config import UserError  # noqa: E402
+from utils.data.voc import parse_annotation_line  # noqa: E402
+from utils.infer.checkpoint import write_cause  # noqa: E402
+
+NOT_HELD_OUT = "not held out: in the training set"  # how curves label a val loss measured on training images
 
 
 class LossHistory:
@@ -40,22 +45,28 @@ class LossHistory:
         self.write()
 
     def write(self) -> None:
-        keys = list(dict.fromkeys(k for row in self.rows for k in row))
-        with open(self.log_dir / "history.csv", "w", newline="", encoding="utf-8") as file:
-            writer = csv.DictWriter(file, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        (self.log_dir / "history.json").write_text(json.dumps(self.rows, indent=1), encoding="utf-8")
-        self.plot()
+        """history.csv, history.json and the curves; a failed write (disk full, ...) is a UserError naming it."""
+        try:
+            keys = list(dict.fromkeys(k for row in self.rows for k in row))
+            with open(self.log_dir / "history.csv", "w", newline="", encoding="utf-8") as file:
+                writer = csv.DictWriter(file, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(self.rows)
+            (self.log_dir / "history.json").write_text(json.dumps(self.rows, indent=1), encoding="utf-8")
+            self.plot()
+        except OSError as err:
+            raise UserError(f"cannot write the history in {self.log_dir}: {write_cause(err)}; free some space or "
+                            "make the folder writable, then resume from its last checkpoint") from err
 
     def plot(self) -> None:
-        epochs = [row["epoch"] for row in self.rows]
+        held_out = not self.rows or self.rows[-1].get("val_held_out", True)  # rows of earlier versions: unknown
         for term in LOSS_TERMS:
             fig, ax = plt.subplots(figsize=(6, 4))
             for split in ("train", "val"):
-                values = [row.get(f"{split}_{term}") for row in self.rows]
-                if any(v is not None for v in values):
-                    ax.plot(epochs, values, marker=".", label=f"{split} {term}")
+                points = [(row["epoch"], row[f"{split}_{term}"]) for row in self.rows
+                          if row.get(f"{split}_{term}") is not None]
+                note = "" if split == "train" or held_out else f" ({NOT_HELD_OUT})"
+                plot_points(ax, points, marker=".", label=f"{split} {term}{note}")
             ax.set_xlabel("epoch")
             ax.set_ylabel(term)
             ax.grid(alpha=0.3)
@@ -66,7 +77,7 @@ class LossHistory:
         map_rows = [(row["epoch"], row["map"]) for row in self.rows if row.get("map") is not None]
         if map_rows:
             fig, ax = plt.subplots(figsize=(6, 4))
-            ax.plot(*zip(*map_rows), marker="o", label="val mAP@0.5")
+            ax.plot(*zip(*map_rows), marker="o", label="val mAP@0.5" + ("" if held_out else f" ({NOT_HELD_OUT})"))
             ax.set_xlabel("epoch")
             ax.set_ylabel("mAP")
             ax.grid(alpha=0.3)
@@ -78,6 +89,22 @@ class LossHistory:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def plot_points(ax, points: list[tuple[float, float]], **style) -> None:
+    """(x, y) points as a line, or a lone point as a marker: a one-point line draws nothing. Nothing for no points."""
+    if len(points) == 1:
+        style = {**style, "marker": "o", "linestyle": "none"}
+    if points:
+        ax.plot(*zip(*points), **style)
+
+
+def val_overlap(*, train_lines: list[str], val_lines: list[str]) -> int:
+    """How many validation images are training images too (same file, however its path is written)."""
+    def image_files(lines: list[str]) -> set[str]:
+        return {os.path.realpath(parse_annotation_line(line)[0]) for line in lines}
+
+    return len(image_files(val_lines) & image_files(train_lines))
 
 
 def shown(value: float | None, spec: str = ".4f") -> str:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from nets.yolo import build_model, init_weights
 from nets.yolo_training import build_loss
-from utils.core.config import ConfigError, print_config, resolve_settings
+from utils.core.config import ConfigError, print_config
 from utils.core.device import cpu_has_native_bf16, resolve_device
 from utils.core.distributed import (DistInfo, EpochSampler, barrier, cleanup_distributed, init_distributed,
                                     sync_buffers)
@@ -25,30 +25,15 @@ from utils.data.datacheck import check_annotation_files
 from utils.data.dataloader import YoloDataset, yolo_collate
 from utils.data.voc import read_annotation_file
 from utils.eval.evaluation import evaluate_voc_images, unreadable_note
-from utils.infer.checkpoint import load_weights, read_checkpoint, saved_config
+from utils.infer.checkpoint import load_weights, read_checkpoint
 from utils.train.checkpoints import due, restore, save_checkpoints, save_interrupted
 from utils.train.conf_at_init import calibrate_conf_term
 from utils.train.ema import ModelEMA
-from utils.train.engine import AmpSettings, NonFiniteLossError, train_one_epoch, validation_loss
-from utils.train.history import LossHistory, epoch_line
+from utils.train.engine import AmpSettings, NonFiniteLossError, RunningMeans, train_one_epoch, validation_loss
+from utils.train.history import LossHistory, epoch_line, val_overlap
 from utils.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
-
-
-def resolve_training_config(config_class: type, argv: list[str] | None):
-    """train.py's settings as a ``config_class`` (train.TrainConfig); with ``--resume`` the checkpoint's
-    config is the base and argv overrides it."""
-    config = resolve_settings(config_class, argv)
-    if config.resume:
-        saved = saved_config(config.resume)
-        if saved is None:
-            raise ConfigError(f"--resume={config.resume}: not a checkpoint written by train.py")
-        config = resolve_settings(config_class, argv, base=saved)
-    if len(config.input_shape) != 2 or config.input_shape[0] % 32 or config.input_shape[1] % 32:
-        raise ConfigError(f"input_shape={config.input_shape}: needs [h, w], both multiples of 32")
-    for key in ("val_period", "eval_period", "save_period"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key}={getattr(config, key)}: needs at least 1")
-    return config
+from utils.train.run_lock import claim_run_folder
+from utils.train.settings import resolve_training_config  # noqa: F401  (train.py's and compare's entry point)
 
 
 def model_spec(config) -> ModelSpec:
@@ -121,9 +106,10 @@ def initial_network(config, spec: ModelSpec, *, log=print) -> nn.Module:
 class Run:
     """Holds what one training run needs between epochs."""
 
-    def __init__(self, config):
+    def __init__(self, config, *, placement: tuple[DistInfo, torch.device] | None = None):
+        """``placement``: distributed_device's (process group, device) when the caller has set them up already."""
         self.config = config
-        self.dist, self.device = distributed_device(config)
+        self.dist, self.device = placement or distributed_device(config)
         # Every batch has the input shape, so cuDNN's autotuned convolution algorithms are chosen once and reused.
         torch.backends.cudnn.benchmark = self.device.type == "cuda"
         self.spec = model_spec(config)
@@ -146,7 +132,7 @@ class Run:
         self.criterion = build_loss(config=config, spec=self.spec,
                                     focal_conf_scale=self.run_config["focal_conf_scale_value"]).to(self.device)
         self.ema = ModelEMA(self.net, decay=config.ema_decay, tau=config.ema_tau) if config.ema else None
-        self.start_epoch, self.start_iteration, self.best = config.init_epoch, 0, None
+        self.start_epoch, self.start_iteration, self.start_means, self.best = config.init_epoch, 0, None, None
         history_rows = self.resume(checkpoint) if checkpoint is not None else []
         self.history = LossHistory(self.save_dir, rows=history_rows) if self.dist.is_main else None
 
@@ -162,16 +148,23 @@ class Run:
     def resume(self, checkpoint: dict) -> list[dict]:
         """Continues from ``checkpoint`` (utils/train/checkpoints.py restore); returns its history rows."""
         rows = restore(self, checkpoint)
-        self.log(f"resumed {self.config.resume} at epoch {self.start_epoch + 1}, iteration {self.start_iteration}")
+        self.log(f"resumed {self.config.resume} at epoch {self.start_epoch + 1}, iteration {self.start_iteration}; "
+                 f"writing to {self.save_dir}")
         return rows
 
     def annotation_lines(self) -> tuple[list[str], list[str]]:
-        """The training and validation annotation lines, checked against the classes."""
+        """The training and validation annotation lines, checked against the classes. Whether the validation
+        images are held out (none is a training image) is recorded in the run's config and history rows."""
         config = self.config
         train_file, val_file = check_annotation_files(
             [read_annotation_file(config.train_annotation_path), read_annotation_file(config.val_annotation_path)],
             class_names=self.spec.class_names, classes_path=config.classes_path, on_corrupt=config.on_corrupt,
             log=self.log)
+        shared = val_overlap(train_lines=train_file.lines, val_lines=val_file.lines)
+        self.run_config["val_held_out"] = shared == 0
+        if shared:
+            self.log(f"note: {shared} of {len(val_file.lines)} validation images ({config.val_annotation_path}) are "
+                     f"training images too ({config.train_annotation_path}): the val loss is not held out")
         return train_file.lines, val_file.lines
 
     def datasets(self, *, train_lines: list[str], val_lines: list[str]) -> tuple[YoloDataset, YoloDataset]:
@@ -238,11 +231,25 @@ def line_image_path(line: str) -> str:
 
 
 def fit(config, *, on_epoch_end=None) -> Run:
-    """Runs train.py's schedule; returns the run (``run.net``, ``run.last_row``). Ctrl-C writes a
-    resumable checkpoint. ``on_epoch_end(row)`` is called after every epoch (progress reporting)."""
-    run = Run(config)
+    """Runs train.py's schedule; returns the run (``run.net``, ``run.last_row``). The run folder is locked for the
+    run (utils/train/run_lock.py). Ctrl-C writes a resumable checkpoint. ``on_epoch_end(row)`` is called after every
+    epoch (progress reporting)."""
+    placement = distributed_device(config)
+    try:
+        with claim_run_folder(config.save_dir, dist_info=placement[0]):
+            run = Run(config, placement=placement)
+            train_epochs(run, on_epoch_end=on_epoch_end)
+    finally:
+        cleanup_distributed()
+    return run
+
+
+def train_epochs(run: Run, *, on_epoch_end=None) -> None:
+    """The epoch loop of ``fit``: each epoch trained, measured and saved; on Ctrl-C the resumable checkpoint."""
+    config = run.config
     announce(run)
-    state = {"epoch": run.start_epoch, "iteration": run.start_iteration}  # how far training got, for Ctrl-C
+    state = {"epoch": run.start_epoch, "iteration": run.start_iteration,  # how far training got, for Ctrl-C
+             "means": run.start_means}
     run.last_row = {}
     try:
         for epoch in range(run.start_epoch, config.unfreeze_epoch):
@@ -263,8 +270,6 @@ def fit(config, *, on_epoch_end=None) -> Run:
     finally:
         if run.history:
             run.history.close()
-        cleanup_distributed()
-    return run
 
 
 def announce(run: Run) -> None:
@@ -280,25 +285,27 @@ def announce(run: Run) -> None:
 
 
 def train_epoch(run: Run, *, epoch: int, state: dict) -> dict[str, float]:
-    """Trains one epoch (a resumed run's first from where it stopped); returns the mean loss terms. ``state``
-    follows every iteration, so Ctrl-C can write where training stopped."""
+    """Trains one epoch (a resumed run's first from where it stopped, its loss sums restored); returns the mean
+    loss terms. ``state`` follows every iteration, so Ctrl-C can write where training stopped and the epoch's loss
+    sums so far (under DDP rank 0's: no collective is safe on an interrupt)."""
     frozen, batch_size = run.phase(epoch)
     model = training_model(run, frozen=frozen)
     loader, start_iteration = epoch_loader(run, epoch=epoch, batch_size=batch_size)
+    means = RunningMeans(run.start_means if start_iteration else None)
     lr_for_iteration = epoch_lr(run, epoch=epoch, batch_size=batch_size,
                                 iterations=full_batches(run, batch_size=batch_size, per_rank=loader.batch_size))
 
     def on_iteration_end(i: int) -> None:
         if run.ema is not None:
             run.ema.update(run.net)
-        state.update(epoch=epoch, iteration=i + 1)
+        state.update(epoch=epoch, iteration=i + 1, means=means.state())
 
     terms = train_one_epoch(model=model, criterion=run.criterion, loader=loader, optimizer=run.optimizer,
                             scaler=run.scaler, amp=run.amp, device=run.device, epoch=epoch,
                             total_epochs=run.config.unfreeze_epoch, start_iteration=start_iteration,
                             lr_for_iteration=lr_for_iteration, on_iteration_end=on_iteration_end, dist_info=run.dist,
-                            frozen_modules=(run.net.backbone,) if frozen else ())
-    state.update(epoch=epoch + 1, iteration=0)
+                            frozen_modules=(run.net.backbone,) if frozen else (), means=means)
+    state.update(epoch=epoch + 1, iteration=0, means=None)
     sync_buffers(run.net, run.dist)
     if run.ema is not None:  # every rank averages its own BatchNorm statistics: rank 0's are kept, as for the net
         sync_buffers(run.ema.module, run.dist)
@@ -362,7 +369,7 @@ def measure_epoch(run: Run, *, epoch: int, train_terms: dict[str, float], starte
                                     device=run.device, epoch=epoch, total_epochs=total, dist_info=run.dist)
     row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], "frozen": frozen,
            **{f"train_{k}": v for k, v in train_terms.items()}, **{f"val_{k}": v for k, v in val_terms.items()},
-           "map": None, "seconds": round(time.time() - started, 2)}
+           "map": None, "seconds": round(time.time() - started, 2), "val_held_out": run.run_config["val_held_out"]}
     if config.eval_flag and due(epoch, period=config.eval_period, total=total):
         row["map"] = run.evaluate_map()["map"]
     return row
