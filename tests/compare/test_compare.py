@@ -169,6 +169,51 @@ def test_grid_heatmap_is_drawn(tmp_path):
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
+def loss_rows(*, held_out: bool | None, validated: tuple[int, ...]) -> list[dict]:
+    """History rows of epochs 1-3, validated in ``validated`` only; ``held_out`` None: a run without the flag."""
+    from nets.yolo_training import LOSS_TERMS
+
+    flag = {} if held_out is None else {"val_held_out": held_out}
+    return [{"epoch": e, **{f"train_{t}": 1.0 / e for t in LOSS_TERMS},
+             **{f"val_{t}": (0.5 / e if e in validated else None) for t in LOSS_TERMS}, **flag} for e in (1, 2, 3)]
+
+
+def drawn_loss_curves(histories: dict, tmp_path, monkeypatch):
+    """(train loss axes, val loss axes) of plot_loss_curves' figure for ``histories``."""
+    from nets.yolo_training import LOSS_TERMS
+    from utils.compare import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out_path: figures.append(fig))
+    plots.plot_loss_curves(histories=histories, out_path=tmp_path / "loss_curves.png")
+    (fig,) = figures
+    plots.plt.close(fig)
+    return fig.axes[0], fig.axes[len(LOSS_TERMS)]  # row 0 train, row 1 val; column 0 the total loss
+
+
+def test_loss_curves_draw_a_lone_val_point_as_a_marker(tmp_path, monkeypatch):
+    train_ax, val_ax = drawn_loss_curves({"bce": loss_rows(held_out=True, validated=(3,)),
+                                          "focal": loss_rows(held_out=True, validated=(1, 3))}, tmp_path, monkeypatch)
+    assert [(line.get_label(), line.get_linestyle(), list(line.get_xdata())) for line in train_ax.get_lines()] == [
+        ("bce", "-", [1, 2, 3]), ("focal", "-", [1, 2, 3])]
+    lone, joined = val_ax.get_lines()
+    assert (lone.get_label(), lone.get_marker(), lone.get_linestyle()) == ("bce", "o", "None")
+    assert list(lone.get_xdata()) == [3] and list(lone.get_ydata()) == [0.5 / 3]
+    assert (joined.get_linestyle(), list(joined.get_xdata())) == ("-", [1, 3])
+    assert val_ax.get_title() == "val loss"
+
+
+@pytest.mark.parametrize("flags, title", [
+    ({"bce": False, "focal": False}, "val loss (not held out: in the training set)"),
+    ({"bce": True, "focal": False}, "val loss\n(focal: not held out: in the training set)"),
+    ({"bce": True, "focal": None}, "val loss"),  # a run of an earlier version: unknown, no claim
+])
+def test_loss_curves_say_when_the_val_loss_is_not_held_out(tmp_path, monkeypatch, flags, title):
+    histories = {name: loss_rows(held_out=flag, validated=(1, 2, 3)) for name, flag in flags.items()}
+    _, val_ax = drawn_loss_curves(histories, tmp_path, monkeypatch)
+    assert val_ax.get_title() == title
+
+
 def test_devices_run_one_process_per_gpu_each_seeing_only_its_gpu(tmp_path, monkeypatch):
     launched = []
 

@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from nets.yolo_training import LOSS_TERMS  # noqa: E402
+from utils.train.history import NOT_HELD_OUT, plot_points  # noqa: E402
 
 
 def _save(fig, out_path: Path) -> None:
@@ -17,16 +18,19 @@ def _save(fig, out_path: Path) -> None:
 
 
 def plot_loss_curves(*, histories: dict[str, list[dict]], out_path: Path) -> None:
-    """Rows: train, val; columns: total and the three terms; one line per run."""
+    """Rows: train, val; columns: total and the three terms; one line per run, a lone measured epoch as a marker.
+    The val titles say when a run's validation images were training images too (its rows' ``val_held_out``)."""
     fig, axes = plt.subplots(2, len(LOSS_TERMS), figsize=(4 * len(LOSS_TERMS), 7), squeeze=False)
+    not_held_out = [name for name, rows in histories.items() if rows and rows[-1].get("val_held_out") is False]
+    val_note = ("" if not not_held_out else f" ({NOT_HELD_OUT})" if len(not_held_out) == len(histories)
+                else f"\n({', '.join(not_held_out)}: {NOT_HELD_OUT})")
     for row_index, split in enumerate(("train", "val")):
         for col, term in enumerate(LOSS_TERMS):
             ax = axes[row_index][col]
             for name, rows in histories.items():
                 values = [(r["epoch"], r.get(f"{split}_{term}")) for r in rows if r.get(f"{split}_{term}") is not None]
-                if values:
-                    ax.plot(*zip(*values), label=name, linewidth=1.2)
-            ax.set_title(f"{split} {term}")
+                plot_points(ax, values, label=name, linewidth=1.2)
+            ax.set_title(f"{split} {term}" + (val_note if split == "val" else ""))
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
