@@ -147,3 +147,21 @@ def test_a_model_the_recipes_anchors_do_not_fit_is_refused_before_any_run(tmp_pa
     with pytest.raises(ConfigError, match=r"anchors_mask refers to anchors \[6, 7, 8\], but only 6 anchors exist "
                                           r"\(arms bce, focal\)"):
         compare_focal.parse_settings([*argv, "--model=yolov4", "--anchors_mask=None"])
+
+
+def test_a_folder_made_before_a_setting_existed_is_reused_at_its_default(tmp_path):
+    import dataclasses
+
+    import train
+    from utils.compare.run_folders import choose_run_dir, write_run_config
+
+    config = train.TrainConfig(save_dir=str(tmp_path / "run"))
+    write_run_config(tmp_path / "run", config)
+    stored = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    del stored["quality_loss"]  # as a version before the setting wrote it
+    (tmp_path / "run" / "run_config.json").write_text(json.dumps(stored))
+    assert choose_run_dir(run_dir=tmp_path / "run", config=config, config_class=train.TrainConfig,
+                          on_changed="refuse") == (tmp_path / "run", [])
+    other = dataclasses.replace(config, quality_loss="qfl")
+    assert choose_run_dir(run_dir=tmp_path / "run", config=other, config_class=train.TrainConfig,
+                          on_changed="refuse") == (tmp_path / "run", ["quality_loss"])

@@ -33,8 +33,10 @@ def stored_config(run_dir: Path, config_class: type) -> dict | None:
     return None
 
 
-def differing_keys(stored: dict, requested: dict) -> list[str]:
-    return [k for k in requested if k not in NOT_COMPARED and stored.get(k) != requested[k]]
+def differing_keys(stored: dict, requested: dict, *, defaults: dict) -> list[str]:
+    """The settings whose stored and requested values differ. A setting the folder does not store was added to
+    train.py after the folder was made: it ran with that setting's default."""
+    return [k for k in requested if k not in NOT_COMPARED and stored.get(k, defaults.get(k)) != requested[k]]
 
 
 def choose_run_dir(*, run_dir: Path, config, config_class: type, on_changed: str) -> tuple[Path, list[str]]:
@@ -42,15 +44,16 @@ def choose_run_dir(*, run_dir: Path, config, config_class: type, on_changed: str
     with ``on_changed="new"`` the first ``<name>__v<k>`` that is fresh or made for this config; otherwise
     the folder and the keys that differ (the caller refuses)."""
     requested = as_plain(config)
+    defaults = as_plain(config_class())
     stored = stored_config(run_dir, config_class)
-    if stored is None or not differing_keys(stored, requested):
+    if stored is None or not differing_keys(stored, requested, defaults=defaults):
         return run_dir, []
     if on_changed != "new":
-        return run_dir, differing_keys(stored, requested)
+        return run_dir, differing_keys(stored, requested, defaults=defaults)
     for version in range(2, 1000):
         candidate = run_dir.with_name(f"{run_dir.name}__v{version}")
         other = stored_config(candidate, config_class)
-        if other is None or not differing_keys(other, requested):
+        if other is None or not differing_keys(other, requested, defaults=defaults):
             return candidate, []
     raise ConfigError(f"{run_dir}: 998 versions exist; choose another --results_dir")
 
