@@ -129,6 +129,7 @@ def parse_settings(argv: list[str]) -> tuple[dict, object, dict]:
 def check_models(*, cfg: dict, base, train_settings: dict) -> None:
     """Every planned run's model, anchors and anchors_mask fit together, checked as train.py checks them before any
     run starts: a misfit found inside a run stops the comparison after the runs before it have been trained."""
+    from nets.yolo_training import check_loss_settings
     from utils.compare import experiment
     from utils.core.config import UserError
     from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, check_anchors_mask, get_anchors
@@ -138,6 +139,10 @@ def check_models(*, cfg: dict, base, train_settings: dict) -> None:
     problems: dict[tuple[str, str], list[str]] = {}
     for run in runs:
         config = dataclasses.replace(base, **run.overrides)
+        try:  # contradictory loss choices of an arm stop before any run, as in train.py
+            check_loss_settings(config)
+        except ConfigError as err:
+            raise ConfigError(f"arm {run.arm}: {err}") from None
         if config.model not in DEFAULT_ANCHORS_MASK:
             raise ConfigError(f"arm {run.arm}: model {config.model!r}: choose one of {', '.join(DEFAULT_ANCHORS_MASK)}")
         anchors_mask = config.anchors_mask or DEFAULT_ANCHORS_MASK[config.model]

@@ -165,3 +165,10 @@ def test_a_folder_made_before_a_setting_existed_is_reused_at_its_default(tmp_pat
     other = dataclasses.replace(config, quality_loss="qfl")
     assert choose_run_dir(run_dir=tmp_path / "run", config=other, config_class=train.TrainConfig,
                           on_changed="refuse") == (tmp_path / "run", ["quality_loss"])
+
+
+def test_an_arm_with_contradictory_loss_choices_stops_before_any_run(tmp_path):
+    with pytest.raises(ConfigError, match=r"arm both: focal_loss=True and quality_loss='qfl'"):
+        compare_focal.main([f"--results_dir={tmp_path / 'out'}",
+                            "--arms=['bce', {'name': 'both', 'focal_loss': True, 'quality_loss': 'qfl'}]"])
+    assert not (tmp_path / "out").exists()

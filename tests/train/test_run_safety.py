@@ -196,3 +196,12 @@ def test_plot_points_draws_nothing_for_no_points():
     plot_points(ax, [], label="none")
     assert ax.get_lines() == []
     plt.close(fig)
+
+
+def test_contradictory_loss_choices_stop_before_any_data_is_read(tmp_path):
+    import train
+    from utils.train.settings import resolve_training_config
+
+    with pytest.raises(ConfigError, match=r"focal_loss=True and quality_loss='vfl'"):
+        resolve_training_config(train.TrainConfig, ["--focal_loss=True", "--quality_loss=vfl",
+                                                    f"--train_annotation_path={tmp_path / 'missing.txt'}"])

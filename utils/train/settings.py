@@ -4,6 +4,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from nets.yolo_training import check_loss_settings
 from utils.core.config import ConfigError, resolve_settings
 from utils.infer.checkpoint import is_project_checkpoint, read_checkpoint
 
@@ -29,6 +30,7 @@ def resolve_training_config(config_class: type, argv: list[str] | None):
     for key in ("val_period", "eval_period", "save_period"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key}={getattr(config, key)}: needs at least 1")
+    check_loss_settings(config)  # contradictory loss choices stop here, before any data is read
     check_epochs_to_train(config, trained_epochs=trained_epochs)
     return config
 
