@@ -232,3 +232,22 @@ def reference_loss(outputs: list[Tensor], targets: Tensor, *, anchors_px, anchor
     result["num_pos"] = num_pos
     result.update(num_ignored=num_ignored, num_pairs=num_pairs, num_crowded=num_crowded)
     return result
+
+
+def assert_matches_reference(*, ours: dict, ref: dict, outputs: list[Tensor], strides: list[int]) -> None:
+    """Every term of YOLOLoss (per level and summed) equals the reference's, and so do the gradients of a random
+    combination of them (each term's gradient counts) with respect to the head outputs."""
+    names = [f"{term}_s{s}" for term in ("loss_loc", "loss_cls", "loss_conf") for s in strides]
+    names += ["loss_loc", "loss_cls", "loss_conf", "loss"]
+    assert set(ours) == set(names) | {"num_pos"}
+    for key in names:
+        assert ours[key].dtype == torch.float32
+        torch.testing.assert_close(ours[key].double(), ref[key].detach(), rtol=2e-5, atol=1e-6, msg=key)
+    assert int(ours["num_pos"]) == ref["num_pos"]
+    weights = torch.rand(len(names), generator=torch.Generator().manual_seed(99)) + 0.5
+    ours_grads = torch.autograd.grad(sum(w * ours[k] for w, k in zip(weights, names)), outputs)
+    ref_grads = torch.autograd.grad(sum(w.double() * ref[k] for w, k in zip(weights, names)), outputs)
+    for level, (g_ours, g_ref) in enumerate(zip(ours_grads, ref_grads)):
+        scale = float(g_ref.abs().max())
+        assert scale > 0
+        torch.testing.assert_close(g_ours, g_ref.float(), rtol=1e-4, atol=1e-5 * scale, msg=f"grad level {level}")
