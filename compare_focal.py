@@ -2,11 +2,14 @@
 with focal loss, or with any of the named arms (bce, focal, focal_cls, qfl, vfl, iou_obj: ARM_PRESETS in
 utils/compare/experiment.py), with identical seed, data order, augmentation stream and schedule, evaluates every
 run on the test images with get_map.py's code, and writes a side-by-side table, the paired differences with their
-95 % intervals, a one-line verdict and plots to ``results_dir``.
+95 % intervals (Holm-corrected over the arms when several are compared with the first), a one-line verdict per arm
+and plots to ``results_dir``.
 
     python compare_focal.py                                   # BCCD recipe (configs/bccd_tiny.toml), BCE vs focal
     python compare_focal.py --arms='["bce","qfl","vfl"]'      # named arms; the first is the reference
     python compare_focal.py --seeds=3                         # paired over seeds: mean difference, t interval
+    python compare_focal.py --family=True --seeds=3           # every named arm against bce, Holm over the arms
+    python compare_focal.py --select_on=val --sweep="init_lr=0.05,0.2"  # choose on val; the test images unread
     python compare_focal.py --config=configs/voc_yolov4.toml --classes_path=model_data/my_classes.txt \
         --VOCdevkit_path=path/to/VOCdevkit --anchors_path=auto   # your data: your classes, k-means anchors
     python compare_focal.py --grid=True                       # gamma x alpha ablation (Focal Loss paper, Table 1)
@@ -31,10 +34,14 @@ results_dir: str = "runs/compare"  # everything goes here: runs/<run>/ (ordinary
 # alpha 0.25, gamma 2 at the reference recipe's weight) or dicts of a "name" and train.py settings
 arms: list[str | dict] = ["bce", "focal"]
 grid: bool = False  # replace the arms by plain BCE + focal over gamma {0,0.5,1,2,5} x alpha {0.25,0.5,0.75}
+family: bool = False  # replace the arms by every named arm against bce; several arms: Holm-corrected verdicts
 seeds: int = 1  # runs per arm, seeds seed, seed+1, ...
 seed: int = 11  # first seed
 sweep: str = ""  # "key=v1,v2;key2=v3,v4": every arm at every combination of these train.py settings
 test_annotation_path: str = "2007_test.txt"  # images the runs are scored on (VOC layout: XMLs beside them)
+# "val": score on the recipe's val_annotation_path instead, never reading the test images, to choose a recipe or
+# sweep values; the runs then train on <year>_train.txt where the recipe trains on <year>_trainval.txt
+select_on: Literal["test", "val"] = "test"
 VOCdevkit_path: str = "VOCdevkit"  # where missing annotation files are made from, with the recipe's classes_path
 eval_device: str = "auto"  # device of the evaluation passes
 parallel: int = 2  # runs trained at once as separate train.py processes sharing the CPU threads; 1 = in this process
@@ -63,29 +70,32 @@ def split_argv(argv: list[str], own: dict, train_settings: dict) -> tuple[list[s
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    """Plans the runs, trains those not finished, scores them on the test images and writes the comparison;
-    returns the table's rows ([] with ``print_commands``)."""
+    """Plans the runs, trains those not finished, scores them on the test images (with ``select_on="val"`` the
+    validation images) and writes the comparison; returns the table's rows ([] with ``print_commands``)."""
     import sys
 
     import train
     import voc_annotation
-    from utils.compare import experiment, run_folders
+    from utils.compare import experiment, family, run_folders, selection
     from utils.data.voc import read_annotation_lines
 
     cfg, base, train_settings = parse_settings(sys.argv[1:] if argv is None else list(argv))
-    run_folders.prepare_annotations(config=base, test_annotation_path=cfg["test_annotation_path"],
+    arm_list = family.planned_arms(cfg=cfg, default_arms=experiment.resolve_arms(arms))
+    base, scoring = selection.scoring_split(base=base, select_on=cfg["select_on"],
+                                            test_annotation_path=cfg["test_annotation_path"])
+    run_folders.prepare_annotations(config=base, test_annotation_path=scoring.annotation_path,
                                     voc_path=cfg["VOCdevkit_path"], make_annotations=voc_annotation.main)
-    runs = experiment.plan_runs(arms=experiment.grid_arms() if cfg["grid"] else cfg["arms"],
-                                sweep=experiment.parse_sweep(cfg["sweep"], train_settings),
+    selection.check_held_out(base=base, scoring=scoring)
+    runs = experiment.plan_runs(arms=arm_list, sweep=experiment.parse_sweep(cfg["sweep"], train_settings),
                                 seeds=[cfg["seed"] + i for i in range(cfg["seeds"])])
     out_dir = Path(cfg["results_dir"])
     configs = run_configs(runs=runs, base=base, out_dir=out_dir, on_changed=cfg["on_changed"],
                           config_class=train.TrainConfig)
     progress = experiment.Progress(runs, base.unfreeze_epoch)
-    test_lines = read_annotation_lines(cfg["test_annotation_path"])  # read now: a bad file stops before training
+    scored_lines = read_annotation_lines(scoring.annotation_path)  # read now: a bad file stops before training
     evaluations, to_evaluate, to_train = pending_runs(runs=runs, configs=configs, progress=progress,
                                                       epochs=base.unfreeze_epoch,
-                                                      test_annotation_path=cfg["test_annotation_path"])
+                                                      test_annotation_path=scoring.annotation_path)
     if cfg["print_commands"]:
         return write_commands(jobs=to_train, out_dir=out_dir)
     devices = [d.strip() for d in cfg["devices"].split(",") if d.strip()]
@@ -96,11 +106,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             experiment.train_in_process(run=run, run_dir=run_dir, progress=progress, config_class=train.TrainConfig)
     for run, run_dir in to_evaluate:
         evaluations[run.name] = experiment.evaluate_run(
-            run_dir=run_dir, test_lines=test_lines, device=cfg["eval_device"], config_class=train.TrainConfig,
-            test_annotation_path=cfg["test_annotation_path"])
-        print(f"[compare] {run.name}: test mAP@0.5 {evaluations[run.name]['map']:.4f}")
+            run_dir=run_dir, test_lines=scored_lines, device=cfg["eval_device"], config_class=train.TrainConfig,
+            test_annotation_path=scoring.annotation_path)
+        print(f"[compare] {run.name}: {scoring.split} mAP@0.5 {evaluations[run.name]['map']:.4f}")
     return write_report(cfg=cfg, runs=runs, run_dirs={name: Path(c.save_dir) for name, c in configs.items()},
-                        evaluations=evaluations, out_dir=out_dir)
+                        evaluations=evaluations, out_dir=out_dir, scoring=scoring)
 
 
 def parse_settings(argv: list[str]) -> tuple[dict, object, dict]:
@@ -222,13 +232,17 @@ def pending_runs(*, runs: list, configs: dict, progress, epochs: int,
     return evaluations, to_evaluate, to_train
 
 
-def write_report(*, cfg: dict, runs: list, run_dirs: dict[str, Path], evaluations: dict, out_dir: Path) -> list[dict]:
-    """The table, the paired differences and the plots, from the runs' evaluations and saved test records."""
+def write_report(*, cfg: dict, runs: list, run_dirs: dict[str, Path], evaluations: dict, out_dir: Path,
+                 scoring=None) -> list[dict]:
+    """The table, the paired differences and the plots, from the runs' evaluations and saved records of the images
+    they were scored on (``scoring``: utils.compare.selection.Scoring; None: the test images)."""
     from utils.compare import experiment, plots
     from utils.compare.paired import ImageRecords
     from utils.compare.report import paired_comparisons, write_tables
+    from utils.compare.selection import Scoring
     from utils.eval.reliability import plot_reliability_diagrams, reliability_bins
 
+    scoring = scoring or Scoring(split="test", annotation_path=cfg["test_annotation_path"])
     records = {r.name: ImageRecords.from_npz(run_dirs[r.name] / "eval_images.npz") for r in runs}
     calibrations = {name: reliability_bins(scores=rec.det_score, matched=rec.det_tp,
                                            min_score=cfg["calibration_min_score"]) for name, rec in records.items()}
@@ -241,14 +255,17 @@ def write_report(*, cfg: dict, runs: list, run_dirs: dict[str, Path], evaluation
     plots.plot_loss_curves(histories=histories, out_path=out_dir / "loss_curves.png")
     plots.plot_per_class_ap(rows=rows, class_names=class_names, out_path=out_dir / "per_class_ap.png")
     plots.plot_cdfs(cdfs={r.name: evaluations[r.name]["cdf"] for r in first_seed}, out_path=out_dir / "loss_cdf.png")
+    detections = scoring.images.replace("images", "detections")
     plot_reliability_diagrams(arms={r.name: calibrations[r.name] for r in first_seed},
                               out_path=out_dir / "reliability.png",
-                              title=f"test detections scored >= {cfg['calibration_min_score']:g}, matched at IoU 0.5")
+                              title=f"{detections} scored >= {cfg['calibration_min_score']:g}, matched at IoU 0.5")
+    if comparisons:
+        plots.plot_forest(comparisons=comparisons, out_path=out_dir / "forest.png", images=scoring.images)
     if cfg["grid"]:
         plots.plot_grid_heatmap(rows=rows, out_path=out_dir / "grid_map.png")
     print(write_tables(rows=rows, comparisons=comparisons, class_names=class_names, out_dir=out_dir,
                        machine=experiment.hardware_summary(evaluations),
-                       calibration_min_score=cfg["calibration_min_score"]))
+                       calibration_min_score=cfg["calibration_min_score"], scoring=scoring))
     print(f"[compare] results in {out_dir}: summary.md, summary.csv, summary.json and plots")
     return rows
 

@@ -99,10 +99,11 @@ def weighted_map(records: ImageRecords, image_weights: np.ndarray) -> np.ndarray
     return np.where(scored, per_class, 0.0).sum(axis=1) / np.maximum(scored.sum(axis=1), 1)  # 0 with no gt at all
 
 
-def paired_bootstrap(*, focal: ImageRecords, reference: ImageRecords, resamples: int, seed: int,
-                     chunk: int = 200) -> dict:
-    """95 % percentile interval of mAP(focal) - mAP(reference) when the test images are resampled with
-    replacement; both arms are scored on the same resample. Reproducible for a given seed."""
+def bootstrap_differences(*, focal: ImageRecords, reference: ImageRecords, resamples: int, seed: int,
+                          chunk: int = 200) -> tuple[float, np.ndarray]:
+    """(mAP(focal) - mAP(reference) on the test images, (resamples,) the same difference on each resample of the
+    test images with replacement); both arms are scored on the same resample. Reproducible for a given seed:
+    runs of one seed share ``seed`` and so their resamples, whatever the arm."""
     if focal.image_ids != reference.image_ids:
         raise ValueError("paired bootstrap: the two runs were scored on different test images")
     rng = np.random.default_rng(seed)
@@ -111,11 +112,18 @@ def paired_bootstrap(*, focal: ImageRecords, reference: ImageRecords, resamples:
     for start in range(0, resamples, chunk):
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, resamples - start)).astype(np.float64)
         diffs.append(weighted_map(focal, counts) - weighted_map(reference, counts))
-    diffs = np.concatenate(diffs)
-    low, high = np.percentile(diffs, [2.5, 97.5])
     full = np.ones((1, n))
-    return {"diff": float(weighted_map(focal, full)[0] - weighted_map(reference, full)[0]),
-            "low": float(low), "high": float(high), "resamples": resamples, "seed": seed}
+    return float(weighted_map(focal, full)[0] - weighted_map(reference, full)[0]), np.concatenate(diffs)
+
+
+def paired_bootstrap(*, focal: ImageRecords, reference: ImageRecords, resamples: int, seed: int,
+                     chunk: int = 200) -> dict:
+    """95 % percentile interval of mAP(focal) - mAP(reference) when the test images are resampled with
+    replacement (bootstrap_differences)."""
+    diff, diffs = bootstrap_differences(focal=focal, reference=reference, resamples=resamples, seed=seed,
+                                        chunk=chunk)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return {"diff": diff, "low": float(low), "high": float(high), "resamples": resamples, "seed": seed}
 
 
 def mean_or_none(values) -> float | None:
@@ -136,13 +144,16 @@ def t_interval(values: list[float]) -> dict:
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "t": t, "sd": sd}
 
 
-def verdict(*, low: float, high: float, diff: float, name: str, reference: str, basis: str) -> str:
-    """One line: better, worse or no detectable difference at 95 %, with the interval."""
+def verdict(*, low: float, high: float, diff: float, name: str, reference: str, basis: str,
+            level: str = "95 %", family: str = "") -> str:
+    """One line: better, worse or no detectable difference at 95 %, with the interval. With several arms
+    against one reference, ``family`` names the correction (", Holm over m = 5 comparisons") and ``level`` is
+    the interval's own confidence level, at which it excludes zero exactly when Holm rejects."""
     if low > 0:
         word = f"{name} better than {reference}"
     elif high < 0:
         word = f"{name} worse than {reference}"
     else:
         word = f"no detectable difference between {name} and {reference}"
-    return (f"Verdict at 95 %: {word}: mAP@0.5 difference {diff:+.4f}, 95 % interval "
+    return (f"Verdict at 95 %{family}: {word}: mAP@0.5 difference {diff:+.4f}, {level} interval "
             f"[{low:+.4f}, {high:+.4f}] ({basis}).")

@@ -100,3 +100,46 @@ def plot_grid_heatmap(*, rows: list[dict], out_path: Path) -> None:
     ax.set_title("mAP@0.5" + (f" (plain BCE: {baseline[0]:.3f})" if baseline else ""))
     fig.colorbar(image, ax=ax)
     _save(fig, out_path)
+
+
+def forest_interval(comparison: dict) -> tuple[float | None, float | None, float]:
+    """(low, high, confidence level) the verdict of a comparison uses: over seeds (Student t) with two or more,
+    else its one seed's paired bootstrap; at Holm's level in a family (utils/compare/family.py), else 95 %."""
+    over = comparison["over_seeds"]
+    if over["n"] >= 2:
+        return over["low"], over["high"], over.get("level", 0.95)
+    only = comparison["seeds"][0]
+    return only["bootstrap_low"], only["bootstrap_high"], only.get("bootstrap_level", 0.95)
+
+
+def plot_forest(*, comparisons: list[dict], out_path: Path, images: str = "test images") -> None:
+    """Forest plot of the paired mAP@0.5 differences: one row per comparison (arm − reference, the report's order
+    from the top), each seed's difference as a grey point, the mean as a red diamond on its interval (the
+    verdict's: forest_interval) with the level beside it, and a vertical line at zero."""
+    from utils.compare.multiplicity import percent
+
+    rows = np.arange(len(comparisons))[::-1]  # the first comparison at the top
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.55 * len(comparisons)))
+    for index, (row, comparison) in enumerate(zip(rows, comparisons)):
+        first = index == 0  # one legend entry per kind of mark
+        differences = [s["map"] for s in comparison["seeds"]]
+        ax.scatter(differences, np.full(len(differences), row, dtype=float), s=16, color="0.5", zorder=3,
+                   label="seeds" if first else "_nolegend_")
+        low, high, level = forest_interval(comparison)
+        if low is not None:
+            ax.plot([low, high], [row, row], color="C0", linewidth=3, solid_capstyle="butt",
+                    label="interval" if first else "_nolegend_")
+            ax.annotate(percent(level), (high, row), xytext=(4, 4), textcoords="offset points", fontsize=7)
+        ax.plot([comparison["over_seeds"]["mean"]], [row], marker="D", color="C3", linestyle="None", zorder=4,
+                label="mean" if first else "_nolegend_")
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set_yticks(rows, [f"{c['arm']} − {c['reference']}" for c in comparisons])
+    ax.set_ylim(-0.7, len(comparisons) - 0.3)
+    ax.set_xlabel("Δ mAP@0.5 (arm − reference)")
+    m = comparisons[0].get("family", 1) if comparisons else 1
+    n = comparisons[0]["over_seeds"]["n"] if comparisons else 0
+    basis = f"Student t over {n} seeds" if n >= 2 else f"paired bootstrap over the {images}, one seed"
+    ax.set_title(f"paired differences; intervals: {basis}" + (f", Holm over m = {m}" if m > 1 else ""), fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _save(fig, out_path)
