@@ -30,6 +30,7 @@ def test_read_image_modes_exif_and_odd_paths(tmp_path):
     assert all(np.array_equal(rgb[:, :, c], gray) for c in range(3))
 
     rgba = np.random.default_rng(1).integers(0, 256, (6, 7, 4), dtype=np.uint8)
+    rgba[..., 3] = 255  # opaque: the colours as stored (transparency: tests/data/test_image_modes.py)
     Image.fromarray(rgba, mode="RGBA").save(folder / "alpha.png")
     assert np.array_equal(read_image_rgb(folder / "alpha.png"), rgba[:, :, :3])
 
