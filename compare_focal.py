@@ -140,11 +140,11 @@ def check_models(*, cfg: dict, base, train_settings: dict) -> None:
     """Every planned run's model, anchors and anchors_mask fit together, checked as train.py checks them before any
     run starts: a misfit found inside a run stops the comparison after the runs before it have been trained."""
     from nets.yolo_training import check_loss_settings
-    from utils.compare import experiment
+    from utils.compare import experiment, family
     from utils.core.config import UserError
     from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, check_anchors_mask, get_anchors
 
-    runs = experiment.plan_runs(arms=experiment.grid_arms() if cfg["grid"] else cfg["arms"],
+    runs = experiment.plan_runs(arms=family.planned_arms(cfg=cfg, default_arms=experiment.resolve_arms(arms)),
                                 sweep=experiment.parse_sweep(cfg["sweep"], train_settings), seeds=[cfg["seed"]])
     problems: dict[tuple[str, str], list[str]] = {}
     for run in runs:
@@ -253,7 +253,8 @@ def write_report(*, cfg: dict, runs: list, run_dirs: dict[str, Path], evaluation
     histories = {r.name: json.loads((run_dirs[r.name] / "history.json").read_text(encoding="utf-8")) for r in runs}
     first_seed = [r for r in runs if r.seed == cfg["seed"]]
     plots.plot_loss_curves(histories=histories, out_path=out_dir / "loss_curves.png")
-    plots.plot_per_class_ap(rows=rows, class_names=class_names, out_path=out_dir / "per_class_ap.png")
+    plots.plot_per_class_ap(rows=rows, class_names=class_names, split=scoring.split,
+                            out_path=out_dir / "per_class_ap.png")
     plots.plot_cdfs(cdfs={r.name: evaluations[r.name]["cdf"] for r in first_seed}, out_path=out_dir / "loss_cdf.png")
     detections = scoring.images.replace("images", "detections")
     plot_reliability_diagrams(arms={r.name: calibrations[r.name] for r in first_seed},

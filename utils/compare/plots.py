@@ -39,7 +39,7 @@ def plot_loss_curves(*, histories: dict[str, list[dict]], out_path: Path) -> Non
     _save(fig, out_path)
 
 
-def plot_per_class_ap(*, rows: list[dict], class_names: list[str], out_path: Path) -> None:
+def plot_per_class_ap(*, rows: list[dict], class_names: list[str], out_path: Path, split: str = "test") -> None:
     """Grouped bars: one group per class (and mAP), one bar per arm."""
     labels = class_names + ["mAP"]
     x = np.arange(len(labels))
@@ -50,7 +50,7 @@ def plot_per_class_ap(*, rows: list[dict], class_names: list[str], out_path: Pat
         ax.bar(x + (i - (len(rows) - 1) / 2) * width, values, width, label=row["arm"])
     ax.set_xticks(x, labels)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("AP@0.5 (test)")
+    ax.set_ylabel(f"AP@0.5 ({split})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), ncol=1 + len(rows) // 12)
     _save(fig, out_path)
