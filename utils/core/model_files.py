@@ -3,6 +3,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.core.config import UserError
+from utils.core.textfile import read_text_lines
 
 MODEL_DATA = Path(__file__).resolve().parents[2] / "model_data"
 DEFAULT_ANCHORS_PATH = {"yolov4": MODEL_DATA / "yolo_anchors.txt", "yolov4-tiny": MODEL_DATA / "yolo_tiny_anchors.txt"}
@@ -18,26 +19,34 @@ class ModelSpec:
     anchors_path: str
 
 
-def get_classes(classes_path: str) -> list[str]:
-    """Class names, one per line; blank lines ignored."""
-    path = Path(classes_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"classes file {classes_path}: no such file")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not names:
-        raise UserError(f"classes file {classes_path}: holds no class names")
-    if len(set(names)) != len(names):
-        raise UserError(f"classes file {classes_path}: a class name appears twice")
-    return names
+def get_classes(classes_path: str, *, log=print) -> list[str]:
+    """Class names, one per line, in class-id order; surrounding spaces, a byte-order mark and CRLF line ends are
+    removed (utils/core/textfile.py), blank lines after the last name ignored. A blank line between names (it would
+    be a class without a name) and a name listed twice are UserErrors naming the file and the lines."""
+    lines = [line.strip() for line in read_text_lines(classes_path, what="classes file", log=log)]
+    numbered = [(number, name) for number, name in enumerate(lines, start=1) if name]
+    if not numbered:
+        raise UserError(f"classes file {classes_path}: holds no class names; write one name a line")
+    problems = [f"line {number} is empty: a class needs a name; delete the line (the class ids follow the lines)"
+                for number, name in enumerate(lines[:numbered[-1][0]], start=1) if not name]
+    first_line: dict[str, int] = {}
+    for number, name in numbered:
+        if name in first_line:
+            problems.append(f"line {number}: {name!r} is listed on line {first_line[name]} already; a name is one "
+                            f"class, list it once")
+        first_line.setdefault(name, number)
+    if len(problems) == 1:
+        raise UserError(f"classes file {classes_path} {problems[0]}")
+    if problems:
+        raise UserError(f"classes file {classes_path}: {len(problems)} problems:\n" + "\n".join(problems))
+    return [name for _, name in numbered]
 
 
-def get_anchors(anchors_path: str) -> list[list[float]]:
-    """Anchors (w, h) in input pixels from a file of comma-separated numbers: ``w1,h1, w2,h2, ...``."""
-    path = Path(anchors_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"anchors file {anchors_path}: no such file")
+def get_anchors(anchors_path: str, *, log=print) -> list[list[float]]:
+    """Anchors (w, h) in input pixels from a file of comma-separated numbers: ``w1,h1, w2,h2, ...`` (any lines)."""
+    text = ",".join(read_text_lines(anchors_path, what="anchors file", log=log))
     try:
-        values = [float(v) for v in path.read_text(encoding="utf-8").replace("\n", ",").split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
         raise UserError(f"anchors file {anchors_path}: not a list of numbers ({err})") from err
     if not values or len(values) % 2:
