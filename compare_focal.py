@@ -142,7 +142,8 @@ def check_models(*, cfg: dict, base, train_settings: dict) -> None:
     from nets.yolo_training import check_loss_settings
     from utils.compare import experiment, family
     from utils.core.config import UserError
-    from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, check_anchors_mask, get_anchors
+    from utils.core.model_files import (DEFAULT_ANCHORS_MASK, anchor_settings, auto_anchor_count, check_anchors_mask,
+                                        get_anchors)
 
     runs = experiment.plan_runs(arms=family.planned_arms(cfg=cfg, default_arms=experiment.resolve_arms(arms)),
                                 sweep=experiment.parse_sweep(cfg["sweep"], train_settings), seeds=[cfg["seed"]])
@@ -155,11 +156,10 @@ def check_models(*, cfg: dict, base, train_settings: dict) -> None:
             raise ConfigError(f"arm {run.arm}: {err}") from None
         if config.model not in DEFAULT_ANCHORS_MASK:
             raise ConfigError(f"arm {run.arm}: model {config.model!r}: choose one of {', '.join(DEFAULT_ANCHORS_MASK)}")
-        anchors_mask = config.anchors_mask or DEFAULT_ANCHORS_MASK[config.model]
-        anchors_path = config.anchors_path or str(DEFAULT_ANCHORS_PATH[config.model])
+        anchors_path, anchors_mask = anchor_settings(model=config.model, anchors_path=config.anchors_path,
+                                                     anchors_mask=config.anchors_mask)
         # "auto" makes one k-means anchor per index of the mask, so only the mask's levels can misfit.
-        num_anchors = (1 + max((a for level in anchors_mask for a in level), default=-1) if anchors_path == "auto"
-                       else len(get_anchors(anchors_path)))
+        num_anchors = auto_anchor_count(anchors_mask) if anchors_path == "auto" else len(get_anchors(anchors_path))
         try:
             check_anchors_mask(anchors_mask, num_anchors=num_anchors,
                                num_levels=len(DEFAULT_ANCHORS_MASK[config.model]),

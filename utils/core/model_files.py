@@ -54,6 +54,18 @@ def get_anchors(anchors_path: str, *, log=print) -> list[list[float]]:
     return [values[i:i + 2] for i in range(0, len(values), 2)]
 
 
+def anchor_settings(*, model: str, anchors_path: str | None,
+                    anchors_mask: list[list[int]] | None) -> tuple[str, list[list[int]]]:
+    """(anchors_path, anchors_mask) of training settings, the model variant's defaults where unset; an anchors_path
+    of "auto" (k-means at the start of training) stays, making ``auto_anchor_count`` anchors."""
+    return anchors_path or str(DEFAULT_ANCHORS_PATH[model]), anchors_mask or DEFAULT_ANCHORS_MASK[model]
+
+
+def auto_anchor_count(anchors_mask: list[list[int]]) -> int:
+    """How many k-means anchors "auto" makes: one per anchor index the mask uses."""
+    return 1 + max((a for level in anchors_mask for a in level), default=-1)
+
+
 def check_anchors_mask(anchors_mask: list[list[int]], *, num_anchors: int, num_levels: int, source: str) -> None:
     if len(anchors_mask) != num_levels:
         raise UserError(f"{source}: anchors_mask has {len(anchors_mask)} levels, the model has {num_levels}")

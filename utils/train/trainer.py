@@ -19,8 +19,8 @@ from utils.core.config import ConfigError, print_config
 from utils.core.device import cpu_has_native_bf16, resolve_device
 from utils.core.distributed import (DistInfo, EpochSampler, barrier, cleanup_distributed, init_distributed,
                                     sync_buffers)
-from utils.core.model_files import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, ModelSpec, check_anchors_mask,
-                                    get_anchors, get_classes)
+from utils.core.model_files import (DEFAULT_ANCHORS_MASK, ModelSpec, anchor_settings, auto_anchor_count,
+                                    check_anchors_mask, get_anchors, get_classes)
 from utils.data.datacheck import check_annotation_files
 from utils.data.dataloader import YoloDataset, yolo_collate
 from utils.data.voc import read_annotation_file
@@ -38,13 +38,13 @@ from utils.train.settings import resolve_training_config  # noqa: F401  (train.p
 
 def model_spec(config) -> ModelSpec:
     """Classes, anchors and masks resolved from the config's paths; stored in every checkpoint."""
-    anchors_mask = config.anchors_mask or DEFAULT_ANCHORS_MASK[config.model]
-    anchors_path = config.anchors_path or str(DEFAULT_ANCHORS_PATH[config.model])
+    anchors_path, anchors_mask = anchor_settings(model=config.model, anchors_path=config.anchors_path,
+                                                 anchors_mask=config.anchors_mask)
     if anchors_path == "auto":  # k-means on the training boxes (kmeans_for_anchors.py), one anchor per mask index
         from utils.data.anchors import auto_anchors
 
         anchors = auto_anchors(annotation_path=config.train_annotation_path, input_shape=tuple(config.input_shape),
-                               k=1 + max(max(m) for m in anchors_mask))
+                               k=auto_anchor_count(anchors_mask))
     else:
         anchors = get_anchors(anchors_path)
     check_anchors_mask(anchors_mask, num_anchors=len(anchors), num_levels=len(DEFAULT_ANCHORS_MASK[config.model]),
