@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_settings(cfg)
     k = cfg["num_anchors"] or ANCHORS_PER_MODEL[cfg["model"]]
     wh = annotation_box_sizes(annotation_path=cfg["annotation_path"], input_shape=tuple(cfg["input_shape"]), k=k,
-                              fewer_fix=f"lower --num_anchors (now {k}) or annotate more objects")
+                              fewer_fix=f"lower --num_anchors (now {k}) or annotate more objects", log=print)
     anchors = kmeans_anchors(wh, k=k, seed=cfg["seed"], restarts=cfg["restarts"])
     fit = anchor_fit(wh, anchors.round(), threshold=cfg["threshold"])
     text = format_anchors(anchors)

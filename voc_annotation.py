@@ -2,14 +2,15 @@
 
 Writes ``<year>_<set>.txt`` per (year, set): a ``# classes: [...]`` header naming the classes the ids refer to, then
 one line per image, ``<absolute image path> x1,y1,x2,y2,class_id ...`` (boxes xyxy in the pixels of the upright
-image). Every image is opened and decoded first; nothing is written when no object of a listed class exists.
+image). Every image is opened and decoded first. Prints per file the images, the background images and per class the
+objects kept and dropped and why. Stops, writing nothing, on file names that are not UTF-8, an empty image folder,
+a missing or malformed image list, and no image or no object of a listed class to write.
 Settings below; override them with ``--config=FILE`` or ``--key=value``:
 
     python voc_annotation.py --annotation_mode=2 --include_difficult=true
 """
 
 import os
-import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -19,9 +20,11 @@ import numpy as np
 
 from utils.core.config import ConfigError, UserError, resolve_config, run_cli, settings_of
 from utils.core.model_files import get_classes
+from utils.data.boxcheck import BoxTally
 from utils.data.datacheck import align_boxes_with_image
 from utils.data.images import image_info
 from utils.data.voc import format_annotation_line, format_classes_header, index_images, read_voc_xml
+from utils.data.voc_devkit import devkit_problems, make_split, missing_list_problems, read_image_list, write_text_files
 
 annotation_mode: Literal[0, 1, 2] = 0  # 0: split (if no lists yet) + annotation files; 1: split only; 2: files only
 classes_path: str = "model_data/bccd_classes.txt"  # class names, one per line; the line order gives the class ids
@@ -32,9 +35,8 @@ VOCdevkit_sets: list[list[str]] = [["2007", "train"], ["2007", "val"], ["2007", 
 include_difficult: bool = False  # keep objects marked <difficult>1</difficult>
 seed: int = 0  # seed of the split shuffle
 out_dir: str = "."  # folder for the <year>_<set>.txt files
-overwrite_split: bool = False  # annotation_mode 1: rewrite ImageSets/Main lists that already exist
+overwrite_split: bool = False  # annotation_mode 0 or 1: make a new split even if ImageSets/Main lists exist
 
-SPLIT_NAMES = ("trainval", "train", "val", "test")
 SUMMARY_LABELS = {"skipped_no_image": "XML/list entries without an image (skipped)",
                   "skipped_unreadable_image": "images that cannot be decoded (skipped)",
                   "rotated_from_raw_frame": "XML boxes in the raw frame of an EXIF-rotated image (rotated upright)",
@@ -48,68 +50,40 @@ SUMMARY_LABELS = {"skipped_no_image": "XML/list entries without an image (skippe
                   "dropped_degenerate": "boxes with zero or negative area (dropped)",
                   "dropped_outside": "boxes entirely outside the image (dropped)",
                   "clipped": "boxes clipped to the image"}
+SKIPPED = ("skipped_no_image", "skipped_unreadable_image", "skipped_malformed_xml")
 
 
-def ensure_split(*, year_dir: Path, trainval_percent: float, train_percent: float, seed: int, overwrite: bool) -> None:
-    """Write ImageSets/Main/{trainval,train,val,test}.txt from a seeded shuffle, unless lists already exist."""
-    main_dir = year_dir / "ImageSets" / "Main"
-    existing = [name for name in SPLIT_NAMES if (main_dir / f"{name}.txt").exists()]
-    if existing and not overwrite:
-        print(f"{main_dir}: using the existing lists ({', '.join(existing)}); nothing rewritten")
-        return
-    xml_stems = {p.stem for p in (year_dir / "Annotations").glob("*.xml")}
-    ids = sorted(xml_stems | set(index_images(year_dir / "JPEGImages")))
-    if not ids:
-        raise FileNotFoundError(f"{year_dir}: no XML files in Annotations/ and no images in JPEGImages/")
-    rng = random.Random(seed)
-    trainval = set(rng.sample(ids, int(len(ids) * trainval_percent)))
-    train = set(rng.sample(sorted(trainval), int(len(trainval) * train_percent)))
-    members = {"trainval": trainval, "train": train, "val": trainval - train, "test": set(ids) - trainval}
-    main_dir.mkdir(parents=True, exist_ok=True)
-    for name in SPLIT_NAMES:
-        _write_lines(main_dir / f"{name}.txt", [i for i in ids if i in members[name]])
-    print(f"{main_dir}: split {len(ids)} images into train {len(train)}, val {len(trainval - train)},"
-          f" test {len(ids) - len(trainval)}")
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    """Write through a temporary file so an interrupted run never leaves half a file."""
-    tmp_path = path.with_name(path.name + ".tmp")
-    tmp_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp_path, path)
-
-
-def annotate_set(*, year_dir: Path, set_name: str, class_names: list[str], include_difficult: bool,
-                 images_by_stem: dict[str, Path], summary: Counter, names_seen: Counter) -> tuple[list[str], Counter]:
-    """Annotation lines of one ImageSets/Main list and its per-class object counts; problems go to ``summary``,
-    every object name met in the XML files to ``names_seen``. Every image is decoded; boxes are put in the
-    upright frame the loader shows (see utils/data/datacheck.py for the orientation rule)."""
-    list_path = year_dir / "ImageSets" / "Main" / f"{set_name}.txt"
-    ids = [line.strip() for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def annotate_set(*, year_dir: Path, list_path: Path, ids: list[str], class_names: list[str], include_difficult: bool,
+                 images_by_stem: dict[str, Path], summary: Counter, names_seen: Counter) -> tuple[list[str], BoxTally]:
+    """Annotation lines of one image list (``ids`` of ``list_path``) and the per-class account of its objects;
+    problems go to ``summary``, every object name met in the XML files to ``names_seen``. Every image is decoded;
+    boxes are put in the upright frame the loader shows (see utils/data/datacheck.py for the orientation rule)."""
     lines: list[str] = []
-    class_counts: Counter = Counter({name: 0 for name in class_names})
+    tally = BoxTally(class_names)
     for image_id in ids:
         xml_path = year_dir / "Annotations" / f"{image_id}.xml"
         image_path = images_by_stem.get(image_id)
         if image_path is None:
             what = "XML" if xml_path.exists() else "listed id"
-            print(f"warning: {xml_path if xml_path.exists() else list_path}: {what} {image_id!r} has no image"
-                  f" in {year_dir / 'JPEGImages'} (any of .jpg/.jpeg/.png/.bmp); skipped")
+            print(f"warning: {xml_path if xml_path.exists() else list_path}: {what} {image_id!r} has no image in "
+                  f"{year_dir / 'JPEGImages'} (any of .jpg/.jpeg/.png/.bmp); skipped")
             summary["skipped_no_image"] += 1
             continue
-        boxes_xyxy_cls = annotate_image(image_path=image_path, xml_path=xml_path, class_names=class_names,
-                                        include_difficult=include_difficult, summary=summary, names_seen=names_seen)
-        if boxes_xyxy_cls is None:
+        annotated = annotate_image(image_path=image_path, xml_path=xml_path, class_names=class_names,
+                                   include_difficult=include_difficult, summary=summary, names_seen=names_seen)
+        if annotated is None:
             continue
-        class_counts.update(class_names[int(c)] for c in boxes_xyxy_cls[:, 4])
+        boxes_xyxy_cls, class_ids, verdicts = annotated
+        tally.add_image(class_ids, verdicts)
         lines.append(format_annotation_line(image_path=os.path.abspath(image_path), boxes_xyxy_cls=boxes_xyxy_cls))
-    return lines, class_counts
+    return lines, tally
 
 
 def annotate_image(*, image_path: Path, xml_path: Path, class_names: list[str], include_difficult: bool,
-                   summary: Counter, names_seen: Counter) -> np.ndarray | None:
-    """The boxes (n, 5) of one image in its upright frame (none for a background image), or None when the image
-    or its XML cannot be read and the image is skipped. Problems are printed and counted in ``summary``."""
+                   summary: Counter, names_seen: Counter) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(boxes (n, 5) of one image in its upright frame (none for a background image), class ids and verdicts of
+    every object of a listed class, kept ones first), or None when the image or its XML cannot be read and the image
+    is skipped. Problems are printed and counted in ``summary``."""
     try:
         info = image_info(image_path, decode=True)
     except UserError as exc:
@@ -119,7 +93,7 @@ def annotate_image(*, image_path: Path, xml_path: Path, class_names: list[str], 
     if not xml_path.exists():
         print(f"warning: {image_path}: no XML {xml_path.name}; kept as a background image (no boxes)")
         summary["background_no_xml"] += 1
-        return np.zeros((0, 5))
+        return np.zeros((0, 5)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object)
     try:
         record = read_voc_xml(xml_path=xml_path, class_names=class_names, include_difficult=include_difficult,
                               image_path=image_path)
@@ -131,8 +105,8 @@ def annotate_image(*, image_path: Path, xml_path: Path, class_names: list[str], 
     for message in record.warnings:
         print(f"warning: {message}")
     summary.update(record.counts)
-    boxes_xyxy_cls, notes, rotated = align_boxes_with_image(record.boxes_xyxy_cls, xml_size=record.image_size,
-                                                            info=info, xml_path=xml_path)
+    boxes_xyxy_cls, notes, rotated, outside_ids = align_boxes_with_image(
+        record.boxes_xyxy_cls, xml_size=record.image_size, info=info, xml_path=xml_path)
     for message in notes:
         print(f"warning: {message}")
     summary["rotated_from_raw_frame"] += int(rotated)
@@ -143,24 +117,55 @@ def annotate_image(*, image_path: Path, xml_path: Path, class_names: list[str], 
     if len(boxes_xyxy_cls) == 0:
         print(f"note: {xml_path}: no usable objects; kept as a background image")
         summary["background_no_objects"] += 1
-    return boxes_xyxy_cls
+    dropped_ids = [class_id for class_id, _ in record.dropped] + list(outside_ids)
+    verdicts = [""] * len(boxes_xyxy_cls) + [reason for _, reason in record.dropped] + ["outside"] * len(outside_ids)
+    class_ids = np.concatenate([boxes_xyxy_cls[:, 4], dropped_ids]).astype(np.int64)
+    return boxes_xyxy_cls, class_ids, np.array(verdicts, dtype=object)
 
 
-def check_classes_found(*, class_counts: dict, names_seen: Counter, classes_path: str, voc_path: str) -> None:
-    """Stops (UserError) when no object of any listed class exists: the classes file matches none of the XML
-    names, which would otherwise train on zero objects."""
-    if sum(sum(counts.values()) for counts in class_counts.values()) or not names_seen:
-        return
-    found = ", ".join(f"{name} ({count})" for name, count in names_seen.most_common())
-    raise UserError(f"classes file {classes_path}: none of its classes occurs in the XML files of {voc_path}; "
-                    f"they name: {found}. Put those names (one per line) in the classes file")
+def check_classes_found(*, tallies: dict, names_seen: Counter, classes_path: str, voc_path: str,
+                        summary: Counter) -> None:
+    """Stops (UserError) when there is nothing to train on: no image line at all, no object in any XML file or no
+    object of a listed class (the classes file matches none of the XML names). A class without any object is a
+    warning on stderr, saying what was dropped and the names the classes file does not list."""
+    images = sum(tally.images for tally in tallies.values())
+    if not images:
+        skipped = "; ".join(f"{SUMMARY_LABELS[key]}: {summary[key]}" for key in SKIPPED if summary[key])
+        raise UserError(f"{voc_path}: no image to write in any of the {len(tallies)} image lists "
+                        f"({skipped or 'the lists are empty'}); nothing written")
+    if not names_seen:
+        raise UserError(f"{voc_path}: the XML files name no object ({images} images, all background); training needs "
+                        f"boxes: annotate the images (one <object> per box in Annotations/<id>.xml); nothing written")
+    total = BoxTally(next(iter(tallies.values())).class_names)
+    for tally in tallies.values():
+        total.kept += tally.kept
+        for reason, counts in tally.dropped.items():
+            total.dropped.setdefault(reason, np.zeros_like(total.kept))
+            total.dropped[reason] += counts
+    class_names = total.class_names
+    others = ", ".join(f"{name} ({count})" for name, count in names_seen.most_common() if name not in class_names)
+    if not total.total_kept and not total.total_dropped:
+        found = ", ".join(f"{name} ({count})" for name, count in names_seen.most_common())
+        raise UserError(f"classes file {classes_path}: none of its classes occurs in the XML files of {voc_path}; "
+                        f"they name: {found}. Put those names (one per line) in the classes file")
+    for index in total.empty_classes():
+        why = total.why_dropped(index)
+        print(f"WARNING: class {class_names[index]!r} of {classes_path} has no object in any list"
+              + (f": all were dropped: {why}" if why else "")
+              + (f"; the XML files also name {others}, which {classes_path} does not list" if others else "")
+              + "; train.py refuses a training file without it: fix the objects or remove the class from the "
+                "classes file", file=sys.stderr)
 
 
 def check_settings(*, annotation_mode: int, trainval_percent: float, train_percent: float,
-                   VOCdevkit_sets: list[list[str] | tuple[str, str]]) -> list[tuple[str, str]]:
+                   VOCdevkit_sets: list[list[str] | tuple[str, str]], overwrite_split: bool = False
+                   ) -> list[tuple[str, str]]:
     """The (year, set) pairs as strings; ConfigError for a bad mode, share or pair."""
     if annotation_mode not in (0, 1, 2):
         raise ConfigError(f"annotation_mode must be 0, 1 or 2, got {annotation_mode}")
+    if overwrite_split and annotation_mode == 2:
+        raise ConfigError("overwrite_split=True makes a new split, which annotation_mode 2 never does; use "
+                          "annotation_mode 0 (split and annotation files) or 1 (split only)")
     for name, value in (("trainval_percent", trainval_percent), ("train_percent", train_percent)):
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{name} must be between 0 and 1, got {value}")
@@ -187,38 +192,46 @@ def read_class_names(classes_path: str) -> list[str]:
         raise ConfigError(f"classes_path: {exc}") from exc
 
 
-def check_image_lists(*, year_dirs: dict[str, Path], sets: list[tuple[str, str]]) -> None:
-    """FileNotFoundError naming every ImageSets/Main list of ``sets`` that does not exist."""
-    missing = [str(year_dirs[y] / "ImageSets" / "Main" / f"{s}.txt") for y, s in sets
-               if not (year_dirs[y] / "ImageSets" / "Main" / f"{s}.txt").exists()]
+def stop_on(problems: list[str], *, first_line: str) -> None:
+    """One UserError for a list of problems: the problem itself when alone, else a first line and one a line."""
+    if len(problems) == 1:
+        raise UserError(problems[0])
+    if problems:
+        raise UserError(f"{len(problems)} {first_line}:\n" + "\n".join(problems))
+
+
+def read_image_lists(*, year_dirs: dict[str, Path], sets: list[tuple[str, str]],
+                     images_by_year: dict[str, dict[str, Path]]) -> dict[tuple[str, str], list[str]]:
+    """(year, set) -> the ids of its ImageSets/Main list. Missing lists are a FileNotFoundError and malformed lines a
+    UserError, each listing every one at once with its fix."""
+    missing = missing_list_problems(year_dirs=year_dirs, sets=sets)
     if missing:
-        raise FileNotFoundError(f"missing image lists: {', '.join(missing)} (annotation_mode 0 or 1 makes a split)")
-
-
-def annotate_sets(*, year_dirs: dict[str, Path], sets: list[tuple[str, str]], class_names: list[str],
-                  include_difficult: bool, summary: Counter) -> tuple[dict, Counter]:
-    """(year, set) -> (annotation lines, per-class counts) for every set, and every object name met in the XML
-    files. Everything is read and checked before any annotation file is written."""
-    images_by_year = {year: index_images(year_dir / "JPEGImages") for year, year_dir in year_dirs.items()}
-    names_seen: Counter = Counter()
-    made = {}
+        raise FileNotFoundError("missing image lists: " + missing[0] if len(missing) == 1
+                                else f"missing image lists in {len(missing)} places:\n" + "\n".join(missing))
+    ids, problems = {}, []
     for year, set_name in sets:
-        made[(year, set_name)] = annotate_set(year_dir=year_dirs[year], set_name=set_name, class_names=class_names,
-                                              include_difficult=include_difficult,
-                                              images_by_stem=images_by_year[year], summary=summary,
-                                              names_seen=names_seen)
-    return made, names_seen
+        year_dir = year_dirs[year]
+        known = set(images_by_year[year]) | {p.stem for p in (year_dir / "Annotations").glob("*.xml")}
+        ids[(year, set_name)], found = read_image_list(year_dir / "ImageSets" / "Main" / f"{set_name}.txt",
+                                                       known_stems=known)
+        problems += found
+    stop_on(problems, first_line="malformed lines in the image lists (nothing written)")
+    return ids
 
 
 def write_annotation_files(*, made: dict, class_names: list[str], out_dir: str) -> dict[tuple[str, str], Path]:
-    """Write ``<year>_<set>.txt`` per set of ``made`` into ``out_dir``; (year, set) -> the file written."""
+    """Write ``<year>_<set>.txt`` per set of ``made`` into ``out_dir``, all or none, and report each: images,
+    background images, per class the objects kept and dropped and why. (year, set) -> the file written."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    files = {}
-    for (year, set_name), (lines, class_counts) in made.items():
-        files[(year, set_name)] = out_path = Path(out_dir) / f"{year}_{set_name}.txt"
-        _write_lines(out_path, [format_classes_header(class_names), *lines])
-        per_class = ", ".join(f"{name} {count}" for name, count in class_counts.items())
-        print(f"{out_path}: {len(lines)} images; objects: {per_class}")
+    files = {key: Path(out_dir) / f"{key[0]}_{key[1]}.txt" for key in made}
+    write_text_files({files[key]: [format_classes_header(class_names), *lines] for key, (lines, _) in made.items()})
+    for key, (lines, tally) in made.items():
+        per_class = ", ".join(f"{name} {int(count)}" for name, count in zip(class_names, tally.kept))
+        emptied = f", {tally.emptied} of them because every box was dropped" if tally.emptied else ""
+        print(f"{files[key]}: {len(lines)} images; objects: {per_class}")
+        print(f"  background images (no boxes): {tally.background}{emptied}")
+        for line in tally.class_lines():
+            print(f"  {line}")
     return files
 
 
@@ -228,8 +241,7 @@ def warn_empty_files(*, line_counts: dict, out_dir: str, trainval_percent: float
         if count == 0:
             print(f"WARNING: {Path(out_dir) / f'{year}_{set_name}.txt'} holds 0 images: train.py refuses an empty "
                   f"train or val file. On a small dataset lower train_percent (now {train_percent}) or "
-                  f"trainval_percent (now {trainval_percent}) and re-run with annotation_mode=1 "
-                  f"--overwrite_split=True, then annotation_mode=2", file=sys.stderr)
+                  f"trainval_percent (now {trainval_percent}) and re-run with --overwrite_split=True", file=sys.stderr)
 
 
 def print_summary(summary: Counter) -> None:
@@ -241,35 +253,46 @@ def print_summary(summary: Counter) -> None:
 def run(*, annotation_mode: int, classes_path: str, trainval_percent: float, train_percent: float,
         VOCdevkit_path: str, VOCdevkit_sets: list[list[str] | tuple[str, str]], include_difficult: bool, seed: int,
         out_dir: str, overwrite_split: bool) -> dict:
-    """Make the split and/or the annotation files. Returns {"files", "lines", "class_counts", "summary"}.
+    """Make the split and/or the annotation files. Returns {"files", "lines", "class_counts", "tallies", "summary"}.
 
     VOCdevkit_sets holds (year, set) pairs as lists or tuples. Bad settings raise ConfigError (checked before the
-    split is made); missing VOC folders or image lists raise FileNotFoundError.
+    split is made); missing VOC folders or image lists raise FileNotFoundError; a dataset that cannot be annotated
+    raises UserError listing every problem. Nothing is written in any of these cases.
     """
     sets = check_settings(annotation_mode=annotation_mode, trainval_percent=trainval_percent,
-                          train_percent=train_percent, VOCdevkit_sets=VOCdevkit_sets)
+                          train_percent=train_percent, VOCdevkit_sets=VOCdevkit_sets, overwrite_split=overwrite_split)
     year_dirs = voc_year_dirs(VOCdevkit_path=VOCdevkit_path, years=[year for year, _ in sets])
     # Read before the split is made, so a bad classes file stops the run up front.
     class_names = read_class_names(classes_path) if annotation_mode != 1 else []
+    stop_on([problem for year_dir in year_dirs.values() for problem in devkit_problems(year_dir)],
+            first_line="problems in the VOCdevkit (nothing written)")
     if annotation_mode in (0, 1):
         for year_dir in year_dirs.values():
-            ensure_split(year_dir=year_dir, trainval_percent=trainval_percent, train_percent=train_percent,
-                         seed=seed, overwrite=overwrite_split and annotation_mode == 1)
+            make_split(year_dir=year_dir, trainval_percent=trainval_percent, train_percent=train_percent,
+                       seed=seed, overwrite=overwrite_split)
     summary = Counter()
     if annotation_mode == 1:
-        return {"files": {}, "lines": {}, "class_counts": {}, "summary": summary}
-    check_image_lists(year_dirs=year_dirs, sets=sets)
-    made, names_seen = annotate_sets(year_dirs=year_dirs, sets=sets, class_names=class_names,
-                                     include_difficult=include_difficult, summary=summary)
-    class_counts = {key: counts for key, (_, counts) in made.items()}
-    check_classes_found(class_counts=class_counts, names_seen=names_seen, classes_path=classes_path,
-                        voc_path=VOCdevkit_path)
+        return {"files": {}, "lines": {}, "class_counts": {}, "tallies": {}, "summary": summary}
+    images_by_year = {year: index_images(year_dir / "JPEGImages") for year, year_dir in year_dirs.items()}
+    ids = read_image_lists(year_dirs=year_dirs, sets=sets, images_by_year=images_by_year)
+    names_seen: Counter = Counter()
+    made = {(year, set_name): annotate_set(year_dir=year_dirs[year], ids=ids[(year, set_name)],
+                                           list_path=year_dirs[year] / "ImageSets" / "Main" / f"{set_name}.txt",
+                                           class_names=class_names, include_difficult=include_difficult,
+                                           images_by_stem=images_by_year[year], summary=summary,
+                                           names_seen=names_seen)
+            for year, set_name in sets}
+    tallies = {key: tally for key, (_, tally) in made.items()}
+    check_classes_found(tallies=tallies, names_seen=names_seen, classes_path=classes_path, voc_path=VOCdevkit_path,
+                        summary=summary)
     files = write_annotation_files(made=made, class_names=class_names, out_dir=out_dir)
     line_counts = {key: len(lines) for key, (lines, _) in made.items()}
     warn_empty_files(line_counts=line_counts, out_dir=out_dir, trainval_percent=trainval_percent,
                      train_percent=train_percent)
     print_summary(summary)
-    return {"files": files, "lines": line_counts, "class_counts": class_counts, "summary": summary}
+    class_counts = {key: Counter(dict(zip(class_names, map(int, tally.kept)))) for key, tally in tallies.items()}
+    return {"files": files, "lines": line_counts, "class_counts": class_counts, "tallies": tallies,
+            "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> dict:

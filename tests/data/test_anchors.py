@@ -86,3 +86,21 @@ def test_exif_rotated_image_is_letterboxed_upright(tmp_path):
     # The loader places the same box: the 50-wide image is centred at x offset (200 - 50) // 2 = 75.
     _, boxes = YoloDataset(annotation_lines=[line], input_shape=(100, 200), train=False)[0]
     np.testing.assert_allclose(boxes, [[80.0, 10.0, 100.0, 60.0, 0.0]])
+
+
+def test_boxes_training_drops_are_left_out_of_k_means_and_said(tmp_path, capsys):
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (100, 50), (9, 9, 9)).save(image)  # letterboxed into 100 x 100: scale 1
+    lines = [f"{image} 10,10,30,20,0 30,20,10,10,0 5,5,5,9,0 120,10,130,20,0 -10,40,10,60,0"]
+    # kept: 20 x 10 and the corner box clipped to x 0-10, y 40-50 (10 x 10); inverted, zero-area and outside left out
+    wh = letterboxed_box_sizes(annotation_lines=lines, input_shape=(100, 100))
+    assert wh.tolist() == [[20.0, 10.0], [10.0, 10.0]]
+    (tmp_path / "ann.txt").write_text("\n".join(lines) + "\n")
+    kmeans_for_anchors.main([f"--annotation_path={tmp_path / 'ann.txt'}", "--input_shape=[100,100]",
+                             "--num_anchors=1"])
+    assert (f"note: {tmp_path / 'ann.txt'}: 3 boxes left out: 1 inverted (x2 < x1 or y2 < y1), 1 zero width or "
+            f"height, 1 entirely outside the image; e.g. line 1: 30,20,10,10,0 (inverted)") in capsys.readouterr().out
+    (tmp_path / "flipped.txt").write_text(f"{image} 30,20,10,10,0 90,40,60,5,0\n")
+    with pytest.raises(UserError, match=r"flipped.txt: holds no boxes k-means can use \(2 boxes left out: 2 "
+                                        r"inverted \(x2 < x1 or y2 < y1\); e.g. line 1: 30,20,10,10,0 \(inverted\)"):
+        auto_anchors(annotation_path=str(tmp_path / "flipped.txt"), input_shape=(100, 100), k=1)

@@ -168,19 +168,21 @@ def _check(*files: Path, classes=CLASSES, on_corrupt="error", log=print):
 
 
 def test_classes_file_with_other_names_than_the_header_is_refused(tmp_path, two_images):
-    train = _annotation_file(tmp_path / "train.txt", [f"{two_images[0]} 1,1,9,9,1"], class_names=["RBC", "WBC"])
+    train = _annotation_file(tmp_path / "train.txt", [f"{two_images[0]} 1,1,9,9,1 2,2,8,8,0"],
+                             class_names=["RBC", "WBC"])
     with pytest.raises(UserError) as err:
         _check(train, classes=["cat", "dog"])
     assert "['RBC', 'WBC']" in str(err.value) and "['cat', 'dog']" in str(err.value)
     assert "my_classes.txt" in str(err.value)
-    assert _check(train, classes=["RBC", "WBC"])[0].lines == [f"{two_images[0]} 1,1,9,9,1"]
+    assert _check(train, classes=["RBC", "WBC"])[0].lines == [f"{two_images[0]} 1,1,9,9,1 2,2,8,8,0"]
 
 
 def test_file_without_header_still_works_with_one_note(tmp_path, two_images):
-    train = _annotation_file(tmp_path / "train.txt", [f"{two_images[0]} 1,1,9,9,0"], class_names=None)
-    val = _annotation_file(tmp_path / "val.txt", [f"{two_images[1]}"], class_names=None)
+    train = _annotation_file(tmp_path / "train.txt", [f"{two_images[0]} 1,1,9,9,0 2,2,8,8,1"], class_names=None)
+    val = _annotation_file(tmp_path / "val.txt", [f"{two_images[1]} 1,1,9,9,0 2,2,8,8,1"], class_names=None)
     notes = []
     _check(train, val, log=notes.append)
+    notes = [n for n in notes if n.startswith("note:")]
     assert len(notes) == 1 and "cannot be checked" in notes[0] and "train.txt" in notes[0] and "val.txt" in notes[0]
 
 
@@ -192,7 +194,8 @@ def test_class_id_out_of_range_names_file_line_and_id(tmp_path, two_images):
 
 
 def test_missing_images_are_all_reported_at_once(tmp_path, two_images):
-    train = _annotation_file(tmp_path / "train.txt", [f"{two_images[0]}", f"{tmp_path / 'gone1.jpg'} 1,1,5,5,0",
+    train = _annotation_file(tmp_path / "train.txt", [f"{two_images[0]} 1,1,9,9,0 2,2,8,8,1",
+                                                       f"{tmp_path / 'gone1.jpg'} 1,1,5,5,0",
                                                        f"{tmp_path / 'gone2.jpg'}"], class_names=CLASSES)
     val = _annotation_file(tmp_path / "val.txt", [f"{tmp_path / 'gone3.jpg'}", two_images[1]], class_names=CLASSES)
     (tmp_path / "fake.jpg").write_text("text")
@@ -203,12 +206,13 @@ def test_missing_images_are_all_reported_at_once(tmp_path, two_images):
     assert "train.txt line 3" in message and "val.txt line 2" in message and "on_corrupt=skip" in message
     warnings = []
     kept_train, kept_val = _check(train, val, on_corrupt="skip", log=warnings.append)
-    assert kept_train.lines == [two_images[0]] and kept_val.lines == [two_images[1]]
+    assert kept_train.lines == [f"{two_images[0]} 1,1,9,9,0 2,2,8,8,1"] and kept_val.lines == [two_images[1]]
     assert sum("skipped (on_corrupt=skip)" in w for w in warnings) == 3
 
 
 def test_text_file_named_jpg_is_refused_at_start_up(tmp_path, two_images):
     (tmp_path / "fake.jpg").write_text("not an image")
-    train = _annotation_file(tmp_path / "train.txt", [two_images[0], f"{tmp_path / 'fake.jpg'}"], class_names=CLASSES)
+    train = _annotation_file(tmp_path / "train.txt", [f"{two_images[0]} 1,1,9,9,0 2,2,8,8,1",
+                                                       f"{tmp_path / 'fake.jpg'}"], class_names=CLASSES)
     with pytest.raises(UserError, match=r"train.txt line 3: image .*fake.jpg: cannot be decoded.*on_corrupt=skip"):
         _check(train)

@@ -163,7 +163,8 @@ def test_seeded_split_two_years_and_no_overwrite(tmp_path):
 
 def test_mode_2_without_lists_is_a_clear_error(tmp_path):
     _build_voc(tmp_path / "data #1", "2007", {"a_plain": MESSY["a_plain"]})
-    with pytest.raises(FileNotFoundError, match="missing image lists: .*train.txt"):
+    with pytest.raises(FileNotFoundError, match=r"missing image lists: .*Main holds no image list \(train.txt, "
+                                                r"val.txt, test.txt asked for\): annotation_mode 0 \(the default\)"):
         _run(tmp_path, "--annotation_mode=2")
     assert not (tmp_path / "out").exists()
 

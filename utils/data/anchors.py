@@ -8,23 +8,34 @@ import numpy as np
 
 from utils.core.config import UserError
 from utils.data.augment import letterbox_geometry
+from utils.data.boxcheck import BOX_FORMAT_FIX, KEPT, BoxTally, box_verdicts
 from utils.data.images import image_info
-from utils.data.voc import parse_annotation_line, read_annotation_lines
+from utils.data.voc import read_annotation_file, split_annotation_line
 
 
-def letterboxed_box_sizes(*, annotation_lines: list[str], input_shape: tuple[int, int]) -> np.ndarray:
-    """(N, 2) widths and heights of every box of the annotation lines, letterboxed into ``input_shape`` (h, w);
-    (0, 2) when the lines hold no box."""
+def letterboxed_box_sizes(*, annotation_lines: list[str], input_shape: tuple[int, int],
+                          tally: BoxTally | None = None) -> np.ndarray:
+    """(N, 2) widths and heights of every box of the annotation lines that training keeps (utils/data/boxcheck.py:
+    not inverted, of zero area or outside the image; clipped to the image as the loader does), letterboxed into
+    ``input_shape`` (h, w); (0, 2) when none is left. ``tally`` (optional) counts what was kept and dropped."""
     sizes = []
-    for line in annotation_lines:
-        path, boxes = parse_annotation_line(line)
-        if len(boxes) == 0:
+    for number, line in enumerate(annotation_lines, start=1):
+        path, tokens = split_annotation_line(line)
+        if not tokens:
+            if tally is not None:
+                tally.images += 1
+                tally.background += 1
             continue
+        boxes = np.array([t.split(",") for t in tokens], dtype=np.float32)  # as the loader parses them
         # Annotation boxes are in the upright frame, so the letterbox scale comes from the upright size, read
         # from the header without decoding the pixels.
         width, height = image_info(path).upright_size
+        verdicts = box_verdicts(boxes, image_size=(width, height))
+        if tally is not None:
+            tally.add_image(boxes[:, 4], verdicts, where=f"line {number}", box_texts=tokens)
+        kept = boxes[verdicts == KEPT]
         new_w, new_h, _, _ = letterbox_geometry(image_hw=(height, width), input_shape=tuple(input_shape))
-        wh = boxes[:, 2:4] - boxes[:, 0:2]
+        wh = kept[:, 2:4].clip(max=np.array([width, height], np.float32)) - kept[:, 0:2].clip(min=np.float32(0))
         sizes.append(wh * np.array([new_w / width, new_h / height], dtype=np.float32))
     if not sizes:
         return np.zeros((0, 2))
@@ -32,15 +43,22 @@ def letterboxed_box_sizes(*, annotation_lines: list[str], input_shape: tuple[int
     return wh[(wh > 0).all(axis=1)]
 
 
-def annotation_box_sizes(*, annotation_path: str, input_shape: tuple[int, int], k: int, fewer_fix: str
-                         ) -> np.ndarray:
+def annotation_box_sizes(*, annotation_path: str, input_shape: tuple[int, int], k: int, fewer_fix: str,
+                         log=None) -> np.ndarray:
     """(N, 2) letterboxed widths and heights of the boxes of an annotation file, at least ``k`` of them: fewer is
-    a UserError naming the file (``fewer_fix`` says how the caller's user gets by with fewer)."""
-    wh = letterboxed_box_sizes(annotation_lines=read_annotation_lines(annotation_path), input_shape=input_shape)
+    a UserError naming the file and the boxes dropped and why (``fewer_fix`` says how the caller's user gets by
+    with fewer). ``log`` (optional) receives a note when boxes are left out."""
+    annotation = read_annotation_file(annotation_path)
+    tally = BoxTally(annotation.class_names or [])
+    wh = letterboxed_box_sizes(annotation_lines=annotation.lines, input_shape=input_shape, tally=tally)
+    left_out = f"{tally.total_dropped} boxes left out: {tally.why_dropped()}; {tally.example_text()}"
     if not len(wh):
-        raise UserError(f"annotation file {annotation_path}: holds no boxes, so k-means has nothing to make anchors "
-                        f"from; use a file with objects (voc_annotation.py writes the boxes of the classes in its "
-                        f"classes_path)")
+        raise UserError(f"annotation file {annotation_path}: holds no boxes"
+                        + (f" k-means can use ({left_out}; {BOX_FORMAT_FIX})" if tally.total_dropped else "")
+                        + ", so k-means has nothing to make anchors from; use a file with objects (voc_annotation.py "
+                          "writes the boxes of the classes in its classes_path)")
+    if tally.total_dropped and log is not None:
+        log(f"note: {annotation_path}: {left_out}")
     if len(wh) < k:
         raise UserError(f"annotation file {annotation_path}: {len(wh)} boxes cannot make {k} anchors; {fewer_fix}")
     return wh

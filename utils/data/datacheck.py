@@ -15,7 +15,9 @@ import os
 import numpy as np
 
 from utils.core.config import UserError
-from utils.data.images import ImageInfo, image_info
+from utils.data.boxcheck import BOX_FORMAT_FIX, BoxTally
+from utils.data.images import ImageInfo
+from utils.data.linecheck import scan_annotation_file
 from utils.data.voc import AnnotationFile, parse_annotation_line
 
 
@@ -39,8 +41,9 @@ def raw_to_upright_xyxy(boxes_xyxy_cls: np.ndarray, *, orientation: int, raw_siz
 
 
 def align_boxes_with_image(boxes_xyxy_cls: np.ndarray, *, xml_size: tuple[int, int] | None, info: ImageInfo,
-                           xml_path: str | os.PathLike) -> tuple[np.ndarray, list[str], bool]:
-    """Boxes of one XML in the upright frame the loader shows, clipped to the image; (boxes, notes, rotated).
+                           xml_path: str | os.PathLike) -> tuple[np.ndarray, list[str], bool, np.ndarray]:
+    """Boxes of one XML in the upright frame the loader shows, clipped to the image; (boxes, notes, rotated, class
+    ids of the boxes dropped for lying outside the image).
 
     See the module docstring for the rule. A <size> matching neither frame is reported and the boxes kept as
     written (clipped to the image)."""
@@ -61,7 +64,7 @@ def align_boxes_with_image(boxes_xyxy_cls: np.ndarray, *, xml_size: tuple[int, i
     keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     if not keep.all():
         notes.append(f"{xml_path}: {int((~keep).sum())} box(es) outside the {_size(info.upright_size)} image dropped")
-    return clipped[keep], notes, rotated
+    return clipped[keep], notes, rotated, clipped[~keep, 4].astype(np.int64)
 
 
 def _size(size: tuple[int, int] | None) -> str:
@@ -86,25 +89,14 @@ def check_classes(annotation: AnnotationFile, *, class_names: list[str], classes
     return problems
 
 
-def unreadable_images(annotation: AnnotationFile) -> dict[str, str]:
-    """{image path: problem} for every listed image that is missing or whose header is not an image. Reads file
-    headers only (fast); a truncated body is found by voc_annotation.py, which decodes every image."""
-    problems = {}
-    for line, number in zip(annotation.lines, annotation.line_numbers):
-        image_path, _ = parse_annotation_line(line)
-        if image_path in problems:
-            continue
-        try:
-            image_info(image_path)
-        except UserError as exc:
-            problems[image_path] = f"{annotation.path} line {number}: {exc}"
-    return problems
-
-
 def check_annotation_files(annotations: list[AnnotationFile], *, class_names: list[str], classes_path: str,
                            on_corrupt: str, log=print) -> list[AnnotationFile]:
-    """train.py's start-up check of its annotation files; returns them, without unreadable images when
-    on_corrupt="skip". Every problem found is reported at once in one UserError."""
+    """train.py's start-up check of its annotation files, the training file first; returns them as training gets
+    them: without unreadable images when on_corrupt="skip", without boxes that cannot be trained on (inverted, zero
+    area, outside the image; utils/data/boxcheck.py). Prints per file the images, background images and per class
+    the boxes kept and dropped and why. Stops, with every problem found in one UserError, on malformed boxes,
+    unreadable images (unless skipped), a class without a box in the training file and a file whose boxes were all
+    dropped. A validation file without boxes or without some class is a note."""
     problems: list[str] = []
     unheaded = [a.path for a in annotations if a.class_names is None]
     if unheaded:
@@ -112,24 +104,26 @@ def check_annotation_files(annotations: list[AnnotationFile], *, class_names: li
             f"their class names cannot be checked against {classes_path}; re-run voc_annotation.py to add it")
     for annotation in annotations:
         problems += check_classes(annotation, class_names=class_names, classes_path=classes_path)
-    bad_images = {a.path: unreadable_images(a) for a in annotations}
+    scans = [scan_annotation_file(annotation) for annotation in annotations]
+    any_unreadable = any(scan.unreadable() for scan in scans)
     fix = ("; fix them or set --on_corrupt=skip to leave unreadable images out"
-           if any(bad_images.values()) and on_corrupt == "error" else "")
+           if any_unreadable and on_corrupt == "error" else "")
     checked = []
-    for annotation in annotations:
-        bad = bad_images[annotation.path]
-        if bad and on_corrupt == "skip":
-            for message in bad.values():
+    for index, scan in enumerate(scans):
+        problems += scan.malformed
+        unreadable = scan.unreadable()
+        if unreadable and on_corrupt == "skip":
+            for message in unreadable.values():
                 log(f"warning: {message}; skipped (on_corrupt=skip)")
-            kept = [(line, number) for line, number in zip(annotation.lines, annotation.line_numbers)
-                    if parse_annotation_line(line)[0] not in bad]
-            if not kept:
-                problems.append(f"{annotation.path}: no readable image left")
-            annotation = AnnotationFile(path=annotation.path, lines=[line for line, _ in kept],
-                                        line_numbers=[number for _, number in kept],
-                                        class_names=annotation.class_names)
         else:
-            problems += list(bad.values())
+            problems += list(unreadable.values())
+        tally, annotation = scan.tally(class_names, skip_unreadable=on_corrupt == "skip")
+        if not annotation.lines and scan.lines:
+            problems.append(f"{annotation.path}: no readable image left")
+        for line in report_lines(tally, path=annotation.path, clipped=scan.clipped):
+            log(line)
+        problems += box_problems(tally, path=annotation.path, training=index == 0, classes_path=classes_path,
+                                 log=log)
         checked.append(annotation)
     if len(problems) == 1:
         raise UserError(problems[0] + fix)
@@ -138,3 +132,42 @@ def check_annotation_files(annotations: list[AnnotationFile], *, class_names: li
         raise UserError(f"{len(problems)} problem(s) in the annotation files{fix}:\n" + "\n".join(shown))
     return checked
 
+
+def report_lines(tally: BoxTally, *, path: str, clipped: int) -> list[str]:
+    """What training starts on, per file: images, background images, per class kept / dropped and why."""
+    emptied = f"; {tally.emptied} of them had boxes, all dropped" if tally.emptied else ""
+    lines = [f"{path}: {tally.images} images, {tally.background} background (no boxes{emptied}); boxes per class:"]
+    lines += [f"  {line}" for line in tally.class_lines()]
+    if tally.total_dropped:
+        lines.append(f"warning: {path}: {tally.total_dropped} boxes dropped ({tally.why_dropped()}), "
+                     f"{tally.example_text()}; {BOX_FORMAT_FIX}")
+    if clipped:
+        lines.append(f"note: {path}: {clipped} boxes extend past the image edge; the loader clips them to the image")
+    return lines
+
+
+def box_problems(tally: BoxTally, *, path: str, training: bool, classes_path: str, log=print) -> list[str]:
+    """A file whose boxes were all dropped, a training file without boxes, a class without a box in the training
+    file: problems. A validation file or class without boxes: a note through ``log``."""
+    use = "train on" if training else "validate on"
+    if tally.total_dropped and not tally.total_kept:
+        return [(f"{path}: all {tally.total_dropped} boxes were dropped, none is left to {use}: "
+                 f"{tally.why_dropped()}; {tally.example_text()}; {BOX_FORMAT_FIX}")]
+    if not tally.total_kept:
+        if training:
+            return [(f"{path}: holds no boxes ({tally.images} background images), nothing to train on; write "
+                     f"the boxes of the classes in {classes_path} (voc_annotation.py does from VOC XML files)")]
+        log(f"note: {path}: holds no boxes ({tally.images} background images); its loss measures background only "
+            f"and its mAP is undefined")
+        return []
+    problems = []
+    for index in tally.empty_classes():
+        name = tally.class_names[index]
+        why = tally.why_dropped(index)
+        had = f"all its boxes were dropped: {why}" if why else f"{classes_path} lists it, the file holds none"
+        if training:
+            problems.append(f"{path}: class {name!r} has no box to train on ({had}); fix its boxes, or train without "
+                            f"it: remove it from {classes_path} and re-run voc_annotation.py")
+        else:
+            log(f"note: {path}: class {name!r} has no box to validate on ({had}); its AP is not measured")
+    return problems

@@ -101,7 +101,8 @@ def rgb_pixels(img: Image.Image) -> np.ndarray:
 
 def image_info(path: str | os.PathLike, *, decode: bool = False) -> ImageInfo:
     """Sizes and orientation of an image from its header; with ``decode`` every pixel is decoded and converted
-    as read_image_rgb does, so a truncated or unconvertible file is caught. Raises UserError naming the file when it is missing or not a readable image."""
+    as read_image_rgb does, so a truncated or unconvertible file is caught. Raises UserError naming the file when
+    it is missing or not a readable image."""
     if not os.path.isfile(path):
         raise UserError(f"image {path}: no such file")
     try:

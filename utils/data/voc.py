@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from utils.core.config import UserError
+from utils.core.textfile import read_text_lines
+from utils.data.boxcheck import DROP_REASONS, KEPT, box_verdicts
 from utils.data.images import image_info
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")  # preference order when one stem has several images
@@ -26,6 +28,8 @@ _NUM = r"-?\d+(?:\.\d*)?"
 _BOX_TOKEN = rf"{_NUM},{_NUM},{_NUM},{_NUM},\d+"
 # Lazy path + greedy run of box tokens anchored at the end: the path keeps its own spaces.
 _LINE_RE = re.compile(rf"^(?P<path>.+?)(?P<boxes>(?:\s+{_BOX_TOKEN})*)\s*$")
+# Words of digits, dots, signs and commas at the end of a path: a malformed box rather than part of a file name.
+_TAIL_RE = re.compile(r"^(?P<path>\S.*?)(?P<tail>(?:\s+[-+.,\d]*\d[-+.,\d]*)+)\s*$")
 CLASSES_HEADER = "# classes: "
 
 
@@ -85,13 +89,16 @@ class VocRecord:
     warnings: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     object_names: list[str] = field(default_factory=list)  # every <name> in the XML, listed classes or not
+    # (class id, reason of utils/data/boxcheck.py DROP_REASONS) of every object of a listed class left out
+    dropped: list[tuple[int, str]] = field(default_factory=list)
 
 
 def read_voc_xml(*, xml_path: str | os.PathLike, class_names: list[str], include_difficult: bool,
                  image_path: str | os.PathLike | None = None) -> VocRecord:
     """Read one VOC XML for training: map names to class ids, drop difficult objects (unless asked),
     clip boxes to the image (size from <size>, or from the image file when <size> is missing or zero)
-    and drop boxes with zero or negative area. Every change is reported in ``warnings`` naming the file.
+    and drop boxes that are inverted, of zero area or outside the image (utils/data/boxcheck.py). Every change is
+    reported in ``warnings`` naming the file, and each dropped object of a listed class in ``dropped``.
 
     Raises ValueError naming the file for malformed XML.
     """
@@ -114,12 +121,16 @@ def read_voc_xml(*, xml_path: str | os.PathLike, class_names: list[str], include
     difficult = np.array([obj["difficult"] for obj in objects], dtype=bool)
     keep = known if include_difficult else known & ~difficult
     counts["difficult_excluded"] = int((known & difficult).sum()) if not include_difficult else 0
-    boxes_xyxy_cls = np.array([[obj["xmin"], obj["ymin"], obj["xmax"], obj["ymax"], class_ids.get(obj["name"], -1)]
-                               for obj in objects], dtype=np.float64).reshape(-1, 5)[keep]
+    all_boxes = np.array([[obj["xmin"], obj["ymin"], obj["xmax"], obj["ymax"], class_ids.get(obj["name"], -1)]
+                          for obj in objects], dtype=np.float64).reshape(-1, 5)
+    dropped = [(int(box[4]), "difficult") for box in all_boxes[known & ~keep]]
+    boxes_xyxy_cls = all_boxes[keep]
 
-    degenerate = (boxes_xyxy_cls[:, 2] <= boxes_xyxy_cls[:, 0]) | (boxes_xyxy_cls[:, 3] <= boxes_xyxy_cls[:, 1])
-    warnings += [f"{xml_path}: dropped box {_fmt_box(box)} with zero or negative area"
-                 for box in boxes_xyxy_cls[degenerate]]
+    shape = box_verdicts(boxes_xyxy_cls, image_size=None)  # inverted or zero area, before any clipping
+    degenerate = shape != KEPT
+    warnings += [f"{xml_path}: dropped box {_fmt_box(box)}: {DROP_REASONS[reason]}"
+                 for box, reason in zip(boxes_xyxy_cls[degenerate], shape[degenerate])]
+    dropped += [(int(box[4]), reason) for box, reason in zip(boxes_xyxy_cls[degenerate], shape[degenerate])]
     counts["dropped_degenerate"] = int(degenerate.sum())
     boxes_xyxy_cls = boxes_xyxy_cls[~degenerate]
 
@@ -137,9 +148,10 @@ def read_voc_xml(*, xml_path: str | os.PathLike, class_names: list[str], include
                      for box, new, gone in zip(boxes_xyxy_cls[changed], clipped_xyxy[changed], empty[changed])]
         counts["clipped"] = int((changed & ~empty).sum())
         counts["dropped_outside"] = int(empty.sum())
+        dropped += [(int(class_id), "outside") for class_id in boxes_xyxy_cls[empty, 4]]
         boxes_xyxy_cls = np.concatenate([clipped_xyxy, boxes_xyxy_cls[:, 4:]], axis=1)[~empty]
     return VocRecord(filename=filename, image_size=size, boxes_xyxy_cls=boxes_xyxy_cls, warnings=warnings,
-                     counts=counts, object_names=names)
+                     counts=counts, object_names=names, dropped=dropped)
 
 
 def _fmt_box(box) -> str:
@@ -177,18 +189,44 @@ def format_annotation_line(*, image_path: str, boxes_xyxy_cls: np.ndarray) -> st
     return " ".join(tokens)
 
 
+def split_annotation_line(line: str) -> tuple[str, list[str]]:
+    """(image path, box tokens as written) of an annotation line; see parse_annotation_line."""
+    match = _LINE_RE.match(line.rstrip("\r\n"))
+    if match is None or not match.group("path").strip():
+        raise ValueError(f"annotation line has no image path: {line!r}")
+    return match.group("path"), match.group("boxes").split()
+
+
 def parse_annotation_line(line: str) -> tuple[str, np.ndarray]:
     """Split an annotation line into (image path, boxes (n, 5) float32 [x1, y1, x2, y2, class_id] in image pixels).
 
     Box tokens (``num,num,num,num,int``) are taken from the end of the line; everything before them is the
     path, with its spaces kept. Raises ValueError for an empty line.
     """
-    match = _LINE_RE.match(line.rstrip("\r\n"))
-    if match is None or not match.group("path").strip():
-        raise ValueError(f"annotation line has no image path: {line!r}")
-    box_tokens = match.group("boxes").split()
+    path, box_tokens = split_annotation_line(line)
     boxes_xyxy_cls = np.array([token.split(",") for token in box_tokens], dtype=np.float32).reshape(-1, 5)
-    return match.group("path"), boxes_xyxy_cls
+    return path, boxes_xyxy_cls
+
+
+def box_like_tail(path_text: str) -> tuple[str, list[str]] | None:
+    """What parse_annotation_line took for a path may end in words of numbers and commas ("img.jpg 10,20,30,0"): a
+    box that is not ``x1,y1,x2,y2,class_id`` is no box token, so it stays in the path. Returns (the path before
+    those words, the words) or None. Callers decide by the files on disk which one the user meant."""
+    match = _TAIL_RE.match(path_text)
+    return None if match is None else (match.group("path"), match.group("tail").split())
+
+
+def describe_bad_box(token: str) -> str:
+    """Why a word of numbers is not a box token: 'has 4 numbers', 'has class id '0.5', not a whole number ...';
+    '' for a box token."""
+    if re.fullmatch(_BOX_TOKEN, token):
+        return ""
+    values = token.split(",")
+    if len(values) != 5:
+        return f"has {len([v for v in values if v])} numbers"
+    if not all(re.fullmatch(_NUM, value) for value in values[:4]):
+        return "has coordinates that are not plain numbers (12 or 12.5)"
+    return f"has class id {values[4]!r}, not a whole number of 0 or more"
 
 
 def format_classes_header(class_names: list[str]) -> str:
@@ -210,15 +248,15 @@ class AnnotationFile:
 def read_annotation_file(path: str | os.PathLike, *, allow_empty: bool = False) -> AnnotationFile:
     """The one reader of annotation files (train.py, the comparison tool, the dataset checks).
 
-    Blank lines and lines starting with '#' are skipped; the ``# classes:`` header gives ``class_names``.
-    Raises FileNotFoundError for a missing file and UserError for a malformed header or (unless allow_empty)
-    a file without image lines; both name the file and the fix.
+    Blank lines and lines starting with '#' are skipped; the ``# classes:`` header gives ``class_names``. A
+    byte-order mark and CRLF line ends are removed with a note (utils/core/textfile.py). Raises
+    FileNotFoundError for a missing file and UserError for a malformed header, (unless allow_empty) a file
+    without image lines, or one that is not UTF-8; each names the file and the fix.
     """
-    file = Path(path)
-    if not file.is_file():
+    if not Path(path).is_file():
         raise FileNotFoundError(f"annotation file {path}: not found; run `python voc_annotation.py` first")
     lines, line_numbers, class_names = [], [], None
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text_lines(path, what="annotation file", names_files=True), start=1):
         if line.startswith(CLASSES_HEADER.rstrip()):
             try:
                 class_names = json.loads(line[len(CLASSES_HEADER.rstrip()):])
