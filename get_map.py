@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from utils.core.config import ConfigError, UserError, resolve_config, run_cli, settings_of
+from utils.core.textfile import read_text_lines
 from utils.data.voc import IMAGE_EXTENSIONS, index_images
 
 map_mode: Literal[0, 1, 2, 3, 4] = 0  # 0 all; 1 detections; 2 ground truth; 3 VOC AP from map_out_path; 4 + COCO AP
@@ -43,7 +44,7 @@ map_out_path: str = "map_out"  # output folder for text files, results.json and 
 def _read_lines(path: Path, what: str) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line.strip() for line in read_text_lines(path, what=what, names_files=True) if line.strip()]
     if not lines:
         raise ValueError(f"{path}: {what} is empty")
     return lines

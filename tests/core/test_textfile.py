@@ -115,3 +115,37 @@ def test_anchors_file_with_bom_and_crlf(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="classes file .*gone.txt: no such file"):
         get_classes(str(tmp_path / "gone.txt"))
+
+
+@pytest.mark.parametrize("name, text", [("recipe.toml", 'model = "yolov4-tiny"\r\nseed = 3\r\n'),
+                                        ("recipe.json", '{"model": "yolov4-tiny",\r\n "seed": 3}\r\n')])
+def test_config_file_with_bom_and_crlf(tmp_path, name, text):
+    from utils.core.config import read_config_file
+
+    path = tmp_path / name
+    path.write_bytes(BOM + text.encode("utf-8"))
+    assert read_config_file(str(path)) == {"model": "yolov4-tiny", "seed": 3}
+
+
+def _text_reads(path) -> list[str]:
+    """'line: call' for every read_text / readlines / builtin open call of a module (Image.open is no text read)."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call):
+            method = node.func.attr if isinstance(node.func, ast.Attribute) else ""
+            builtin = node.func.id if isinstance(node.func, ast.Name) else ""
+            if method in ("read_text", "readlines") or builtin == "open":
+                found.append(f"{node.lineno}: {method or builtin}")
+    return found
+
+
+def test_users_text_files_are_read_through_the_one_reader():
+    from conftest import REPO
+
+    readers = [*REPO.glob("utils/data/*.py"), REPO / "utils" / "core" / "model_files.py", REPO / "voc_annotation.py",
+               REPO / "kmeans_for_anchors.py", REPO / "get_map.py"]
+    direct = {f"{path.relative_to(REPO)}:{call}" for path in readers for call in _text_reads(path)}
+    assert not direct, "read users' text files with utils.core.textfile.read_text_lines:\n" + "\n".join(sorted(direct))
+    assert _text_reads(REPO / "utils" / "core" / "config.py")  # the scan does find such calls

@@ -164,3 +164,14 @@ def test_the_loader_sees_the_16_bit_image(tmp_path):
     image_chw, _ = dataset[0]
     expected = gray3((raw >> 8).astype(np.uint8)).transpose(2, 0, 1) / 255.0  # same size: the letterbox is a copy
     np.testing.assert_allclose(image_chw, expected, atol=1e-6)
+
+
+def test_the_python_api_converts_pil_images_by_the_same_rule(tmp_path):
+    from utils.infer.preprocess import to_rgb_array  # YOLO.detect(PIL image) goes through it
+
+    raw = sixteen((6, 7))
+    with Image.open(write_png(tmp_path / "g16.png", raw, bit_depth=16, color_type=0)) as image:
+        assert np.array_equal(to_rgb_array(image), gray3((raw >> 8).astype(np.uint8)))
+    la = RNG.integers(0, 256, size=(4, 5, 2))
+    with Image.open(write_png(tmp_path / "la.png", la, bit_depth=8, color_type=4)) as image:
+        assert np.array_equal(to_rgb_array(image), composite(gray3(la[..., 0]), la[..., 1]))

@@ -15,6 +15,7 @@ from PIL import Image
 from torch import Tensor
 
 from utils.data import augment
+from utils.data.images import rgb_pixels
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,7 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
         if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 RGB array (H, W, 3), got {image.dtype} {image.shape}")
         return np.ascontiguousarray(image[:, :, :3])
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")  # palette transparency must pass through RGBA to be dropped cleanly
-    return np.asarray(image.convert("RGB"))
+    return rgb_pixels(image)  # the image reader's rule for every mode (16-bit, transparency, CMYK, ...)
 
 
 def preprocess_image(image: Image.Image | np.ndarray, input_shape: tuple[int, int] | list[int],
