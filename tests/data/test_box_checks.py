@@ -59,9 +59,8 @@ def test_every_box_inverted_stops_training_naming_why(tmp_path, images):
         _check(train_file, val_file)
     assert str(err.value) == (
         f"{tmp_path / 'train.txt'}: all 3 boxes were dropped, none is left to train on: 3 inverted (x2 < x1 or "
-        f"y2 < y1); e.g. {tmp_path / 'train.txt'} line 2: 40,30,4,4,0 (inverted); {tmp_path / 'train.txt'} line 2: "
-        f"50,40,20,10,1 (inverted); {tmp_path / 'train.txt'} line 3: 9,9,1,1,0 (inverted); a box is "
-        f"x1,y1,x2,y2,class_id in image pixels with x1 < x2 and y1 < y2")
+        f"y2 < y1); e.g. line 2: 40,30,4,4,0 (inverted); line 2: 50,40,20,10,1 (inverted); line 3: 9,9,1,1,0 "
+        f"(inverted); a box is x1,y1,x2,y2,class_id in image pixels with x1 < x2 and y1 < y2")
 
 
 def test_report_per_class_and_what_the_loader_gets(tmp_path, images):
@@ -79,7 +78,7 @@ def test_report_per_class_and_what_the_loader_gets(tmp_path, images):
                            "  cat: 1 kept, 1 dropped: 1 zero width or height",
                            "  dog: 1 kept, 3 dropped: 2 inverted (x2 < x1 or y2 < y1), 1 entirely outside the image"]
     assert printed[3].startswith(f"warning: {path}: 4 boxes dropped (2 inverted (x2 < x1 or y2 < y1), 1 zero width "
-                                 f"or height, 1 entirely outside the image), e.g. {path} line 2: 20,4,4,20,1")
+                                 f"or height, 1 entirely outside the image), e.g. line 2: 20,4,4,20,1")
     assert printed[4] == f"note: {path}: 1 boxes extend past the image edge; the loader clips them to the image"
 
 
@@ -167,3 +166,12 @@ def test_train_py_stops_on_every_box_inverted(tmp_path, images, monkeypatch, cap
     assert "val.txt: all 3 boxes were dropped, none is left to validate on" in captured.err
     assert "  dog: 0 kept, 2 dropped: 2 inverted (x2 < x1 or y2 < y1)" in captured.out
     assert "epoch 1/1" not in captured.out
+
+
+def test_one_file_as_train_and_val_says_each_problem_once(tmp_path, images):
+    same = _file(tmp_path / "both.txt", [f"{images[0]} 4,4,20,20,0 30,20,40,30,1", f"{images[1]} 10,20,30,0"])
+    with pytest.raises(UserError) as err:
+        _check(same, same)
+    assert str(err.value) == (f"{tmp_path / 'both.txt'} line 3: malformed box after {images[1]}: '10,20,30,0' has 4 "
+                              f"numbers; a box is x1,y1,x2,y2,class_id in image pixels with x1 < x2 and y1 < y2, "
+                              f"boxes separated by spaces")

@@ -125,6 +125,7 @@ def check_annotation_files(annotations: list[AnnotationFile], *, class_names: li
         problems += box_problems(tally, path=annotation.path, training=index == 0, classes_path=classes_path,
                                  log=log)
         checked.append(annotation)
+    problems = list(dict.fromkeys(problems))  # one file given twice (train and val) says each problem once
     if len(problems) == 1:
         raise UserError(problems[0] + fix)
     if problems:

@@ -60,8 +60,7 @@ class FileScan:
             verdicts = scan.verdicts
             if scan.image_problem is not None and skip_unreadable:
                 verdicts = np.full(len(verdicts), "unreadable_image", dtype=object)
-            tally.add_image(scan.class_ids, verdicts, where=f"{self.annotation.path} line {scan.number}",
-                            box_texts=scan.box_tokens)
+            tally.add_image(scan.class_ids, verdicts, where=f"line {scan.number}", box_texts=scan.box_tokens)
             if scan.image_problem is None or not skip_unreadable:
                 kept_lines.append(scan.kept_line())
                 kept_numbers.append(scan.number)
