@@ -202,20 +202,22 @@ def stop_on(problems: list[str], *, first_line: str) -> None:
 
 def read_image_lists(*, year_dirs: dict[str, Path], sets: list[tuple[str, str]],
                      images_by_year: dict[str, dict[str, Path]]) -> dict[tuple[str, str], list[str]]:
-    """(year, set) -> the ids of its ImageSets/Main list. Missing lists are a FileNotFoundError and malformed lines a
-    UserError, each listing every one at once with its fix."""
+    """(year, set) -> the ids of its ImageSets/Main list. Missing lists and malformed lines are reported together,
+    each with its fix: a FileNotFoundError when lists are all that is wrong, else a UserError."""
     missing = missing_list_problems(year_dirs=year_dirs, sets=sets)
-    if missing:
-        raise FileNotFoundError("missing image lists: " + missing[0] if len(missing) == 1
-                                else f"missing image lists in {len(missing)} places:\n" + "\n".join(missing))
     ids, problems = {}, []
     for year, set_name in sets:
         year_dir = year_dirs[year]
+        list_path = year_dir / "ImageSets" / "Main" / f"{set_name}.txt"
+        if not list_path.exists():
+            continue
         known = set(images_by_year[year]) | {p.stem for p in (year_dir / "Annotations").glob("*.xml")}
-        ids[(year, set_name)], found = read_image_list(year_dir / "ImageSets" / "Main" / f"{set_name}.txt",
-                                                       known_stems=known)
+        ids[(year, set_name)], found = read_image_list(list_path, known_stems=known)
         problems += found
-    stop_on(problems, first_line="malformed lines in the image lists (nothing written)")
+    if missing and not problems:
+        raise FileNotFoundError("missing image lists: " + missing[0] if len(missing) == 1
+                                else f"missing image lists in {len(missing)} places:\n" + "\n".join(missing))
+    stop_on(missing + problems, first_line="problems with the image lists (nothing written)")
     return ids
 
 

@@ -1,4 +1,5 @@
 """voc_annotation.py on a synthetic messy VOCdevkit and on the vendored BCCD data."""
+import hashlib
 import os
 from pathlib import Path
 
@@ -245,3 +246,10 @@ def test_real_bccd(tmp_path, capsys):
     xml_text = (REPO / "VOCdevkit" / "VOC2007" / "Annotations" / "BloodImage_00338.xml").read_text()
     assert len(line_338.split(" ")) - 1 == xml_text.count("<object>") - 1
     assert Path(line_338.split(" ")[0]).is_file() and os.path.isabs(line_338.split(" ")[0])
+    # The files are byte for byte those of the version before the dataset checks (paths relative to the checkout).
+    golden = {"train": "f19889af346c30d161b7ecea4e6f2970c0e125e367962e51d100bac247db9194",
+              "val": "7e70f1d5f6b4a713a72c5bd6e7b6d4b004f4b45767627f50f28ae96f6570b287",
+              "test": "652cff183f85419e137fbb77fd8fd37f7f837df2b786ba7f81124b8333243eb7"}
+    for name, digest in golden.items():
+        text = (tmp_path / f"2007_{name}.txt").read_bytes().replace(f"{REPO}/".encode(), b"<REPO>/")
+        assert hashlib.sha256(text).hexdigest() == digest, name

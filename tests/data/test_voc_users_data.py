@@ -181,7 +181,7 @@ def test_box_line_in_an_image_list_is_named_at_its_line(tmp_path):
     with pytest.raises(UserError) as err:
         _run(tmp_path, "--annotation_mode=2", "--VOCdevkit_sets=[['2007', 'train']]")
     lines = str(err.value).splitlines()
-    assert lines[0] == "2 malformed lines in the image lists (nothing written):"
+    assert lines[0] == "2 problems with the image lists (nothing written):"
     assert lines[1].endswith("train.txt line 2: 'b 10,20,30' is the id 'b' followed by '10,20,30'; an image list "
                              "holds one image id a line (boxes belong in Annotations/<id>.xml; VOC's per-class lists "
                              "such as cat_train.txt are not image lists)")
@@ -231,3 +231,12 @@ def test_voc_annotation_as_a_user_runs_it(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert err.startswith("error: missing image lists: ") and "no val.txt" in err and len(err.splitlines()) == 1
+
+
+def test_missing_and_malformed_lists_are_reported_together(tmp_path):
+    _devkit(tmp_path, TWO, lists={"train.txt": b"a 1\n", "test.txt": b"b\n"})
+    with pytest.raises(UserError) as err:
+        _run(tmp_path)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "2 problems with the image lists (nothing written):"
+    assert "but no val.txt" in lines[1] and "train.txt line 1: 'a 1' is the id 'a' followed by '1'" in lines[2]
