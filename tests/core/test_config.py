@@ -104,3 +104,10 @@ def test_literal_settings_take_only_their_choices(tmp_path):
     recipe.write_text('model = "tiny"\n')
     with pytest.raises(ConfigError, match=r"model = 'tiny': expected one of 'yolov4', 'yolov4-tiny'"):
         resolve_config(settings, [f"--config={recipe}"])
+
+
+def test_config_file_that_is_not_utf8_names_the_file(tmp_path):
+    recipe = tmp_path / "latin1.toml"
+    recipe.write_bytes('model = "yolov4"\n# caf\xe9\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml: not UTF-8 text \(bytes b'\\xe9\\n' at byte 22\)"):
+        resolve_config({"model": (str, "yolov4")}, [f"--config={recipe}"])

@@ -166,7 +166,12 @@ def read_config_file(path: str) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config file {path}: not found")
-    text = file.read_text(encoding="utf-8-sig")  # drops a byte-order mark (Notepad), which TOML and JSON refuse
+    try:
+        text = file.read_text(encoding="utf-8-sig")  # drops a byte-order mark (Notepad), which TOML and JSON refuse
+    except UnicodeDecodeError as err:
+        bad = err.object[err.start:err.start + 8]
+        raise ConfigError(f"config file {path}: not UTF-8 text (bytes {bad!r} at byte {err.start}); save it as UTF-8"
+                          ) from err
     try:
         data = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
