@@ -154,3 +154,22 @@ def write_truncated_jpeg(path: Path, *, seed: int = 2) -> Path:
     Image.fromarray(noise).save(path, quality=95)
     path.write_bytes(path.read_bytes()[: path.stat().st_size * 6 // 10])
     return path
+
+
+def golden_coco_json() -> tuple[dict, list]:
+    """The golden data written straight in COCO form (ids by sorted image name), independent of utils.eval.coco_eval."""
+    names = sorted(p.stem for p in (GOLDEN / "groundtruths").glob("*.txt"))
+    annotations, results = [], []
+    for image_id, name in enumerate(names, start=1):
+        for line in (GOLDEN / "groundtruths" / f"{name}.txt").read_text().split("\n"):
+            if line.strip():
+                x, y, w, h = map(float, line.split()[1:])
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+                                    "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+        for line in (GOLDEN / "detections" / f"{name}.txt").read_text().split("\n"):
+            if line.strip():
+                score, x, y, w, h = map(float, line.split()[1:])
+                results.append({"image_id": image_id, "category_id": 1, "bbox": [x, y, w, h], "score": score})
+    dataset = {"images": [{"id": i} for i in range(1, len(names) + 1)], "annotations": annotations,
+               "categories": [{"id": 1, "name": "person"}]}
+    return dataset, results
