@@ -173,3 +173,14 @@ def golden_coco_json() -> tuple[dict, list]:
     dataset = {"images": [{"id": i} for i in range(1, len(names) + 1)], "annotations": annotations,
                "categories": [{"id": 1, "name": "person"}]}
     return dataset, results
+
+
+def shapes_compare_argv(root: Path, *extra: str, train_file: str = "2007_train.txt") -> list[str]:
+    """compare_focal.py's arguments for the shapes dataset under ``root`` (write_shapes_voc; annotation files in
+    root/ann) at tiny settings; ``extra`` comes last, so it wins."""
+    ann = root / "ann"
+    return [f"--results_dir={root / 'out'}", f"--VOCdevkit_path={root / 'VOCdevkit'}",
+            f"--classes_path={root / 'shapes_classes.txt'}", f"--train_annotation_path={ann / train_file}",
+            f"--val_annotation_path={ann / '2007_val.txt'}", f"--test_annotation_path={ann / '2007_test.txt'}",
+            "--anchors_path=auto", "--unfreeze_epoch=1", "--num_workers=0", "--eval_flag=False", "--fp16=False",
+            "--freeze_train=False", "--unfreeze_batch_size=4", *extra]

@@ -150,7 +150,7 @@ def test_seeds_are_aggregated_as_mean_and_sample_std():
     assert bce["runs"] == 3 and bce["map"] == pytest.approx(0.7) and bce["map_std"] == pytest.approx(0.1)
     assert bce["map_runs"] == [0.6, 0.7, 0.8] and bce["ap_RBC"] == pytest.approx(0.7) and bce["ap_WBC"] is None
     assert bce["train_minutes"] == pytest.approx(2.0)
-    assert bce["dece"] == pytest.approx(0.3) and focal["dece"] == pytest.approx(0.3)  # a NaN (no detections) is left out
+    assert bce["dece"] == pytest.approx(0.3) and focal["dece"] == pytest.approx(0.3)  # NaN: no detections, left out
     # each arm's easy-negative share is of the loss it trains with: plain BCE for bce, focal for focal
     assert (bce["easy_negative_share_init"], bce["easy_negative_share_trained"]) == pytest.approx((0.9, 0.7))
     assert (focal["easy_negative_share_init"], focal["easy_negative_share_trained"]) == pytest.approx((0.3, 0.1))

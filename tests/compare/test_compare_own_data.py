@@ -5,7 +5,7 @@ import shlex
 
 import pytest
 import torch
-from conftest import SHAPES_CLASSES, write_shapes_voc
+from conftest import SHAPES_CLASSES, shapes_compare_argv, write_shapes_voc
 
 import compare_focal
 import train
@@ -17,12 +17,7 @@ MATCHED_ARMS = ("[{'name': 'bce', 'focal_loss': False}, {'name': 'focal', 'focal
 
 
 def tool_argv(root, *extra: str) -> list[str]:
-    ann = root / "ann"
-    return [f"--results_dir={root / 'out'}", f"--VOCdevkit_path={root / 'VOCdevkit'}",
-            f"--classes_path={root / 'shapes_classes.txt'}", f"--train_annotation_path={ann / '2007_train.txt'}",
-            f"--val_annotation_path={ann / '2007_val.txt'}", f"--test_annotation_path={ann / '2007_test.txt'}",
-            "--anchors_path=auto", "--unfreeze_epoch=1", "--num_workers=0", "--eval_flag=False", "--fp16=False",
-            "--freeze_train=False", "--unfreeze_batch_size=4", *extra]
+    return shapes_compare_argv(root, *extra)
 
 
 def checkpoint_config(root, run: str) -> dict:

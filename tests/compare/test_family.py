@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import write_shapes_voc
+from conftest import shapes_compare_argv, write_shapes_voc
 
 import compare_focal
 from utils.compare import experiment, family, plots, report
@@ -190,12 +190,7 @@ def test_forest_plot_has_one_row_per_arm(tmp_path, monkeypatch):
 
 
 def shapes_argv(root, *extra: str) -> list[str]:
-    ann = root / "ann"
-    return [f"--results_dir={root / 'out'}", f"--VOCdevkit_path={root / 'VOCdevkit'}",
-            f"--classes_path={root / 'shapes_classes.txt'}", f"--train_annotation_path={ann / '2007_train.txt'}",
-            f"--val_annotation_path={ann / '2007_val.txt'}", f"--test_annotation_path={ann / '2007_test.txt'}",
-            "--config=configs/bccd_tiny.toml", "--anchors_path=auto", "--input_shape=[32,32]", "--unfreeze_epoch=1",
-            "--num_workers=0", "--eval_flag=False", "--fp16=False", "--unfreeze_batch_size=4", *extra]
+    return shapes_compare_argv(root, "--config=configs/bccd_tiny.toml", "--input_shape=[32,32]", *extra)
 
 
 def test_family_plans_every_named_arm_against_bce_for_commands_and_devices(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import json
 import re
 
 import pytest
-from conftest import write_shapes_voc
+from conftest import shapes_compare_argv, write_shapes_voc
 
 import compare_focal
 from utils.compare.experiment import ARM_PRESETS
@@ -14,13 +14,8 @@ from utils.core.config import ConfigError
 
 def shapes_argv(root, *extra: str) -> list[str]:
     """The user's data through the BCCD recipe at tiny settings; train + val as the recipe trains on."""
-    ann = root / "ann"
-    return [f"--results_dir={root / 'out'}", f"--VOCdevkit_path={root / 'VOCdevkit'}",
-            f"--classes_path={root / 'shapes_classes.txt'}", f"--train_annotation_path={ann / '2007_trainval.txt'}",
-            f"--val_annotation_path={ann / '2007_val.txt'}", f"--test_annotation_path={ann / '2007_test.txt'}",
-            "--config=configs/bccd_tiny.toml", "--anchors_path=auto", "--input_shape=[32,32]", "--unfreeze_epoch=1",
-            "--num_workers=0", "--eval_flag=False", "--fp16=False", "--unfreeze_batch_size=4", "--parallel=1",
-            "--bootstrap=200", *extra]
+    return shapes_compare_argv(root, "--config=configs/bccd_tiny.toml", "--input_shape=[32,32]", "--parallel=1",
+                               "--bootstrap=200", *extra, train_file="2007_trainval.txt")
 
 
 @pytest.fixture(scope="module")

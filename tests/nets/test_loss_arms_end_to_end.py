@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import small_run, write_shapes_voc
+from conftest import shapes_compare_argv, small_run, write_shapes_voc
 
 import compare_focal
 import train
@@ -49,13 +49,8 @@ def test_quality_losses_match_bce_at_init(name, tmp_path, bce_conf_term):
 
 
 def tool_argv(root, *extra: str) -> list[str]:
-    ann = root / "ann"
-    return [f"--results_dir={root / 'out'}", f"--VOCdevkit_path={root / 'VOCdevkit'}",
-            f"--classes_path={root / 'shapes_classes.txt'}", f"--train_annotation_path={ann / '2007_train.txt'}",
-            f"--val_annotation_path={ann / '2007_val.txt'}", f"--test_annotation_path={ann / '2007_test.txt'}",
-            "--config=configs/bccd_tiny.toml", "--input_shape=[32,64]", "--anchors_path=auto", "--unfreeze_epoch=1",
-            "--num_workers=0", "--eval_flag=False", "--fp16=False", "--freeze_train=False", "--unfreeze_batch_size=4",
-            "--parallel=1", "--bootstrap=100", *extra]
+    return shapes_compare_argv(root, "--config=configs/bccd_tiny.toml", "--input_shape=[32,64]", "--parallel=1",
+                               "--bootstrap=100", *extra)
 
 
 @pytest.mark.slow
