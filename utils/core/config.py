@@ -121,20 +121,13 @@ def parse_value(text: str, kind: Any, *, key: str) -> Any:
                 return lowered in TRUE_WORDS
         elif k is str:
             return text
-        elif k in (int, float):
-            try:
-                number = ast.literal_eval(text.strip())
-            except (ValueError, SyntaxError):
-                continue
-            if _matches(number, k):
-                return k(number)
-        else:
+        else:  # numbers and containers: a Python literal of the declared type
             try:
                 value = ast.literal_eval(text.strip())
             except (ValueError, SyntaxError):
                 continue
             if _matches(value, k):
-                return _normalise(value)
+                return k(value) if k in (int, float) else _normalise(value)
     raise ConfigError(f"--{key}={text}: expected {_type_name(kind)}")
 
 
