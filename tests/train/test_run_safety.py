@@ -16,9 +16,10 @@ from conftest import VOC, annotation_lines, ids, small_run
 import train
 from nets.yolo_training import LOSS_TERMS
 from utils.core.config import ConfigError, UserError
+from utils.data.voc import shared_images
 from utils.infer.checkpoint import save_atomic
 from utils.train import history as history_module
-from utils.train.history import LossHistory, plot_points, val_overlap
+from utils.train.history import LossHistory, plot_points
 from utils.train.settings import resolve_training_config
 
 
@@ -134,14 +135,14 @@ def test_a_disk_full_during_training_ends_in_one_line_and_keeps_the_last_checkpo
     assert not [p.name for p in logs.iterdir() if p.name.endswith(".tmp") or p.name == "run.lock"]
 
 
-def test_val_overlap_counts_the_same_files_however_written(tmp_path, monkeypatch):
+def test_shared_images_counts_the_same_files_however_written(tmp_path, monkeypatch):
     train_lines = annotation_lines(ids("train", 3))
     shared = train_lines[2].split(" ", 1)
     monkeypatch.chdir(VOC)
     respelled = [os.path.join("JPEGImages", "..", "JPEGImages", os.path.basename(shared[0])) + " " + shared[1]]
     val_lines = respelled + annotation_lines(ids("val", 1))
-    assert val_overlap(train_lines=train_lines, val_lines=val_lines) == 1
-    assert val_overlap(train_lines=train_lines, val_lines=annotation_lines(ids("val", 2))) == 0
+    assert len(shared_images(lines=val_lines, others=train_lines)) == 1
+    assert len(shared_images(lines=annotation_lines(ids("val", 2)), others=train_lines)) == 0
 
 
 @pytest.mark.slow

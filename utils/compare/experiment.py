@@ -227,7 +227,7 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_cl
     from utils.eval.evaluation import predict_with_ground_truth, score_detections
     from utils.infer.detector import YOLO
     from utils.infer.postprocess import PostprocessSettings
-    from utils.train.trainer import line_image_path
+    from utils.data.voc import line_image_path
 
     checkpoint = run_dir / "last_epoch_weights.pth"
     detector = YOLO(model_path=str(checkpoint), postprocess_settings=PostprocessSettings(confidence=0.001, nms_iou=0.5),

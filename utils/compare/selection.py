@@ -59,14 +59,12 @@ def scoring_split(*, base, select_on: str, test_annotation_path: str) -> tuple[o
 
 def check_held_out(*, base, scoring: Scoring) -> None:
     """With validation scoring, no validation image may be a training image (compared as resolved paths)."""
-    from utils.data.voc import read_annotation_lines
-    from utils.train.trainer import line_image_path
+    from utils.data.voc import read_annotation_lines, shared_images
 
     if scoring.split != "val":
         return
-    training = {Path(line_image_path(line)).resolve() for line in read_annotation_lines(base.train_annotation_path)}
-    shared = [image for image in (Path(line_image_path(line)).resolve()
-                                  for line in read_annotation_lines(scoring.annotation_path)) if image in training]
+    shared = shared_images(lines=read_annotation_lines(scoring.annotation_path),
+                           others=read_annotation_lines(base.train_annotation_path))
     if shared:
         raise ConfigError(f"--select_on=val: the validation file {scoring.annotation_path} and the training file "
                           f"{base.train_annotation_path} share {len(shared)} image(s) (e.g. {shared[0]}); scores on "

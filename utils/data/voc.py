@@ -278,3 +278,17 @@ def read_annotation_file(path: str | os.PathLike, *, allow_empty: bool = False) 
 def read_annotation_lines(path: str | os.PathLike) -> list[str]:
     """The image lines of an annotation file (header left out)."""
     return read_annotation_file(path).lines
+
+
+def line_image_path(line: str) -> str:
+    """The image path an annotation line starts with."""
+    return parse_annotation_line(line)[0]
+
+
+def shared_images(*, lines: list[str], others: list[str]) -> list[str]:
+    """The images of ``lines`` that ``others`` list too, each once, in ``lines``' order: the same file however its
+    path is written (resolved, symlinks followed)."""
+    other_files = {os.path.realpath(line_image_path(line)) for line in others}
+    files = dict.fromkeys(os.path.realpath(line_image_path(line)) for line in lines)
+    return [file for file in files if file in other_files]
+

@@ -12,7 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 
 from nets.yolo_training import LOSS_TERMS  # noqa: E402
 from utils.core.config import UserError  # noqa: E402
-from utils.data.voc import parse_annotation_line  # noqa: E402
 from utils.infer.checkpoint import write_cause  # noqa: E402
 
 NOT_HELD_OUT = "not held out: in the training set"  # how curves label a val loss measured on training images
@@ -97,14 +96,6 @@ def plot_points(ax, points: list[tuple[float, float]], **style) -> None:
         style = {**style, "marker": "o", "linestyle": "none"}
     if points:
         ax.plot(*zip(*points), **style)
-
-
-def val_overlap(*, train_lines: list[str], val_lines: list[str]) -> int:
-    """How many validation images are training images too (same file, however its path is written)."""
-    def image_files(lines: list[str]) -> set[str]:
-        return {os.path.realpath(parse_annotation_line(line)[0]) for line in lines}
-
-    return len(image_files(val_lines) & image_files(train_lines))
 
 
 def shown(value: float | None, spec: str = ".4f") -> str:

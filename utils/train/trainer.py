@@ -23,14 +23,14 @@ from utils.core.model_files import (DEFAULT_ANCHORS_MASK, ModelSpec, anchor_sett
                                     check_anchors_mask, get_anchors, get_classes)
 from utils.data.datacheck import check_annotation_files
 from utils.data.dataloader import YoloDataset, yolo_collate
-from utils.data.voc import read_annotation_file
+from utils.data.voc import line_image_path, read_annotation_file, shared_images
 from utils.eval.evaluation import evaluate_voc_images, unreadable_note
 from utils.infer.checkpoint import load_weights, read_checkpoint
 from utils.train.checkpoints import due, restore, save_checkpoints, save_interrupted
 from utils.train.conf_at_init import calibrate_conf_term
 from utils.train.ema import ModelEMA
 from utils.train.engine import AmpSettings, NonFiniteLossError, RunningMeans, train_one_epoch, validation_loss
-from utils.train.history import LossHistory, epoch_line, val_overlap
+from utils.train.history import LossHistory, epoch_line
 from utils.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from utils.train.run_lock import claim_run_folder
 from utils.train.settings import resolve_training_config  # noqa: F401  (train.py's and compare's entry point)
@@ -160,7 +160,7 @@ class Run:
             [read_annotation_file(config.train_annotation_path), read_annotation_file(config.val_annotation_path)],
             class_names=self.spec.class_names, classes_path=config.classes_path, on_corrupt=config.on_corrupt,
             log=self.log)
-        shared = val_overlap(train_lines=train_file.lines, val_lines=val_file.lines)
+        shared = len(shared_images(lines=val_file.lines, others=train_file.lines))
         self.run_config["val_held_out"] = shared == 0
         if shared:
             self.log(f"note: {shared} of {len(val_file.lines)} validation images ({config.val_annotation_path}) are "
@@ -222,12 +222,6 @@ def distributed_device(config) -> tuple[DistInfo, torch.device]:
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
     return dist_info, device
-
-
-def line_image_path(line: str) -> str:
-    from utils.data.voc import parse_annotation_line
-
-    return parse_annotation_line(line)[0]
 
 
 def fit(config, *, on_epoch_end=None) -> Run:
