@@ -1,0 +1,191 @@
+"""One dataset layer for every tool: a PASCAL VOC devkit, a YOLO-txt dataset or a COCO-json dataset, read into the
+same records.
+
+    dataset = load_dataset("datasets/shapes_yolo")             # format detected; or dataset_format="coco"
+    dataset.class_names                                        # from data.yaml / COCO categories / classes file
+    dataset.annotation_file("train")                           # in memory, what train.py reads from 2007_train.txt
+    dataset.records("test")                                    # ImageRecord per image of the split
+
+Every reader checks all its inputs before returning (images decoded, boxes checked by utils/data/boxcheck.py, class
+names against a classes file when one is given) and raises one UserError listing every problem; what it keeps and
+drops is reported per split and class. Boxes are ``xyxy`` in pixels of the upright image (EXIF orientation applied,
+as utils/data/images.py reads it), whatever the format stores.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from utils.core.config import UserError
+from utils.data.boxcheck import BoxTally
+from utils.data.voc import AnnotationFile, format_annotation_line, format_classes_header
+
+FORMATS = ("voc", "yolo", "coco")
+DatasetFormat = Literal["auto", "voc", "yolo", "coco"]
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ImageRecord:
+    """One image of a split and its objects.
+
+    image_path: the image file (absolute). size: (width, height) of the upright image in pixels.
+    boxes_xyxy: (n, 4) float64, upright-image pixels, x1 < x2 and y1 < y2, inside the image.
+    class_ids: (n,) int64 in 0..C-1 (indices into Dataset.class_names).
+    difficult: (n,) bool; VOC <difficult>1</difficult> or COCO iscrowd=1: not trained on, ignored by the evaluation.
+    source_id: the image's id in its source (COCO image id), None for formats without one.
+    """
+    image_path: str
+    size: tuple[int, int]
+    boxes_xyxy: np.ndarray
+    class_ids: np.ndarray
+    difficult: np.ndarray
+    source_id: int | str | None = None
+
+    @property
+    def image_id(self) -> str:
+        """The id the evaluation keys this image by: its file name without extension (as get_map.py's text files)."""
+        return Path(self.image_path).stem
+
+
+@dataclass
+class Dataset:
+    """A dataset as read: its format and root, class names, and the records of each split it has.
+
+    category_ids: COCO only, the category id of each class index (ids need not be 0..C-1).
+    coco_json: COCO only, split -> its instances json, for get_map.py's exact COCO AP against that file.
+    tallies: split -> what was kept and dropped per class (utils/data/boxcheck.py).
+    """
+    root: str
+    format: str
+    class_names: list[str]
+    splits: dict[str, list[ImageRecord]]
+    category_ids: list[int] | None = None
+    coco_json: dict[str, str] = field(default_factory=dict)
+    tallies: dict[str, BoxTally] = field(default_factory=dict)
+
+    def records(self, split: str) -> list[ImageRecord]:
+        """The records of one split; UserError naming the dataset and the splits it has when it lacks it."""
+        if split not in self.splits:
+            have = ", ".join(self.splits) or "none"
+            raise UserError(f"dataset {self.root} ({self.format}): has no {split!r} split (it has: {have})")
+        return self.splits[split]
+
+    def annotation_file(self, split: str, *, include_difficult: bool = False) -> AnnotationFile:
+        """The split as the annotation lines train.py reads (``path x1,y1,x2,y2,class_id ...``), in memory; difficult
+        objects are left out unless asked for, as voc_annotation.py does."""
+        lines = []
+        for record in self.records(split):
+            keep = np.ones(len(record.class_ids), dtype=bool) if include_difficult else ~record.difficult
+            boxes_xyxy_cls = np.concatenate([record.boxes_xyxy[keep], record.class_ids[keep, None]], axis=1)
+            lines.append(format_annotation_line(image_path=record.image_path, boxes_xyxy_cls=boxes_xyxy_cls))
+        return AnnotationFile(path=self.split_name(split), lines=lines, line_numbers=list(range(1, len(lines) + 1)),
+                              class_names=list(self.class_names))
+
+    def split_name(self, split: str) -> str:
+        """How messages name a split: 'datasets/shapes (yolo) train'."""
+        return f"{self.root} ({self.format}) {split}"
+
+    def header(self) -> str:
+        return format_classes_header(self.class_names)
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """'voc', 'yolo' or 'coco' from what ``path`` holds; UserError saying what each format needs when none fits.
+
+    voc: VOC<year>/Annotations or a folder with Annotations/ and JPEGImages/; yolo: a data.yaml (or the yaml file
+    itself), or images/ beside labels/; coco: an annotations/ folder with instances*.json (or a json file itself).
+    """
+    from utils.data import coco_json, voc_dataset, yolo_txt
+
+    root = Path(path)
+    if not root.exists():
+        raise UserError(f"dataset {path}: no such file or folder")
+    found = [name for name, module in (("voc", voc_dataset), ("yolo", yolo_txt), ("coco", coco_json))
+             if module.looks_like(root)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise UserError(f"dataset {path}: looks like {' and '.join(found)}; pass --dataset_format= one of them")
+    raise UserError(f"dataset {path}: not a dataset this project reads. VOC: VOC<year>/Annotations/*.xml and "
+                    f"JPEGImages/; YOLO txt: data.yaml (names, train/val/test) or images/<split>/ beside "
+                    f"labels/<split>/ and a classes.txt; COCO json: annotations/instances_<split>*.json beside the "
+                    f"images. Or pass --dataset_format=voc|yolo|coco")
+
+
+def load_dataset(path: str | os.PathLike, *, dataset_format: str = "auto", classes_path: str | None = None,
+                 log=print) -> Dataset:
+    """The dataset at ``path`` read, checked and reported (see the module docstring).
+
+    classes_path: a classes file; when the dataset names its classes (data.yaml, COCO categories) the two must agree
+    (same names, same order), else the file gives the names (VOC). Raises UserError listing every problem found.
+    """
+    from utils.data import coco_json, voc_dataset, yolo_txt
+
+    fmt = detect_format(path) if dataset_format == "auto" else dataset_format
+    readers = {"voc": voc_dataset.read_voc_dataset, "yolo": yolo_txt.read_yolo_dataset,
+               "coco": coco_json.read_coco_dataset}
+    if fmt not in readers:
+        raise UserError(f"dataset_format={fmt!r}: one of auto, {', '.join(FORMATS)}")
+    return readers[fmt](Path(path), classes_path=classes_path, log=log)
+
+
+def check_class_names(names: list[str], *, source: str, classes_path: str | None) -> list[str]:
+    """The dataset's class names (``source`` says where they came from), checked: no empty or duplicate name, and
+    equal to the classes file's when one is given. UserError listing every problem."""
+    from utils.core.model_files import get_classes
+
+    problems = [f"class {i} has an empty name" for i, name in enumerate(names) if not str(name).strip()]
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            problems.append(f"class {i} {name!r} repeats class {seen[name]}")
+        seen.setdefault(name, i)
+    if classes_path is not None:
+        listed = get_classes(classes_path)
+        if listed != list(names):
+            problems.append(f"classes file {classes_path} lists {listed}, but {source} names {list(names)} (ids "
+                            f"follow the order); leave classes_path unset to use the dataset's names, or make them "
+                            f"agree")
+    if problems:
+        raise UserError(f"{source}: " + ("; ".join(problems)))
+    return list(names)
+
+
+def checked_record(*, image_path: str | os.PathLike, size: tuple[int, int], boxes_xyxy_cls: np.ndarray,
+                   difficult: np.ndarray | None = None, tally: BoxTally, where: str,
+                   source_id: int | str | None = None) -> ImageRecord:
+    """The record of one image from the boxes its annotation gives (n, 5) [x1, y1, x2, y2, class_id] in upright
+    pixels: inverted, zero-area and outside boxes dropped (counted in ``tally`` per class and reason, with ``where``
+    naming the file in the examples), the rest clipped to the image. size: upright (width, height)."""
+    from utils.data.boxcheck import KEPT, box_verdicts
+
+    boxes_xyxy_cls = np.asarray(boxes_xyxy_cls, dtype=np.float64).reshape(-1, 5)
+    difficult = np.zeros(len(boxes_xyxy_cls), dtype=bool) if difficult is None else np.asarray(difficult, bool)
+    verdicts = box_verdicts(boxes_xyxy_cls, image_size=size)
+    texts = [",".join(f"{v:g}" for v in box[:4]) + f",{int(box[4])}" for box in boxes_xyxy_cls]
+    tally.add_image(boxes_xyxy_cls[:, 4].astype(np.int64), verdicts, where=where, box_texts=texts)
+    keep = verdicts == KEPT
+    width, height = size
+    kept_xyxy = boxes_xyxy_cls[keep, :4].copy()
+    kept_xyxy[:, [0, 2]] = kept_xyxy[:, [0, 2]].clip(0, width)
+    kept_xyxy[:, [1, 3]] = kept_xyxy[:, [1, 3]].clip(0, height)
+    return ImageRecord(image_path=os.path.abspath(image_path), size=tuple(size), boxes_xyxy=kept_xyxy,
+                       class_ids=boxes_xyxy_cls[keep, 4].astype(np.int64), difficult=difficult[keep],
+                       source_id=source_id)
+
+
+def report_dataset(dataset: Dataset, *, log=print) -> None:
+    """Per split: images, background images, and per class the objects kept and dropped and why."""
+    for split, tally in dataset.tallies.items():
+        emptied = f", {tally.emptied} of them because every box was dropped" if tally.emptied else ""
+        log(f"{dataset.split_name(split)}: {tally.images} images, {tally.background} background (no boxes){emptied}")
+        for line in tally.class_lines():
+            log(f"  {line}")
+        example = tally.example_text()
+        if example:
+            log(f"  {example}")
