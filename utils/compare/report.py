@@ -141,7 +141,9 @@ def write_tables(*, rows: list[dict], comparisons: list[dict], class_names: list
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({**r, "map_runs": " ".join(f"{m:.4f}" for m in r["map_runs"])} for r in rows)
-    text = (f"# Focal vs plain BCE on the confidence term\n\nScored on the {images} with get_map.py's code "
+    title = ("Focal vs plain BCE on the confidence term" if len(rows) <= 2
+             else f"{len(rows)} confidence-loss settings against plain BCE")
+    text = (f"# {title}\n\nScored on the {images} with get_map.py's code "
             "(confidence 0.001, NMS IoU 0.5, AP at IoU 0.5); losses are the last epoch's training means, "
             "unweighted. The weighted confidence term at init is measured on each run's first training batch. "
             f"D-ECE: detection expected calibration error of the {detections} scored >= {calibration_min_score:g} "
