@@ -189,3 +189,33 @@ def report_dataset(dataset: Dataset, *, log=print) -> None:
         example = tally.example_text()
         if example:
             log(f"  {example}")
+
+
+def dataset_box_problems(dataset: Dataset) -> list[str]:
+    """What stops a reader after its report: a split whose boxes were all dropped, a training split without a box
+    to train on, a class without one in the training split (difficult / COCO crowd boxes are not trained on)."""
+    problems = []
+    for split, tally in dataset.tallies.items():
+        if tally.total_dropped and not tally.total_kept:
+            problems.append(f"{dataset.split_name(split)}: all {tally.total_dropped} boxes were dropped "
+                            f"({tally.why_dropped()}); {tally.example_text()}")
+    if "train" not in dataset.splits or problems:
+        return problems
+    records = dataset.splits["train"]
+    counts = len(dataset.class_names)
+    trainable = np.bincount(np.concatenate([r.class_ids[~r.difficult] for r in records] + [np.zeros(0, np.int64)]),
+                            minlength=counts)
+    marked = np.bincount(np.concatenate([r.class_ids[r.difficult] for r in records] + [np.zeros(0, np.int64)]),
+                         minlength=counts)
+    name = dataset.split_name("train")
+    if not trainable.any():
+        return [f"{name}: holds no box to train on ({len(records)} images, {int(marked.sum())} difficult or crowd "
+                f"boxes); annotate the objects of {dataset.class_names}"]
+    tally = dataset.tallies.get("train")
+    for index in np.flatnonzero(trainable == 0):
+        why = [tally.why_dropped(int(index))] if tally is not None else []
+        why += [f"{int(marked[index])} marked difficult or crowd, which are not trained on"] if marked[index] else []
+        problems.append(f"{name}: class {dataset.class_names[index]!r} has no box to train on ("
+                        + ("; ".join(w for w in why if w) or "no object of it in the split")
+                        + "); annotate some, or leave the class out of the class names")
+    return problems
