@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from utils.core.config import UserError
+from utils.core.textfile import display_path
 from utils.data.boxcheck import BoxTally
 from utils.data.voc import AnnotationFile, format_annotation_line, format_classes_header
 
@@ -218,4 +219,45 @@ def dataset_box_problems(dataset: Dataset) -> list[str]:
         problems.append(f"{name}: class {dataset.class_names[index]!r} has no box to train on ("
                         + ("; ".join(w for w in why if w) or "no object of it in the split")
                         + "); annotate some, or leave the class out of the class names")
+    return problems
+
+
+def finish_dataset(dataset: Dataset, *, problems: list[str], fix: str = "", log=print) -> Dataset:
+    """The end of a reader: the problems found while reading (file, line, what is wrong) raised as one UserError;
+    else the report (report_dataset), then the stops of dataset_box_problems, each ending with ``fix`` (the
+    format's likely cause of dropped boxes) when boxes were dropped. Returns the dataset."""
+    source = f"dataset {dataset.root} ({dataset.format})"
+    raise_problems(problems, source=source)
+    report_dataset(dataset, log=log)
+    stops = dataset_box_problems(dataset)
+    if fix and any(tally.total_dropped for tally in dataset.tallies.values()):
+        stops = [f"{stop}; {fix}" for stop in stops]
+    raise_problems(stops, source=source)
+    return dataset
+
+
+def raise_problems(problems: list[str], *, source: str, shown: int = 50) -> None:
+    """One UserError for a list of problems: the problem itself when alone, else a first line counting them and
+    one problem a line (the first ``shown``)."""
+    if len(problems) == 1:
+        raise UserError(problems[0])
+    if problems:
+        more = [f"... and {len(problems) - shown} more"] if len(problems) > shown else []
+        raise UserError(f"{len(problems)} problems in {source}:\n" + "\n".join(problems[:shown] + more))
+
+
+def same_stem_problems(records: list[ImageRecord], *, where: str) -> list[str]:
+    """One problem per file stem that several records of one split share (the evaluation keys images by stem): the
+    same image listed twice, or two images of one name; ``where`` names the split."""
+    by_stem: dict[str, list[str]] = {}
+    for record in records:
+        by_stem.setdefault(record.image_id, []).append(record.image_path)
+    problems = []
+    for stem, paths in by_stem.items():
+        if len(set(paths)) == 1 and len(paths) > 1:
+            problems.append(f"{where}: image {display_path(paths[0])} is listed {len(paths)} times; list it once")
+        elif len(paths) > 1:
+            problems.append(f"{where}: {len(paths)} images are named {display_path(stem)!r} (the evaluation keys "
+                            f"images by name): {', '.join(map(display_path, dict.fromkeys(paths)))}; rename all "
+                            f"but one")
     return problems
