@@ -21,9 +21,8 @@ import numpy as np
 from utils.core.config import ConfigError, UserError, resolve_config, run_cli, settings_of
 from utils.core.model_files import get_classes
 from utils.data.boxcheck import BoxTally
-from utils.data.datacheck import align_boxes_with_image
-from utils.data.images import image_info
-from utils.data.voc import format_annotation_line, format_classes_header, index_images, read_voc_xml
+from utils.data.voc import format_annotation_line, format_classes_header, index_images
+from utils.data.voc_dataset import SKIPPED, SUMMARY_LABELS, annotated_images
 from utils.data.voc_devkit import devkit_problems, make_split, missing_list_problems, read_image_list, write_text_files
 
 annotation_mode: Literal[0, 1, 2] = 0  # 0: split (if no lists yet) + annotation files; 1: split only; 2: files only
@@ -37,21 +36,6 @@ seed: int = 0  # seed of the split shuffle
 out_dir: str = "."  # folder for the <year>_<set>.txt files
 overwrite_split: bool = False  # annotation_mode 0 or 1: make a new split even if ImageSets/Main lists exist
 
-SUMMARY_LABELS = {"skipped_no_image": "XML/list entries without an image (skipped)",
-                  "skipped_unreadable_image": "images that cannot be decoded (skipped)",
-                  "rotated_from_raw_frame": "XML boxes in the raw frame of an EXIF-rotated image (rotated upright)",
-                  "size_mismatch": "XML <size> differs from the image",
-                  "skipped_malformed_xml": "malformed XML files (skipped)",
-                  "background_no_xml": "images without XML (kept as background)",
-                  "background_no_objects": "XML without usable objects (kept as background)",
-                  "image_name_fixed": "image found by stem under another name/extension",
-                  "unknown_class": "objects of unknown class (skipped)",
-                  "difficult_excluded": "difficult objects (excluded)",
-                  "dropped_degenerate": "boxes with zero or negative area (dropped)",
-                  "dropped_outside": "boxes entirely outside the image (dropped)",
-                  "clipped": "boxes clipped to the image"}
-SKIPPED = ("skipped_no_image", "skipped_unreadable_image", "skipped_malformed_xml")
-
 
 def annotate_set(*, year_dir: Path, list_path: Path, ids: list[str], class_names: list[str], include_difficult: bool,
                  images_by_stem: dict[str, Path], summary: Counter, names_seen: Counter) -> tuple[list[str], BoxTally]:
@@ -60,67 +44,14 @@ def annotate_set(*, year_dir: Path, list_path: Path, ids: list[str], class_names
     boxes are put in the upright frame the loader shows (see utils/data/datacheck.py for the orientation rule)."""
     lines: list[str] = []
     tally = BoxTally(class_names)
-    for image_id in ids:
-        xml_path = year_dir / "Annotations" / f"{image_id}.xml"
-        image_path = images_by_stem.get(image_id)
-        if image_path is None:
-            what = "XML" if xml_path.exists() else "listed id"
-            print(f"warning: {xml_path if xml_path.exists() else list_path}: {what} {image_id!r} has no image in "
-                  f"{year_dir / 'JPEGImages'} (any of .jpg/.jpeg/.png/.bmp); skipped")
-            summary["skipped_no_image"] += 1
-            continue
-        annotated = annotate_image(image_path=image_path, xml_path=xml_path, class_names=class_names,
-                                   include_difficult=include_difficult, summary=summary, names_seen=names_seen)
-        if annotated is None:
-            continue
-        boxes_xyxy_cls, class_ids, verdicts = annotated
-        tally.add_image(class_ids, verdicts)
-        lines.append(format_annotation_line(image_path=os.path.abspath(image_path), boxes_xyxy_cls=boxes_xyxy_cls))
+    for image_path, annotated in annotated_images(year_dir=year_dir, list_path=list_path, ids=ids,
+                                                  images_by_stem=images_by_stem, class_names=class_names,
+                                                  include_difficult=include_difficult, summary=summary,
+                                                  names_seen=names_seen):
+        tally.add_image(annotated.class_ids, annotated.verdicts)
+        lines.append(format_annotation_line(image_path=os.path.abspath(image_path),
+                                            boxes_xyxy_cls=annotated.boxes_xyxy_cls))
     return lines, tally
-
-
-def annotate_image(*, image_path: Path, xml_path: Path, class_names: list[str], include_difficult: bool,
-                   summary: Counter, names_seen: Counter) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(boxes (n, 5) of one image in its upright frame (none for a background image), class ids and verdicts of
-    every object of a listed class, kept ones first), or None when the image or its XML cannot be read and the image
-    is skipped. Problems are printed and counted in ``summary``."""
-    try:
-        info = image_info(image_path, decode=True)
-    except UserError as exc:
-        print(f"error: {exc}; image skipped")
-        summary["skipped_unreadable_image"] += 1
-        return None
-    if not xml_path.exists():
-        print(f"warning: {image_path}: no XML {xml_path.name}; kept as a background image (no boxes)")
-        summary["background_no_xml"] += 1
-        return np.zeros((0, 5)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object)
-    try:
-        record = read_voc_xml(xml_path=xml_path, class_names=class_names, include_difficult=include_difficult,
-                              image_path=image_path)
-    except ValueError as exc:
-        print(f"error: {exc}; image skipped")
-        summary["skipped_malformed_xml"] += 1
-        return None
-    names_seen.update(record.object_names)
-    for message in record.warnings:
-        print(f"warning: {message}")
-    summary.update(record.counts)
-    boxes_xyxy_cls, notes, rotated, outside_ids = align_boxes_with_image(
-        record.boxes_xyxy_cls, xml_size=record.image_size, info=info, xml_path=xml_path)
-    for message in notes:
-        print(f"warning: {message}")
-    summary["rotated_from_raw_frame"] += int(rotated)
-    summary["size_mismatch"] += int(not rotated and record.image_size not in (None, info.upright_size))
-    if record.filename is not None and record.filename != image_path.name:
-        print(f"note: {xml_path}: <filename> says {record.filename!r}; using {image_path.name!r} found by stem")
-        summary["image_name_fixed"] += 1
-    if len(boxes_xyxy_cls) == 0:
-        print(f"note: {xml_path}: no usable objects; kept as a background image")
-        summary["background_no_objects"] += 1
-    dropped_ids = [class_id for class_id, _ in record.dropped] + list(outside_ids)
-    verdicts = [""] * len(boxes_xyxy_cls) + [reason for _, reason in record.dropped] + ["outside"] * len(outside_ids)
-    class_ids = np.concatenate([boxes_xyxy_cls[:, 4], dropped_ids]).astype(np.int64)
-    return boxes_xyxy_cls, class_ids, np.array(verdicts, dtype=object)
 
 
 def check_classes_found(*, tallies: dict, names_seen: Counter, classes_path: str, voc_path: str,

@@ -42,8 +42,8 @@ def raw_to_upright_xyxy(boxes_xyxy_cls: np.ndarray, *, orientation: int, raw_siz
 
 def align_boxes_with_image(boxes_xyxy_cls: np.ndarray, *, xml_size: tuple[int, int] | None, info: ImageInfo,
                            xml_path: str | os.PathLike) -> tuple[np.ndarray, list[str], bool, np.ndarray]:
-    """Boxes of one XML in the upright frame the loader shows, clipped to the image; (boxes, notes, rotated, class
-    ids of the boxes dropped for lying outside the image).
+    """Boxes of one XML in the upright frame the loader shows, clipped to the image; (boxes, notes, rotated, keep:
+    (n,) bool over the boxes given, False for those dropped for lying outside the image).
 
     See the module docstring for the rule. A <size> matching neither frame is reported and the boxes kept as
     written (clipped to the image)."""
@@ -64,7 +64,7 @@ def align_boxes_with_image(boxes_xyxy_cls: np.ndarray, *, xml_size: tuple[int, i
     keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     if not keep.all():
         notes.append(f"{xml_path}: {int((~keep).sum())} box(es) outside the {_size(info.upright_size)} image dropped")
-    return clipped[keep], notes, rotated, clipped[~keep, 4].astype(np.int64)
+    return clipped[keep], notes, rotated, keep
 
 
 def _size(size: tuple[int, int] | None) -> str:

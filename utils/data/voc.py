@@ -91,6 +91,7 @@ class VocRecord:
     object_names: list[str] = field(default_factory=list)  # every <name> in the XML, listed classes or not
     # (class id, reason of utils/data/boxcheck.py DROP_REASONS) of every object of a listed class left out
     dropped: list[tuple[int, str]] = field(default_factory=list)
+    difficult: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # (n,) of boxes_xyxy_cls' rows
 
 
 def read_voc_xml(*, xml_path: str | os.PathLike, class_names: list[str], include_difficult: bool,
@@ -124,7 +125,7 @@ def read_voc_xml(*, xml_path: str | os.PathLike, class_names: list[str], include
     all_boxes = np.array([[obj["xmin"], obj["ymin"], obj["xmax"], obj["ymax"], class_ids.get(obj["name"], -1)]
                           for obj in objects], dtype=np.float64).reshape(-1, 5)
     dropped = [(int(box[4]), "difficult") for box in all_boxes[known & ~keep]]
-    boxes_xyxy_cls = all_boxes[keep]
+    boxes_xyxy_cls, kept_difficult = all_boxes[keep], difficult[keep]
 
     shape = box_verdicts(boxes_xyxy_cls, image_size=None)  # inverted or zero area, before any clipping
     degenerate = shape != KEPT
@@ -132,7 +133,7 @@ def read_voc_xml(*, xml_path: str | os.PathLike, class_names: list[str], include
                  for box, reason in zip(boxes_xyxy_cls[degenerate], shape[degenerate])]
     dropped += [(int(box[4]), reason) for box, reason in zip(boxes_xyxy_cls[degenerate], shape[degenerate])]
     counts["dropped_degenerate"] = int(degenerate.sum())
-    boxes_xyxy_cls = boxes_xyxy_cls[~degenerate]
+    boxes_xyxy_cls, kept_difficult = boxes_xyxy_cls[~degenerate], kept_difficult[~degenerate]
 
     if size is None:
         warnings.append(f"{xml_path}: image size unknown (no <size> and no image), boxes not clipped")
@@ -150,8 +151,9 @@ def read_voc_xml(*, xml_path: str | os.PathLike, class_names: list[str], include
         counts["dropped_outside"] = int(empty.sum())
         dropped += [(int(class_id), "outside") for class_id in boxes_xyxy_cls[empty, 4]]
         boxes_xyxy_cls = np.concatenate([clipped_xyxy, boxes_xyxy_cls[:, 4:]], axis=1)[~empty]
+        kept_difficult = kept_difficult[~empty]
     return VocRecord(filename=filename, image_size=size, boxes_xyxy_cls=boxes_xyxy_cls, warnings=warnings,
-                     counts=counts, object_names=names, dropped=dropped)
+                     counts=counts, object_names=names, dropped=dropped, difficult=kept_difficult)
 
 
 def _fmt_box(box) -> str:
