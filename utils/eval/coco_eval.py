@@ -2,18 +2,21 @@
 
 Inputs are the same records as utils.eval.utils_map (pixel `xyxy`). They are converted in memory to COCO
 dicts: boxes become `[x, y, w, h]` with w = x2 - x1 (COCO has no +1 pixel convention), difficult
-objects become iscrowd=1 (pycocotools then neither rewards nor penalises detections on them).
+objects become iscrowd=1 (pycocotools then neither rewards nor penalises detections on them). A dataset that is a
+COCO json is scored against that json itself (coco_ap_against_json), as pycocotools run on the file scores it.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import io
+import json
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from utils.core.textfile import read_text_lines
 from utils.eval.utils_map import DetBox, GTBox
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -47,8 +50,10 @@ def to_coco_dicts(*, gt: dict[str, list[GTBox]], dets: dict[str, list[DetBox]], 
     return dataset, results, image_ids
 
 
-def coco_eval_dicts(*, dataset: dict, results: list[dict], verbose: bool = False) -> dict:
+def coco_eval_dicts(*, dataset: dict, results: list[dict], verbose: bool = False,
+                    image_ids: list[int] | None = None) -> dict:
     """Run COCOeval (bbox) on in-memory dicts; returns COCO_KEYS -> float (-1 where pycocotools says undefined).
+    ``image_ids``: score these images of ``dataset`` only (None: all, pycocotools' default).
 
     With no results at all pycocotools cannot load them, so every value is 0.0.
     """
@@ -61,6 +66,8 @@ def coco_eval_dicts(*, dataset: dict, results: list[dict], verbose: bool = False
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(copy.deepcopy(results))  # loadRes adds keys to the dicts it gets
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -74,3 +81,24 @@ def coco_ap(*, gt: dict[str, list[GTBox]], dets: dict[str, list[DetBox]], class_
     """COCO box AP of `dets` against `gt` (image_id -> pixel `xyxy` records). Keys: COCO_KEYS."""
     dataset, results, _ = to_coco_dicts(gt=gt, dets=dets, class_names=class_names)
     return coco_eval_dicts(dataset=dataset, results=results, verbose=verbose)
+
+
+def coco_ap_against_json(*, json_path: str, dets: dict[str, list[DetBox]], json_image_ids: dict[str, int],
+                         category_ids: dict[str, int], verbose: bool = False) -> dict:
+    """COCO box AP of ``dets`` (image id -> pixel ``xyxy`` detections) against a COCO instances json as it is, so
+    the figures are those of pycocotools run on that file with the same detections: each image id is mapped to its
+    id in the json (``json_image_ids``, which also chooses the images scored) and each class name to its category
+    id (``category_ids``). Annotations without "area" or "iscrowd" get w * h and 0 (pycocotools needs both).
+    Keys: COCO_KEYS."""
+    dataset = json.loads("\n".join(read_text_lines(json_path, what="COCO json")))
+    for annotation in dataset.get("annotations", []):
+        annotation.setdefault("area", annotation["bbox"][2] * annotation["bbox"][3])
+        annotation.setdefault("iscrowd", 0)
+    unknown = sorted({box.class_name for boxes in dets.values() for box in boxes} - set(category_ids))
+    if unknown:
+        raise ValueError(f"{json_path}: detections of classes {unknown} that the json has no category for")
+    results = [{"image_id": json_image_ids[image_id], "category_id": category_ids[box.class_name],
+                "bbox": [box.x1, box.y1, box.x2 - box.x1, box.y2 - box.y1], "score": float(box.score)}
+               for image_id, boxes in dets.items() if image_id in json_image_ids for box in boxes]
+    return coco_eval_dicts(dataset=dataset, results=results, verbose=verbose,
+                           image_ids=list(json_image_ids.values()))

@@ -5,8 +5,9 @@
 A detector is any object with ``class_names`` and ``detect(pil_image)`` returning ``boxes_xyxy`` (n, 4) in
 original-image pixels, ``scores`` (n,) and ``class_ids`` (n,) (yolo.YOLO, OnnxYOLO, a test stub); it is passed
 in, so nothing here imports a script. Ground truth comes from the VOC XML next to each image
-(``<year>/JPEGImages/<id>.jpg`` -> ``<year>/Annotations/<id>.xml``). An image with no XML, or an XML
-without objects, is a background image: it has no ground truth and every detection on it is a false
+(``<year>/JPEGImages/<id>.jpg`` -> ``<year>/Annotations/<id>.xml``), or, given ``records`` of a dataset split
+(utils/data/dataset.py: a VOC devkit, YOLO txt or COCO json), from those records. An image with no XML, or an XML
+or record without objects, is a background image: it has no ground truth and every detection on it is a false
 positive. An image that cannot be read is reported and left out of the evaluation (its ground truth
 too), so one bad file never stops a long prediction pass.
 """
@@ -54,6 +55,17 @@ def read_ground_truth(*, xml_paths: dict[str, str | Path], class_names: list[str
         left_out += len(boxes) - len(kept)
         gt[image_id] = kept
     return gt, left_out
+
+
+def records_ground_truth(records: list, *, class_names: list[str]) -> dict[str, list[GTBox]]:
+    """image id -> the objects of dataset records (utils.data.dataset.ImageRecord: ``boxes_xyxy`` in pixels of the
+    upright image, ``class_ids`` indexing ``class_names``), difficult ones (VOC difficult, COCO iscrowd) kept with
+    their flag, as read_ground_truth keeps them from a VOC XML."""
+    return {record.image_id: [GTBox(class_names[class_id], *box_xyxy, difficult=difficult)
+                              for box_xyxy, class_id, difficult in zip(record.boxes_xyxy.tolist(),
+                                                                       record.class_ids.tolist(),
+                                                                       record.difficult.tolist())]
+            for record in records}
 
 
 def _detect(detector, images_rgb: list[np.ndarray]) -> list:
@@ -131,32 +143,44 @@ def score_detections(*, gt: dict[str, list[GTBox]], dets: dict[str, list[DetBox]
     return results
 
 
-def predict_with_ground_truth(*, detector, image_paths: list[str | Path], class_names: list[str],
-                              progress: bool = False, dist_info: DistInfo | None = None
+def predict_with_ground_truth(*, detector, image_paths: list[str | Path] | None = None, class_names: list[str],
+                              records: list | None = None, progress: bool = False, dist_info: DistInfo | None = None
                               ) -> tuple[dict[str, list[GTBox]], Predictions]:
     """The ground truth (image id -> objects, readable images only, ids sorted) and the detector's predictions
-    of a VOC-layout image list, as get_map.py reads and predicts them."""
-    by_id = {Path(p).stem: p for p in sorted(image_paths, key=lambda p: Path(p).stem)}
+    of a VOC-layout image list (ground truth from the XMLs), as get_map.py reads and predicts them; or, instead of
+    ``image_paths``, of dataset ``records`` (ground truth from them, class ids indexing ``class_names``, which must
+    be the detector's names)."""
+    if (image_paths is None) == (records is None):
+        raise ValueError("predict_with_ground_truth: give image_paths or records (one of them)")
+    if records is not None and list(detector.class_names) != list(class_names):
+        raise ValueError(f"the detector's classes {list(detector.class_names)} are not the dataset's "
+                         f"{list(class_names)}")
+    paths = [record.image_path for record in records] if records is not None else image_paths
+    by_id = {Path(p).stem: p for p in sorted(paths, key=lambda p: Path(p).stem)}
     predictions = predict_images_shared(detector=detector, image_paths=by_id, dist_info=dist_info or DistInfo(),
                                         progress=progress)
-    readable = {image_id: voc_annotation_path(path) for image_id, path in by_id.items()
-                if image_id not in predictions.unreadable}
-    gt, _ = read_ground_truth(xml_paths=readable, class_names=class_names)
+    readable = [image_id for image_id in by_id if image_id not in predictions.unreadable]
+    if records is not None:
+        of_records = records_ground_truth(records, class_names=class_names)
+        return {image_id: of_records[image_id] for image_id in readable}, predictions
+    gt, _ = read_ground_truth(xml_paths={image_id: voc_annotation_path(by_id[image_id]) for image_id in readable},
+                              class_names=class_names)
     return gt, predictions
 
 
-def evaluate_voc_images(*, detector, image_paths: list[str | Path], class_names: list[str],
-                        iou_threshold: float = 0.5, score_threshold: float = 0.5, coco: bool = False,
-                        progress: bool = False, dist_info: DistInfo | None = None) -> dict:
+def evaluate_voc_images(*, detector, image_paths: list[str | Path] | None = None, class_names: list[str],
+                        records: list | None = None, iou_threshold: float = 0.5, score_threshold: float = 0.5,
+                        coco: bool = False, progress: bool = False, dist_info: DistInfo | None = None) -> dict:
     """Predicts and scores images of a VOC-layout set as get_map.py does (image ids sorted, ground truth with
-    difficult flags from the XMLs, objects of other classes left out).
+    difficult flags from the XMLs, objects of other classes left out), or the ``records`` of a dataset split
+    (ground truth from them; see predict_with_ground_truth).
 
     Adds "images" (number scored), "background_images" (scored images without objects) and "unreadable"
     (image id -> reason, left out) to the results. With ``dist_info`` of a DDP run every rank must call this;
     each predicts its share of the images and all get the same results.
     """
     gt, predictions = predict_with_ground_truth(detector=detector, image_paths=image_paths, class_names=class_names,
-                                                progress=progress, dist_info=dist_info)
+                                                records=records, progress=progress, dist_info=dist_info)
     results = score_detections(gt=gt, dets=predictions.dets, class_names=class_names, iou_threshold=iou_threshold,
                                score_threshold=score_threshold, coco=coco)
     results.update(images=len(gt), background_images=sum(not boxes for boxes in gt.values()),

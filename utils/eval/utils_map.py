@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from utils.core.textfile import read_text_lines
+
 GROUND_TRUTH_DIR = "ground-truth"
 DETECTION_DIR = "detection-results"
 SKIPPED_FILE = "skipped-images.txt"  # ids of unreadable images that were left out, one per line
@@ -306,13 +308,14 @@ def _parse_floats(*, tokens: list[str], path: Path, lineno: int) -> list[float]:
         raise ValueError(f"{path}:{lineno}: non-numeric value in {tokens}") from err
 
 
-def _read_box_files(folder: Path, parse_tokens) -> dict[str, list]:
-    """``<image_id>.txt`` files of ``folder`` sorted by image id -> {image_id: [parse_tokens(tokens, where)]}."""
+def _read_box_files(folder: Path, parse_tokens, *, what: str) -> dict[str, list]:
+    """``<image_id>.txt`` files of ``folder`` sorted by image id -> {image_id: [parse_tokens(tokens, where)]}; read
+    as users' text files are (a byte-order mark and CRLF removed with a note, bytes that are not UTF-8 named)."""
     records = {}
     for path in sorted(folder.glob("*.txt")):
+        lines = read_text_lines(path, what=what)
         records[path.stem] = [parse_tokens(line.split(), (path, lineno, line.strip()))
-                              for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
-                              if line.split()]
+                              for lineno, line in enumerate(lines, start=1) if line.split()]
     return records
 
 
@@ -337,13 +340,13 @@ def read_ground_truth_files(*, map_out_path: str | Path) -> dict[str, list[GTBox
     folder = Path(map_out_path) / GROUND_TRUTH_DIR
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no ground-truth folder (run get_map.py with map_mode 0 or 2 first)")
-    return _read_box_files(folder, _ground_truth_box)
+    return _read_box_files(folder, _ground_truth_box, what="ground-truth file")
 
 
 def read_detection_files(*, map_out_path: str | Path) -> dict[str, list[DetBox]]:
     """All `detection-results/*.txt` files (sorted by image id); a missing folder means no detections."""
     folder = Path(map_out_path) / DETECTION_DIR
-    return _read_box_files(folder, _detection_box) if folder.is_dir() else {}
+    return _read_box_files(folder, _detection_box, what="detection file") if folder.is_dir() else {}
 
 
 def write_skipped_images(*, map_out_path: str | Path, unreadable: dict[str, str]) -> None:
@@ -363,5 +366,5 @@ def read_skipped_images(*, map_out_path: str | Path) -> dict[str, str]:
     path = Path(map_out_path) / SKIPPED_FILE
     if not path.is_file():
         return {}
-    rows = [line.partition("\t") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [line.partition("\t") for line in read_text_lines(path, what="skipped-images file") if line.strip()]
     return {image_id.strip(): reason for image_id, _, reason in rows}
