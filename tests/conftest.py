@@ -148,6 +148,41 @@ def write_shapes_voc(root: Path, *, images: int = 16, seed: int = 0, width: int 
     return root / "VOCdevkit"
 
 
+TINY_YOLO_NAMES = ["circle", "square"]
+# split -> image name -> ((width, height) of the upright image, label lines, the same boxes in pixels worked out by
+# hand as (x1, y1, x2, y2, class)). e.jpg is stored 100 x 50 with EXIF orientation 6: upright it is 50 x 100.
+TINY_YOLO = {
+    "train": {"a.jpg": ((100, 50), ["0 0.2 0.3 0.2 0.4", "1 0.75 0.5 0.1 0.2"],
+                        [(10, 5, 30, 25, 0), (70, 20, 80, 30, 1)]),
+              "b.png": ((80, 60), ["1 0.5 0.5 0.25 0.5"], [(30, 15, 50, 45, 1)]),
+              "c.jpg": ((64, 64), [], []),
+              "e.jpg": ((50, 100), ["0 0.5 0.25 0.4 0.1"], [(15, 20, 35, 30, 0)])},
+    "val": {"d.jpg": ((120, 80), ["0 0.25 0.25 0.5 0.5", "1 0.5 0.5 0.1 0.1"],
+                      [(0, 0, 60, 40, 0), (54, 36, 66, 44, 1)])},
+}
+TINY_YOLO_YAML = "train: images/train\nval: images/val\nnames: [circle, square]\n"
+
+
+def write_tiny_yolo(root: Path, *, yaml_text: str | None = TINY_YOLO_YAML) -> Path:
+    """Writes TINY_YOLO as a YOLO-txt dataset: root/images/<split>/, root/labels/<split>/ and (unless None) a
+    data.yaml of ``yaml_text``; returns root."""
+    for split, images in TINY_YOLO.items():
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for name, ((width, height), lines, _) in images.items():
+            path = root / "images" / split / name
+            if name == "e.jpg":  # stored turned: raw 100 x 50, EXIF orientation 6 shows it 50 x 100
+                exif = Image.Exif()
+                exif[0x0112] = 6
+                Image.new("RGB", (height, width), (40, 90, 160)).save(path, exif=exif)
+            else:
+                Image.new("RGB", (width, height), (40, 90, 160)).save(path)
+            (root / "labels" / split / f"{Path(name).stem}.txt").write_text("".join(f"{line}\n" for line in lines))
+    if yaml_text is not None:
+        (root / "data.yaml").write_text(yaml_text)
+    return root
+
+
 def write_truncated_jpeg(path: Path, *, seed: int = 2) -> Path:
     """A 64 x 64 noise JPEG cut to 60 % of its bytes: the header (and so the size) reads, the pixels do not."""
     noise = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)

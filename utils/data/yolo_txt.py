@@ -97,10 +97,11 @@ def _from_yaml(yaml_path: Path, *, classes_path: str | None, problems: list[str]
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{display_path(yaml_path)}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})"
-                        ) from exc
+        since = f", {exc.context} opened on line {context.line + 1}" if context is not None and exc.context else ""
+        raise UserError(f"{display_path(yaml_path)}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc}"
+                        f"{since})") from exc
     if not isinstance(doc, dict):
         raise UserError(f"{display_path(yaml_path)}: not a YAML mapping (keys path, train, val, test, names)")
     base = yaml_path.parent
