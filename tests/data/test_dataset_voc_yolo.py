@@ -350,3 +350,19 @@ def test_split_naming_nothing_is_an_error(tmp_path):
     root = write_tiny_yolo(tmp_path / "tiny", yaml_text="train: images/train\nval: images/nope\nnames: [a, b]\n")
     assert yolo_error(root) == (f"{root / 'data.yaml'}: val: images/nope -> {root / 'images' / 'nope'}: no such "
                                 f"folder or list")
+
+
+def test_voc_list_problems_are_named_together(tmp_path):
+    devkit = write_shapes_voc(tmp_path, images=3)
+    main = devkit / "VOC2007" / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    (main / "train.txt").write_text("shape_000\nshape_009\n")
+    (main / "val.txt").write_bytes(b"shape_001\ncaf\xe9\n")
+    with pytest.raises(UserError) as err:
+        read_voc_dataset(devkit, classes_path=str(tmp_path / "shapes_classes.txt"), log=quiet)
+    assert str(err.value).splitlines() == [
+        f"2 problems in dataset {devkit} (voc):",
+        f"{main / 'train.txt'}: listed id 'shape_009' has no image in {devkit / 'VOC2007' / 'JPEGImages'} (any of "
+        f".jpg/.jpeg/.png/.bmp)",
+        f"image list {main / 'val.txt'} line 2: not UTF-8 text: b'caf\\xe9'; save the file as UTF-8; if it names a "
+        f"file whose name is not UTF-8, rename that file (such a name cannot be written in UTF-8)"]

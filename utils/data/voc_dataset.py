@@ -193,7 +193,10 @@ def read_voc_dataset(root: Path, *, classes_path: str | None, log=print) -> Data
         records, tally = [], BoxTally(class_names)
         for year_dir, list_path in split_lists:
             known = set(images_by_year[year_dir]) | {p.stem for p in (year_dir / "Annotations").glob("*.xml")}
-            ids, found = read_image_list(list_path, known_stems=known)
+            try:
+                ids, found = read_image_list(list_path, known_stems=known)
+            except UserError as exc:  # not UTF-8: said with the other problems
+                ids, found = [], [str(exc)]
             problems += found
             for image_path, annotated in annotated_images(
                     year_dir=year_dir, list_path=list_path, ids=ids, images_by_stem=images_by_year[year_dir],

@@ -227,8 +227,13 @@ def _source_images(source: Path, *, problems: list[str], notes: Counter) -> list
         return images
     if source.suffix.lower() != ".txt":
         return [source]
+    try:
+        lines = read_text_lines(source, what="image list", names_files=True)
+    except UserError as exc:
+        problems.append(str(exc))
+        return []
     images = []
-    for number, line in enumerate(read_text_lines(source, what="image list", names_files=True), start=1):
+    for number, line in enumerate(lines, start=1):
         entry = line.strip()
         if not entry:
             continue
