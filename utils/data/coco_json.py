@@ -27,9 +27,9 @@ from utils.core.config import UserError
 from utils.core.textfile import display_path
 from utils.data.boxcheck import BoxTally
 from utils.data.datacheck import raw_to_upright_xyxy
-from utils.data.dataset import SPLITS, Dataset, check_class_names, checked_record, finish_dataset, same_stem_problems
 from utils.data.images import image_info
 from utils.data.new_folder import place_image, staged_folder
+from utils.data.records import SPLITS, Dataset, check_class_names, checked_record, finish_dataset, same_stem_problems
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 _ROBOFLOW_JSON = "_annotations.coco.json"

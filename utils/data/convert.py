@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from utils.core.config import UserError
-from utils.data.dataset import FORMATS, Dataset
+from utils.data.records import FORMATS, Dataset
 
 
 def convert_dataset(*, source: Dataset, to: str, out: str | os.PathLike, link_images: bool) -> Path:

@@ -23,17 +23,10 @@ from utils.core.model_files import get_classes
 from utils.core.textfile import display_path
 from utils.data.boxcheck import BoxTally
 from utils.data.datacheck import align_boxes_with_image
-from utils.data.dataset import (
-    SPLITS,
-    Dataset,
-    ImageRecord,
-    check_class_names,
-    finish_dataset,
-    raise_problems,
-    same_stem_problems,
-)
 from utils.data.images import image_info, read_image_rgb
 from utils.data.new_folder import place_image, staged_folder
+from utils.data.records import (SPLITS, Dataset, ImageRecord, check_class_names, finish_dataset, raise_problems,
+                                same_stem_problems)
 from utils.data.voc import IMAGE_EXTENSIONS, index_images, load_voc_objects, read_voc_xml
 from utils.data.voc_devkit import devkit_problems, read_image_list
 

@@ -23,9 +23,9 @@ from utils.core.config import UserError
 from utils.core.model_files import get_classes
 from utils.core.textfile import display_path, read_text_lines
 from utils.data.boxcheck import BoxTally
-from utils.data.dataset import Dataset, check_class_names, checked_record, finish_dataset, same_stem_problems
 from utils.data.images import image_info
 from utils.data.new_folder import place_image, staged_folder
+from utils.data.records import Dataset, check_class_names, checked_record, finish_dataset, same_stem_problems
 
 YAML_NAMES = ("data.yaml", "data.yml")
 NAMES_FILES = ("classes.txt", "obj.names")  # the class names of a dataset without data.yaml, one a line
