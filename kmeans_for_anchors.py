@@ -4,6 +4,7 @@ settings always give the same anchors.
 
     python kmeans_for_anchors.py --input_shape=[416,416] --model=yolov4 --out_path=model_data/my_anchors.txt
     python kmeans_for_anchors.py --config=configs/bccd_tiny.toml --out_path=model_data/bccd_tiny_anchors.txt
+    python kmeans_for_anchors.py --dataset=datasets/my_yolo --model=yolov4-tiny   # a dataset's "train" split
 
 Prints the anchors (sorted by area, the order train.py's anchors_mask refers to), the mean IoU of each
 box with its best anchor, and the share of boxes whose best anchor is above ``threshold`` (YOLOv4's
@@ -16,7 +17,10 @@ from typing import Literal
 
 from utils.core.config import read_config_file, resolve_config, run_cli, settings_of
 
-annotation_path: str = "2007_train.txt"  # training boxes (from voc_annotation.py)
+annotation_path: str = "2007_train.txt"  # training boxes (from voc_annotation.py); unused with dataset
+dataset: str = ""  # a VOC devkit, YOLO-txt or COCO-json dataset: the boxes of its "train" split
+dataset_format: Literal["auto", "voc", "yolo", "coco"] = "auto"  # the dataset's format; auto: detected from its files
+classes_path: str | None = None  # with dataset: its class names checked against this file (VOC: the classes kept)
 input_shape: list[int] = [416, 416]  # network input (h, w) the boxes are letterboxed into
 model: Literal["yolov4", "yolov4-tiny"] = "yolov4"  # k from the model: 9 anchors for yolov4, 6 for yolov4-tiny
 num_anchors: int | None = None  # overrides the k the model implies
@@ -24,7 +28,7 @@ seed: int = 0  # seeds the initial centres of every restart
 restarts: int = 10  # k-means runs from different starts; the one of highest mean best IoU is kept
 threshold: float = 0.213  # a box "has an anchor" when its best anchor's IoU is above this
 out_path: str = ""  # also write the anchors file here ("" = print only)
-config: str = ""  # a train.py config file (TOML/JSON): its train_annotation_path, input_shape and model are used
+config: str = ""  # a train.py config file (TOML/JSON): its training data, classes_path, input_shape and model are used
 
 ANCHORS_PER_MODEL = {"yolov4": 9, "yolov4-tiny": 6}
 
@@ -56,19 +60,27 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg["config"]:  # take the recipe's values unless given on the command line
         recipe = read_config_file(cfg["config"])
         for ours, theirs in (("annotation_path", "train_annotation_path"), ("input_shape", "input_shape"),
-                             ("model", "model")):
+                             ("model", "model"), ("dataset", "dataset"), ("dataset_format", "dataset_format"),
+                             ("classes_path", "classes_path")):
             if theirs in recipe and ours not in given:
                 cfg[ours] = recipe[theirs]
     if cfg["model"] not in ANCHORS_PER_MODEL:
         raise ConfigError(f"model={cfg['model']!r}: choose one of {', '.join(ANCHORS_PER_MODEL)}")
     check_settings(cfg)
     k = cfg["num_anchors"] or ANCHORS_PER_MODEL[cfg["model"]]
-    wh = annotation_box_sizes(annotation_path=cfg["annotation_path"], input_shape=tuple(cfg["input_shape"]), k=k,
+    annotation = cfg["annotation_path"]
+    if cfg["dataset"]:
+        from utils.data.dataset import load_dataset
+
+        annotation = load_dataset(cfg["dataset"], dataset_format=cfg["dataset_format"],
+                                  classes_path=cfg["classes_path"]).annotation_file("train")
+    wh = annotation_box_sizes(annotation_path=annotation, input_shape=tuple(cfg["input_shape"]), k=k,
                               fewer_fix=f"lower --num_anchors (now {k}) or annotate more objects", log=print)
     anchors = kmeans_anchors(wh, k=k, seed=cfg["seed"], restarts=cfg["restarts"])
     fit = anchor_fit(wh, anchors.round(), threshold=cfg["threshold"])
     text = format_anchors(anchors)
-    print(f"{fit['boxes']} boxes of {cfg['annotation_path']} letterboxed into {cfg['input_shape']}, k = {k}")
+    source = annotation.path if cfg["dataset"] else annotation
+    print(f"{fit['boxes']} boxes of {source} letterboxed into {cfg['input_shape']}, k = {k}")
     print(f"anchors (w,h, sorted by area): {text}")
     print(f"mean best IoU {fit['mean_best_iou']:.4f}; boxes with an anchor above {cfg['threshold']}: "
           f"{100 * fit['share_above']:.1f} %")

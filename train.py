@@ -1,10 +1,11 @@
-"""Train YOLOv4 / YOLOv4-tiny on VOC-format data.
+"""Train YOLOv4 / YOLOv4-tiny on VOC-format annotation files or a dataset (VOC, YOLO txt, COCO json).
 
     python voc_annotation.py                      # once: VOCdevkit -> 2007_train.txt, 2007_val.txt, ...
     python train.py                               # the settings below
     python train.py --focal_loss=True --init_lr=0.02 --config=my_run.toml
     torchrun --nproc_per_node=2 train.py --distributed=True
     python train.py --resume=logs/last_epoch_weights.pth
+    python train.py --dataset=datasets/my_yolo        # a YOLO-txt (data.yaml) or COCO-json dataset, or a VOCdevkit
 
 Every setting below can be overridden by ``--key=value`` or a TOML/JSON file (``--config=FILE``);
 unknown keys and wrong types are errors. The resolved config is printed, written to
@@ -22,7 +23,7 @@ sync_bn: bool = False  # SyncBatchNorm across GPUs under DDP (CUDA only)
 fp16: bool = True  # mixed precision (autocast in amp_dtype); False trains in fp32
 amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, bf16 on CPUs with native bf16, or fp32
 channels_last: bool | None = None  # weights and batches in NHWC layout; None: on with autocast (bf16 or fp16)
-classes_path: str = "model_data/bccd_classes.txt"  # class names, one per line
+classes_path: str | None = None  # class names, one per line; None: the dataset's, else model_data/bccd_classes.txt
 anchors_path: str | None = None  # None: the variant's default file; "auto": k-means on the training boxes
 anchors_mask: list[list[int]] | None = None  # anchor indices per level, coarsest first; None: the variant's default
 model: Literal["yolov4", "yolov4-tiny"] = "yolov4"  # the network
@@ -79,8 +80,10 @@ val_period: int = 1  # epochs between validation losses (and always after the la
 eval_flag: bool = True  # compute val mAP@0.5 during training (same code and settings as get_map.py)
 eval_period: int = 10  # epochs between mAP evaluations (and always after the last epoch)
 num_workers: int = 2  # DataLoader worker processes
-train_annotation_path: str = "2007_train.txt"  # from voc_annotation.py
-val_annotation_path: str = "2007_val.txt"  # from voc_annotation.py
+train_annotation_path: str = "2007_train.txt"  # from voc_annotation.py (unused with dataset)
+val_annotation_path: str = "2007_val.txt"  # from voc_annotation.py (unused with dataset)
+dataset: str = ""  # a VOC devkit, YOLO-txt or COCO-json dataset: train on its "train" split, validate on its "val"
+dataset_format: Literal["auto", "voc", "yolo", "coco"] = "auto"  # the dataset's format; auto: detected from its files
 on_corrupt: Literal["error", "skip"] = "error"  # unreadable image: error names the file and stops, skip warns
 resume: str = ""  # a checkpoint of this script: continue where it stopped, in its folder (unless --save_dir is given)
 

@@ -219,3 +219,12 @@ def shapes_compare_argv(root: Path, *extra: str, train_file: str = "2007_train.t
             f"--val_annotation_path={ann / '2007_val.txt'}", f"--test_annotation_path={ann / '2007_test.txt'}",
             "--anchors_path=auto", "--unfreeze_epoch=1", "--num_workers=0", "--eval_flag=False", "--fp16=False",
             "--freeze_train=False", "--unfreeze_batch_size=4", *extra]
+
+
+# History keys that measure time or CPU use: they differ between runs that are otherwise bit-identical.
+TIMING_KEYS = ("seconds", "data_seconds", "step_seconds", "cpu_seconds", "cpu_cores", "machine_busy")
+
+
+def timeless(rows: list[dict]) -> list[dict]:
+    """History rows without their TIMING_KEYS."""
+    return [{key: value for key, value in row.items() if key not in TIMING_KEYS} for row in rows]

@@ -10,7 +10,7 @@ from utils.core.config import UserError
 from utils.data.augment import letterbox_geometry
 from utils.data.boxcheck import BOX_FORMAT_FIX, KEPT, BoxTally, box_verdicts
 from utils.data.images import image_info
-from utils.data.voc import read_annotation_file, split_annotation_line
+from utils.data.voc import AnnotationFile, read_annotation_file, split_annotation_line
 
 
 def letterboxed_box_sizes(*, annotation_lines: list[str], input_shape: tuple[int, int],
@@ -43,12 +43,15 @@ def letterboxed_box_sizes(*, annotation_lines: list[str], input_shape: tuple[int
     return wh[(wh > 0).all(axis=1)]
 
 
-def annotation_box_sizes(*, annotation_path: str, input_shape: tuple[int, int], k: int, fewer_fix: str,
-                         log=None) -> np.ndarray:
-    """(N, 2) letterboxed widths and heights of the boxes of an annotation file, at least ``k`` of them: fewer is
-    a UserError naming the file and the boxes dropped and why (``fewer_fix`` says how the caller's user gets by
-    with fewer). ``log`` (optional) receives a note when boxes are left out."""
-    annotation = read_annotation_file(annotation_path)
+def annotation_box_sizes(*, annotation_path: str | AnnotationFile, input_shape: tuple[int, int], k: int,
+                         fewer_fix: str, log=None) -> np.ndarray:
+    """(N, 2) letterboxed widths and heights of the boxes of an annotation file (a path, or one in memory such as a
+    dataset split's Dataset.annotation_file), at least ``k`` of them: fewer is a UserError naming the file and the
+    boxes dropped and why (``fewer_fix`` says how the caller's user gets by with fewer). ``log`` (optional)
+    receives a note when boxes are left out."""
+    annotation = (annotation_path if isinstance(annotation_path, AnnotationFile)
+                  else read_annotation_file(annotation_path))
+    annotation_path = annotation.path
     tally = BoxTally(annotation.class_names or [])
     wh = letterboxed_box_sizes(annotation_lines=annotation.lines, input_shape=input_shape, tally=tally)
     left_out = f"{tally.total_dropped} boxes left out: {tally.why_dropped()}; {tally.example_text()}"
@@ -113,10 +116,11 @@ def format_anchors(anchors: np.ndarray) -> str:
     return ",  ".join(f"{round(w)},{round(h)}" for w, h in np.asarray(anchors))
 
 
-def auto_anchors(*, annotation_path: str, input_shape: tuple[int, int], k: int, seed: int = 0
+def auto_anchors(*, annotation_path: str | AnnotationFile, input_shape: tuple[int, int], k: int, seed: int = 0
                  ) -> list[list[float]]:
-    """Anchors for ``anchors_path = "auto"``: k-means on the training boxes, rounded to whole pixels as a
-    written anchors file would be, so the run is the same as one given that file."""
+    """Anchors for ``anchors_path = "auto"``: k-means on the training boxes (an annotation file's path, or one in
+    memory), rounded to whole pixels as a written anchors file would be, so the run is the same as one given that
+    file."""
     wh = annotation_box_sizes(annotation_path=annotation_path, input_shape=input_shape, k=k,
                               fewer_fix="give an anchors file with --anchors_path, or annotate more objects")
     anchors = kmeans_anchors(wh, k=k, seed=seed)

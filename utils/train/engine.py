@@ -1,4 +1,5 @@
 """One training epoch and one validation-loss pass. AMP and DDP go through the same code path as the CPU."""
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,18 @@ class AmpSettings:
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+@dataclass
+class LoopTimes:
+    """Where a training epoch's loop spent its wall-clock seconds: waiting for the next batch from the loader
+    (data) and the rest of each iteration (step: moving the batch, forward, loss, backward, optimizer, EMA). A data
+    share well above zero means the loader does not keep up with the steps."""
+    data_seconds: float = 0.0
+    step_seconds: float = 0.0
+
+    def row(self) -> dict[str, float]:
+        return {"data_seconds": round(self.data_seconds, 2), "step_seconds": round(self.step_seconds, 2)}
 
 
 class RunningMeans:
@@ -90,7 +103,8 @@ def train_one_epoch(*, model: nn.Module, criterion: nn.Module, loader, optimizer
                     scaler: torch.amp.GradScaler, amp: AmpSettings, device: torch.device, epoch: int,
                     total_epochs: int, start_iteration: int, lr_for_iteration: Callable[[int], float],
                     on_iteration_end: Callable[[int], None], dist_info: DistInfo,
-                    frozen_modules: tuple[nn.Module, ...] = (), means: RunningMeans | None = None) -> dict[str, float]:
+                    frozen_modules: tuple[nn.Module, ...] = (), means: RunningMeans | None = None,
+                    times: LoopTimes | None = None) -> dict[str, float]:
     """Trains one epoch from ``start_iteration`` (non-zero when resuming mid-epoch).
 
     ``means`` gathers the loss terms (the sums of the iterations before ``start_iteration`` when resuming); the
@@ -99,6 +113,7 @@ def train_one_epoch(*, model: nn.Module, criterion: nn.Module, loader, optimizer
     ``lr_for_iteration(i)`` sets the learning rate before iteration i; ``on_iteration_end(i)`` runs after
     the optimizer step (EMA update; lets the caller save an interrupt checkpoint knowing how far the epoch got).
     ``frozen_modules`` run in eval mode, so their BatchNorm running statistics stay as frozen as their weights.
+    ``times`` adds up the seconds spent waiting for batches and in the steps (LoopTimes).
     """
     model.train()
     if amp.channels_last:
@@ -106,9 +121,13 @@ def train_one_epoch(*, model: nn.Module, criterion: nn.Module, loader, optimizer
     for module in frozen_modules:
         module.eval()
     means = RunningMeans() if means is None else means
+    times = LoopTimes() if times is None else times
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs} train", initial=start_iteration,
                total=start_iteration + len(loader), disable=not dist_info.is_main, dynamic_ncols=True, leave=False)
+    waited_from = time.perf_counter()
     for iteration, (images, targets) in enumerate(bar, start=start_iteration):
+        fetched = time.perf_counter()
+        times.data_seconds += fetched - waited_from
         lr = lr_for_iteration(iteration)
         images = images.to(device, non_blocking=True, memory_format=amp.memory_format)  # (B, 3, H, W)
         targets = targets.to(device, non_blocking=True)  # (N, 6) [img_idx, cls, x1, y1, x2, y2]
@@ -124,6 +143,8 @@ def train_one_epoch(*, model: nn.Module, criterion: nn.Module, loader, optimizer
         bar.set_postfix(loss=f"{values['loss']:.3f}", loc=f"{values['loss_loc']:.3f}",
                         conf=f"{values['loss_conf']:.3f}", cls=f"{values['loss_cls']:.3f}", lr=f"{lr:.2e}")
         on_iteration_end(iteration)
+        waited_from = time.perf_counter()
+        times.step_seconds += waited_from - fetched
     bar.close()
     return means.means(dist_info, device)
 

@@ -1,5 +1,6 @@
 """train.py's settings resolved and checked before a run starts: the checkpoint's config as the base of a resumed
-run, the folder a resumed run writes to, and the settings that would leave nothing to train."""
+run, the folder a resumed run writes to, the default classes file, and the settings that would leave nothing to
+train."""
 import dataclasses
 import sys
 from pathlib import Path
@@ -32,6 +33,17 @@ def resolve_training_config(config_class: type, argv: list[str] | None):
             raise ConfigError(f"{key}={getattr(config, key)}: needs at least 1")
     check_loss_settings(config)  # contradictory loss choices stop here, before any data is read
     check_epochs_to_train(config, trained_epochs=trained_epochs)
+    return with_default_classes(config)
+
+
+def with_default_classes(config):
+    """``config`` with classes_path set to the default classes file when it is None and no dataset names the
+    classes: run folders and checkpoints then store the file the run used, as they did before None meant "the
+    dataset's names", so earlier runs are reused and resumed as before."""
+    from utils.train.data_source import DEFAULT_CLASSES_PATH
+
+    if config.classes_path is None and not config.dataset:
+        return dataclasses.replace(config, classes_path=DEFAULT_CLASSES_PATH)
     return config
 
 

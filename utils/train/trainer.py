@@ -20,14 +20,16 @@ from utils.core.device import cpu_has_native_bf16, resolve_device
 from utils.core.distributed import (DistInfo, EpochSampler, barrier, cleanup_distributed, init_distributed,
                                     sync_buffers)
 from utils.core.model_files import (DEFAULT_ANCHORS_MASK, ModelSpec, anchor_settings, auto_anchor_count,
-                                    check_anchors_mask, get_anchors, get_classes)
+                                    check_anchors_mask, get_anchors)
 from utils.data.datacheck import check_annotation_files
 from utils.data.dataloader import YoloDataset, yolo_collate
-from utils.data.voc import line_image_path, read_annotation_file, shared_images
+from utils.data.dataset import Dataset
+from utils.data.voc import line_image_path, shared_images
 from utils.eval.evaluation import evaluate_voc_images, unreadable_note
 from utils.infer.checkpoint import load_weights, read_checkpoint
 from utils.train.checkpoints import due, restore, save_checkpoints, save_interrupted
 from utils.train.conf_at_init import calibrate_conf_term
+from utils.train.data_source import class_names_of, classes_source, read_dataset, train_annotation, training_files
 from utils.train.ema import ModelEMA
 from utils.train.engine import AmpSettings, NonFiniteLossError, RunningMeans, train_one_epoch, validation_loss
 from utils.train.history import LossHistory, epoch_line
@@ -36,20 +38,23 @@ from utils.train.run_lock import claim_run_folder
 from utils.train.settings import resolve_training_config  # noqa: F401  (train.py's and compare's entry point)
 
 
-def model_spec(config) -> ModelSpec:
-    """Classes, anchors and masks resolved from the config's paths; stored in every checkpoint."""
+def model_spec(config, *, dataset: Dataset | None = None) -> ModelSpec:
+    """Classes, anchors and masks resolved from the config's paths (and its dataset, read here unless given);
+    stored in every checkpoint."""
+    if config.dataset and dataset is None:
+        dataset = read_dataset(config)
     anchors_path, anchors_mask = anchor_settings(model=config.model, anchors_path=config.anchors_path,
                                                  anchors_mask=config.anchors_mask)
     if anchors_path == "auto":  # k-means on the training boxes (kmeans_for_anchors.py), one anchor per mask index
         from utils.data.anchors import auto_anchors
 
-        anchors = auto_anchors(annotation_path=config.train_annotation_path, input_shape=tuple(config.input_shape),
-                               k=auto_anchor_count(anchors_mask))
+        anchors = auto_anchors(annotation_path=train_annotation(config, dataset=dataset),
+                               input_shape=tuple(config.input_shape), k=auto_anchor_count(anchors_mask))
     else:
         anchors = get_anchors(anchors_path)
     check_anchors_mask(anchors_mask, num_anchors=len(anchors), num_levels=len(DEFAULT_ANCHORS_MASK[config.model]),
                        source=anchors_path)
-    return ModelSpec(class_names=get_classes(config.classes_path), anchors=anchors, anchors_mask=anchors_mask,
+    return ModelSpec(class_names=class_names_of(config, dataset=dataset), anchors=anchors, anchors_mask=anchors_mask,
                      anchors_path=anchors_path)
 
 
@@ -112,7 +117,8 @@ class Run:
         self.dist, self.device = placement or distributed_device(config)
         # Every batch has the input shape, so cuDNN's autotuned convolution algorithms are chosen once and reused.
         torch.backends.cudnn.benchmark = self.device.type == "cuda"
-        self.spec = model_spec(config)
+        self.dataset = read_dataset(config, log=self.log) if config.dataset else None
+        self.spec = model_spec(config, dataset=self.dataset)
         self.amp = training_amp(config, self.device)
         self.run_config = {**dataclasses.asdict(config), **dataclasses.asdict(self.spec),  # what checkpoints store
                            "trained_on": hardware_line(self.device, self.amp)}
@@ -153,18 +159,18 @@ class Run:
         return rows
 
     def annotation_lines(self) -> tuple[list[str], list[str]]:
-        """The training and validation annotation lines, checked against the classes. Whether the validation
-        images are held out (none is a training image) is recorded in the run's config and history rows."""
+        """The training and validation annotation lines (of the files, or of the dataset's train and val splits),
+        checked against the classes. Whether the validation images are held out (none is a training image) is
+        recorded in the run's config and history rows."""
         config = self.config
         train_file, val_file = check_annotation_files(
-            [read_annotation_file(config.train_annotation_path), read_annotation_file(config.val_annotation_path)],
-            class_names=self.spec.class_names, classes_path=config.classes_path, on_corrupt=config.on_corrupt,
-            log=self.log)
+            list(training_files(config, dataset=self.dataset)), class_names=self.spec.class_names,
+            classes_path=classes_source(config, dataset=self.dataset), on_corrupt=config.on_corrupt, log=self.log)
         shared = len(shared_images(lines=val_file.lines, others=train_file.lines))
         self.run_config["val_held_out"] = shared == 0
         if shared:
-            self.log(f"note: {shared} of {len(val_file.lines)} validation images ({config.val_annotation_path}) are "
-                     f"training images too ({config.train_annotation_path}): the val loss is not held out")
+            self.log(f"note: {shared} of {len(val_file.lines)} validation images ({val_file.path}) are "
+                     f"training images too ({train_file.path}): the val loss is not held out")
         return train_file.lines, val_file.lines
 
     def datasets(self, *, train_lines: list[str], val_lines: list[str]) -> tuple[YoloDataset, YoloDataset]:
@@ -206,8 +212,11 @@ class Run:
         detector = YOLO.from_model(self.inference_net, config=self.run_config,
                                    postprocess_settings=PostprocessSettings(confidence=0.001, nms_iou=0.5),
                                    device=str(self.device))
-        image_paths = sorted(line_image_path(line) for line in self.val_lines)
-        results = evaluate_voc_images(detector=detector, image_paths=image_paths, class_names=self.spec.class_names,
+        if self.dataset is not None:  # ground truth from the val records, not from files beside the images
+            source = {"records": self.dataset.records("val")}
+        else:
+            source = {"image_paths": sorted(line_image_path(line) for line in self.val_lines)}
+        results = evaluate_voc_images(detector=detector, **source, class_names=self.spec.class_names,
                                       iou_threshold=0.5, dist_info=self.dist)  # every rank predicts a share
         if results["unreadable"]:
             self.log(unreadable_note(results["unreadable"]))
@@ -330,8 +339,9 @@ def full_batches(run: Run, *, batch_size: int, per_rank: int) -> int:
     """Iterations of a training epoch on each rank (``per_rank`` images each); at least one, or a ConfigError."""
     iterations = len(run.train_set) // run.dist.world_size // per_rank
     if iterations == 0:
-        raise ConfigError(f"{run.config.train_annotation_path}: {len(run.train_set)} images make no full batch of "
-                          f"{batch_size}; lower the batch size")
+        source = run.dataset.split_name("train") if run.dataset else run.config.train_annotation_path
+        raise ConfigError(f"{source}: {len(run.train_set)} images make no full batch of {batch_size}; lower the "
+                          f"batch size")
     return iterations
 
 
