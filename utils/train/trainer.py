@@ -16,13 +16,13 @@ from torch.utils.data import DataLoader
 from nets.yolo import build_model, init_weights
 from nets.yolo_training import build_loss
 from utils.core.config import ConfigError, print_config
+from utils.core.cpu_usage import CpuMeter, usable_cores
 from utils.core.device import cpu_has_native_bf16, resolve_device
-from utils.core.distributed import (DistInfo, EpochSampler, barrier, cleanup_distributed, init_distributed,
-                                    sync_buffers)
+from utils.core.distributed import DistInfo, barrier, cleanup_distributed, init_distributed, sync_buffers
 from utils.core.model_files import (DEFAULT_ANCHORS_MASK, ModelSpec, anchor_settings, auto_anchor_count,
                                     check_anchors_mask, get_anchors)
 from utils.data.datacheck import check_annotation_files
-from utils.data.dataloader import YoloDataset, yolo_collate
+from utils.data.dataloader import YoloDataset
 from utils.data.dataset import Dataset
 from utils.data.voc import line_image_path, shared_images
 from utils.eval.evaluation import evaluate_voc_images, unreadable_note
@@ -31,8 +31,16 @@ from utils.train.checkpoints import due, restore, save_checkpoints, save_interru
 from utils.train.conf_at_init import calibrate_conf_term
 from utils.train.data_source import class_names_of, classes_source, read_dataset, train_annotation, training_files
 from utils.train.ema import ModelEMA
-from utils.train.engine import AmpSettings, NonFiniteLossError, RunningMeans, train_one_epoch, validation_loss
+from utils.train.engine import (
+    AmpSettings,
+    LoopTimes,
+    NonFiniteLossError,
+    RunningMeans,
+    train_one_epoch,
+    validation_loss,
+)
 from utils.train.history import LossHistory, epoch_line
+from utils.train.loaders import PhaseLoaders
 from utils.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from utils.train.run_lock import claim_run_folder
 from utils.train.settings import resolve_training_config  # noqa: F401  (train.py's and compare's entry point)
@@ -130,6 +138,8 @@ class Run:
                                            enabled=self.amp.enabled and self.amp.dtype == torch.float16)
         train_lines, self.val_lines = self.annotation_lines()
         self.train_set, self.val_set = self.datasets(train_lines=train_lines, val_lines=self.val_lines)
+        self.loaders = PhaseLoaders(train_set=self.train_set, val_set=self.val_set, num_workers=config.num_workers,
+                                    seed=config.seed, dist_info=self.dist, pin_memory=self.device.type == "cuda")
         checkpoint = read_checkpoint(config.resume) if config.resume else None  # read once: it can be large
         self.run_config.update(calibrate_conf_term(  # the focal scale asked for and the weighted conf term at init
             net=self.net, config=config, spec=self.spec, dataset=self.train_set,
@@ -197,14 +207,6 @@ class Run:
         frozen = self.config.freeze_train and epoch < self.config.freeze_epoch
         return frozen, self.config.freeze_batch_size if frozen else self.config.unfreeze_batch_size
 
-    def loader(self, dataset: YoloDataset, *, batch_size: int, shuffle: bool) -> DataLoader:
-        per_rank = max(batch_size // self.dist.world_size, 1)
-        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=self.config.seed, rank=self.dist.rank,
-                               world_size=self.dist.world_size)
-        return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=self.config.num_workers,
-                          collate_fn=yolo_collate, drop_last=shuffle, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
-
     def evaluate_map(self) -> dict:
         from utils.infer.detector import YOLO
         from utils.infer.postprocess import PostprocessSettings
@@ -256,9 +258,10 @@ def train_epochs(run: Run, *, on_epoch_end=None) -> None:
     run.last_row = {}
     try:
         for epoch in range(run.start_epoch, config.unfreeze_epoch):
-            started = time.time()
-            train_terms = train_epoch(run, epoch=epoch, state=state)
-            row = measure_epoch(run, epoch=epoch, train_terms=train_terms, started=started)
+            started, cpu, times = time.time(), CpuMeter.start(), LoopTimes()
+            train_terms = train_epoch(run, epoch=epoch, state=state, times=times)
+            row = {**measure_epoch(run, epoch=epoch, train_terms=train_terms, started=started), **times.row(),
+                   **cpu.read()}
             save_epoch(run, epoch=epoch, row=row)
             run.last_row = row
             if on_epoch_end is not None:
@@ -271,6 +274,7 @@ def train_epochs(run: Run, *, on_epoch_end=None) -> None:
         barrier(run.dist)  # each rank has printed before any exits, so no rank is killed mid-message
         raise
     finally:
+        run.loaders.close()
         if run.history:
             run.history.close()
 
@@ -287,10 +291,11 @@ def announce(run: Run) -> None:
         run.log("note: freeze_train with no start weights freezes a random backbone; consider --freeze_train=False")
 
 
-def train_epoch(run: Run, *, epoch: int, state: dict) -> dict[str, float]:
+def train_epoch(run: Run, *, epoch: int, state: dict, times: LoopTimes | None = None) -> dict[str, float]:
     """Trains one epoch (a resumed run's first from where it stopped, its loss sums restored); returns the mean
     loss terms. ``state`` follows every iteration, so Ctrl-C can write where training stopped and the epoch's loss
-    sums so far (under DDP rank 0's: no collective is safe on an interrupt)."""
+    sums so far (under DDP rank 0's: no collective is safe on an interrupt). ``times`` gathers the seconds spent
+    waiting for batches and in the steps."""
     frozen, batch_size = run.phase(epoch)
     model = training_model(run, frozen=frozen)
     loader, start_iteration = epoch_loader(run, epoch=epoch, batch_size=batch_size)
@@ -307,7 +312,7 @@ def train_epoch(run: Run, *, epoch: int, state: dict) -> dict[str, float]:
                             scaler=run.scaler, amp=run.amp, device=run.device, epoch=epoch,
                             total_epochs=run.config.unfreeze_epoch, start_iteration=start_iteration,
                             lr_for_iteration=lr_for_iteration, on_iteration_end=on_iteration_end, dist_info=run.dist,
-                            frozen_modules=(run.net.backbone,) if frozen else (), means=means)
+                            frozen_modules=(run.net.backbone,) if frozen else (), means=means, times=times)
     state.update(epoch=epoch + 1, iteration=0, means=None)
     sync_buffers(run.net, run.dist)
     if run.ema is not None:  # every rank averages its own BatchNorm statistics: rank 0's are kept, as for the net
@@ -328,11 +333,8 @@ def training_model(run: Run, *, frozen: bool) -> nn.Module:
 def epoch_loader(run: Run, *, epoch: int, batch_size: int) -> tuple[DataLoader, int]:
     """The training loader of ``epoch`` and the iteration it starts at: where a resumed run stopped in its first
     epoch, else 0. Sampler order and augmentation follow the epoch, so a resumed epoch sees the same batches."""
-    loader = run.loader(run.train_set, batch_size=batch_size, shuffle=True)
     start_iteration = run.start_iteration if epoch == run.start_epoch else 0
-    loader.sampler.set_epoch(epoch, skip=start_iteration * loader.batch_size)
-    run.train_set.set_epoch(epoch)
-    return loader, start_iteration
+    return run.loaders.train(epoch=epoch, batch_size=batch_size, skip_batches=start_iteration), start_iteration
 
 
 def full_batches(run: Run, *, batch_size: int, per_rank: int) -> int:
@@ -369,7 +371,7 @@ def measure_epoch(run: Run, *, epoch: int, train_terms: dict[str, float], starte
     val_terms = dict.fromkeys(train_terms)  # None: no validation this epoch
     if due(epoch, period=config.val_period, total=total):
         val_terms = validation_loss(model=run.inference_net, criterion=run.criterion,
-                                    loader=run.loader(run.val_set, batch_size=batch_size, shuffle=False), amp=run.amp,
+                                    loader=run.loaders.val(batch_size=batch_size), amp=run.amp,
                                     device=run.device, epoch=epoch, total_epochs=total, dist_info=run.dist)
     row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], "frozen": frozen,
            **{f"train_{k}": v for k, v in train_terms.items()}, **{f"val_{k}": v for k, v in val_terms.items()},
@@ -385,5 +387,5 @@ def save_epoch(run: Run, *, epoch: int, row: dict) -> None:
     if run.dist.is_main:
         run.history.append(row)
         save_checkpoints(run, epoch=epoch, row=row)
-        print(epoch_line(row, total=run.config.unfreeze_epoch), flush=True)
+        print(epoch_line(row, total=run.config.unfreeze_epoch, cores=usable_cores()), flush=True)
     barrier(run.dist)
