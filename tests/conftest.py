@@ -1,5 +1,6 @@
 """What the tests share: the repository root on sys.path (so tests can `import nets` and `import utils`), the
-bundled BCCD images as small training splits, the golden VOC AP sample, and a generated shapes dataset.
+bundled BCCD images as small training splits, a random network with trained-like BatchNorm statistics, the golden
+VOC AP sample, and a generated shapes dataset.
 
 Test files import these helpers from here (``from conftest import ...``), never from one another."""
 import contextlib
@@ -10,7 +11,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -19,6 +22,7 @@ if str(REPO) not in sys.path:
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
+from nets.yolo import build_model, init_weights  # noqa: E402
 from utils.eval.utils_map import DetBox, GTBox  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -62,6 +66,24 @@ def small_run(tmp_path: Path, *extra: str) -> list[str]:
     return [*write_split(tmp_path, ids("train", 4), ids("val", 2)), "--model=yolov4-tiny", "--input_shape=[128,128]",
             "--freeze_train=False", "--unfreeze_batch_size=2", "--num_workers=0", "--eval_flag=False",
             "--mosaic=False", "--mixup=False", "--fp16=False", f"--save_dir={tmp_path / 'logs'}", *extra]
+
+
+def trained_like_net(model: str, seed: int = 0) -> nn.Module:
+    """Random net with BatchNorm statistics and affine parameters away from their defaults (so that folding has
+    something to fold) and a head bias that makes objects of varied scores."""
+    torch.manual_seed(seed)
+    net = build_model(model=model, num_classes=len(CLASSES))
+    init_weights(net, conv_std=0.05)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+        for head in net.heads:
+            head.pred.bias.view(net.anchors_per_level, -1)[:, 4].fill_(-1.0)
+    return net.eval()
 
 
 def free_port() -> int:

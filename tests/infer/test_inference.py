@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, trained_like_net
 from PIL import Image
 from torch import nn
 from torchvision.ops import box_iou
 
 import utils.infer.onnx_detector as onnx_detector_module
-from nets.yolo import build_model, init_weights
+from nets.yolo import build_model
 from utils.core.device import resolve_precision
 from utils.infer.folding import fold_batchnorm, inference_copy
 from yolo import YOLO, PostprocessSettings, onnx_mismatch
@@ -24,24 +24,6 @@ CONFIGS = {
     "yolov4": {"anchors": [[12, 16], [19, 36], [40, 28], [36, 75], [76, 55], [72, 146], [142, 110], [192, 243],
                            [459, 401]], "anchors_mask": [[6, 7, 8], [3, 4, 5], [0, 1, 2]]},
 }
-
-
-def trained_like_net(model: str, seed: int = 0) -> nn.Module:
-    """Random net with BatchNorm statistics and affine parameters away from their defaults (so that folding has
-    something to fold) and a head bias that makes objects of varied scores."""
-    torch.manual_seed(seed)
-    net = build_model(model=model, num_classes=len(CLASSES))
-    init_weights(net, conv_std=0.05)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-        for head in net.heads:
-            head.pred.bias.view(net.anchors_per_level, -1)[:, 4].fill_(-1.0)
-    return net.eval()
 
 
 def detector_for(net: nn.Module, model: str, *, size: int = 160, **kwargs) -> YOLO:

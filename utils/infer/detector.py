@@ -7,7 +7,7 @@
 Pipeline (utils/infer/pipeline.py): preprocess (letterbox as in validation) -> network -> decode_outputs ->
 class-aware NMS -> map boxes back through the letterbox. ``YOLO.from_model`` wraps a model being trained;
 ``YOLO.export_onnx`` writes an ONNX file that ``OnnxYOLO`` (utils/infer/onnx_detector.py) runs with the same pre-
-and postprocessing.
+and postprocessing; ``YOLO.openvino_detector`` runs the network with OpenVINO (utils/infer/openvino_detector.py).
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from utils.core.model_files import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, 
 from utils.infer.checkpoint import checkpoint_variant, is_project_checkpoint, load_weights, read_model_file
 from utils.infer.folding import InferenceCache, inference_copy
 from utils.infer.onnx_detector import DecodedYOLO, OnnxYOLO, export_decoded_onnx
+from utils.infer.openvino_detector import OpenVinoYOLO
 from utils.infer.pipeline import BaseDetector, check_class_count, class_names_for, input_hw
 from utils.infer.postprocess import DEFAULT_POSTPROCESS, PostprocessSettings
 
@@ -80,6 +81,8 @@ class YOLO(BaseDetector):
     names (another dataset's file of the same length would relabel every detection); a checkpoint without stored
     names takes the classes file as given, if its head predicts as many classes. ``postprocess_settings`` holds the
     NMS settings (confidence, nms_iou, nms_type, max_det, multi_label)."""
+
+    engine = "PyTorch"
 
     def __init__(self, *, model_path: str, classes_path: str | None = None, anchors_path: str | None = None,
                  anchors_mask: list[list[int]] | None = None, input_shape: int | list[int] | None = None,
@@ -212,6 +215,11 @@ class YOLO(BaseDetector):
             self.export_onnx(path, dynamic_batch=True)
             return OnnxYOLO(onnx_path=str(path), letterbox_image=self.letterbox_image,
                             postprocess_settings=self.postprocess_settings, device=str(self.device))
+
+    def openvino_detector(self, *, precision: str = "auto") -> OpenVinoYOLO:
+        """This detector on the OpenVINO backend (CPU): the network converted in memory, compiled per input shape,
+        decoded and post-processed as here. ``precision`` 'auto' is OpenVINO's default for this CPU."""
+        return OpenVinoYOLO(self, precision=precision)
 
     def heatmap(self, image: Image.Image) -> np.ndarray:
         """Objectness heat map (h, w) of the original image, float32 in [0, 1]: per level the max over anchors of

@@ -5,6 +5,7 @@ runs an exported file with the same pre- and postprocessing as ``YOLO``.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -61,18 +62,27 @@ def onnx_mismatch(*, got: np.ndarray, expected: np.ndarray) -> dict[str, float]:
             "prob_abs": float(prob_diff.max(initial=0.0)), "worst": worst}
 
 
+def traced_onnx(module: nn.Module, *, example: Tensor, output_names: list[str], opset: int,
+                dynamic_axes: dict[str, dict[int, str]] | None) -> bytes:
+    """``module`` (eval mode, on the CPU) traced on ``example`` into an ONNX model in memory, input ``images``;
+    ``dynamic_axes`` as torch.onnx.export takes them."""
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter warns it is legacy; it needs no onnxscript
+        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset, input_names=["images"],
+                          output_names=output_names, dynamic_axes=dynamic_axes)
+    return buffer.getvalue()
+
+
 def _write_onnx(wrapper: DecodedYOLO, path: Path, *, example: Tensor, opset: int, dynamic_batch: bool,
                 simplify: bool, metadata: dict[str, str], shown_path: Path) -> None:
     """Exports ``wrapper`` to ``path`` with input ``images`` and output ``decoded``, optionally simplified, with
     ``metadata`` in its properties; ``shown_path`` is the name error messages give."""
     import onnx
 
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter warns it is legacy; it needs no onnxscript
-        torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
-                          output_names=["decoded"],
-                          dynamic_axes={"images": {0: "batch"}, "decoded": {0: "batch"}} if dynamic_batch else None)
-    proto = onnx.load(str(path))
+    proto = onnx.load_model_from_string(traced_onnx(
+        wrapper, example=example, output_names=["decoded"], opset=opset,
+        dynamic_axes={"images": {0: "batch"}, "decoded": {0: "batch"}} if dynamic_batch else None))
     if simplify:
         try:
             import onnxsim
@@ -139,6 +149,8 @@ class OnnxYOLO(BaseDetector):
 
     Class names and input shape come from the file's metadata; a ``classes_path`` must list the same names. A file
     without names in its metadata takes ``classes_path`` as given, if its output has room for as many classes."""
+
+    engine, precision = "ONNX Runtime", "fp32"
 
     def __init__(self, *, onnx_path: str, classes_path: str | None = None, letterbox_image: bool = True,
                  postprocess_settings: PostprocessSettings = DEFAULT_POSTPROCESS, device: str = "auto"):

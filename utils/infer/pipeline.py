@@ -2,7 +2,8 @@
 -> boxes mapped back to the original image -> ``Detections``; plus timing and drawing.
 
 ``YOLO`` (utils/infer/detector.py) runs it with PyTorch, ``OnnxYOLO`` (utils/infer/onnx_detector.py) with
-onnxruntime; each provides ``_forward`` and ``_finish_decode``.
+onnxruntime, ``OpenVinoYOLO`` (utils/infer/openvino_detector.py) with OpenVINO; each provides ``_forward`` and
+``_finish_decode``.
 """
 from __future__ import annotations
 
@@ -85,6 +86,8 @@ class BaseDetector:
     """Shared preprocessing, NMS, box mapping and drawing; subclasses provide ``_forward`` and ``_finish_decode``
     and set the attributes below."""
 
+    engine: str  # the runtime that runs the network: PyTorch, ONNX Runtime, OpenVINO
+    precision: str  # what the network computes in: fp32, bf16, fp16
     class_names: list[str]
     input_shape: list[int]
     letterbox_image: bool  # keep the aspect ratio with gray padding (as in validation); False stretches
