@@ -44,6 +44,7 @@ test_annotation_path: str = "2007_test.txt"  # images the runs are scored on (VO
 select_on: Literal["test", "val"] = "test"
 VOCdevkit_path: str = "VOCdevkit"  # where missing annotation files are made from, with the recipe's classes_path
 eval_device: str = "auto"  # device of the evaluation passes
+eval_backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"  # engine of the scoring, as get_map.py's
 parallel: int = 2  # runs trained at once as separate train.py processes sharing the CPU threads; 1 = in this process
 devices: str = ""  # "0,1,...": one run per listed GPU at once (overrides parallel)
 on_changed: Literal["refuse", "new"] = "refuse"  # a run folder made with other settings: refuse (list the keys) or new
@@ -106,8 +107,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             experiment.train_in_process(run=run, run_dir=run_dir, progress=progress, config_class=train.TrainConfig)
     for run, run_dir in to_evaluate:
         evaluations[run.name] = experiment.evaluate_run(
-            run_dir=run_dir, test_lines=scored_lines, device=cfg["eval_device"], config_class=train.TrainConfig,
-            test_annotation_path=scoring.annotation_path)
+            run_dir=run_dir, test_lines=scored_lines, device=cfg["eval_device"], backend=cfg["eval_backend"],
+            config_class=train.TrainConfig, test_annotation_path=scoring.annotation_path)
         print(f"[compare] {run.name}: {scoring.split} mAP@0.5 {evaluations[run.name]['map']:.4f}")
     return write_report(cfg=cfg, runs=runs, run_dirs={name: Path(c.save_dir) for name, c in configs.items()},
                         evaluations=evaluations, out_dir=out_dir, scoring=scoring)

@@ -32,7 +32,7 @@ input_shape: list[int] | None = None  # network input (h, w), multiples of 32; N
 letterbox_image: bool = True  # resize keeping the aspect ratio and pad, as in training
 device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
 precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CPUs with native bf16, else fp32
-backend: Literal["torch", "onnxruntime"] = "torch"  # onnxruntime: the checkpoint exported to ONNX in memory
+backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"  # auto: OpenVINO on the CPU when installed
 batch_size: int = 8  # images per forward pass (each letterboxed to the input size)
 score_threshold: float = 0.5  # operating point for the per-class precision / recall / F1
 map_vis: bool = False  # also save images with gt (green) and detections >= score_threshold (red) drawn
@@ -121,7 +121,8 @@ def _image_set(cfg: dict, *, mode: int) -> tuple[Path, list[str], dict[str, Path
 def _build_detector(cfg: dict):
     """The detector of modes 0 / 1. A checkpoint of this project keeps its own classes (YOLO refuses a classes_path
     that names them differently); a bare state_dict takes classes_path, model, anchors_path and anchors_mask as
-    predict.py does."""
+    predict.py does. ``backend`` runs it on PyTorch, ONNX Runtime or OpenVINO (utils/infer/backends.py)."""
+    from utils.infer.backends import on_backend
     from utils.infer.postprocess import PostprocessSettings
     from yolo import YOLO
 
@@ -132,8 +133,7 @@ def _build_detector(cfg: dict):
                     input_shape=cfg["input_shape"], letterbox_image=cfg["letterbox_image"],
                     postprocess_settings=settings, device=cfg["device"], precision=cfg["precision"],
                     cfg_path=cfg["cfg_path"])
-    if cfg["backend"] == "onnxruntime":
-        detector = detector.onnx_detector()
+    detector = on_backend(detector, backend=cfg["backend"], precision=cfg["precision"])
     detector.batch_size = max(1, cfg["batch_size"])
     return detector
 

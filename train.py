@@ -79,6 +79,7 @@ save_dir: str = "logs"  # checkpoints, history, curves, config.json; one run at 
 val_period: int = 1  # epochs between validation losses (and always after the last): they pick "best" without eval_flag
 eval_flag: bool = True  # compute val mAP@0.5 during training (same code and settings as get_map.py)
 eval_period: int = 10  # epochs between mAP evaluations (and always after the last epoch)
+eval_backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"  # the mAP's engine, as get_map.py's backend
 num_workers: int = 2  # DataLoader worker processes
 train_annotation_path: str = "2007_train.txt"  # from voc_annotation.py (unused with dataset)
 val_annotation_path: str = "2007_val.txt"  # from voc_annotation.py (unused with dataset)

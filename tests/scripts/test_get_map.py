@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import GOLDEN_AP, assert_truncated_equal, golden_coco_json, load_golden, pycocotools_direct
 from PIL import Image
 
@@ -98,15 +99,19 @@ def test_settings_types_and_errors(tmp_path):
 
 
 class FakeDetector:
-    """Stands in for yolo.YOLO: one fixed box for every image."""
+    """Stands in for yolo.YOLO: one fixed box for every image, on whichever engine backend=auto picks."""
 
     class_names = ["RBC", "WBC"]
+    device = torch.device("cpu")
     instances: list = []
 
     def __init__(self, **kwargs):
         self.kwargs = kwargs
         self.seen_sizes = []
         FakeDetector.instances.append(self)
+
+    def openvino_detector(self, *, precision: str):
+        return self
 
     def detect(self, image):
         assert image.mode == "RGB"

@@ -218,13 +218,15 @@ def epochs_done(run_dir: Path) -> int:
 EVAL_FORMAT = 4  # eval.json of earlier versions lack the scoring precision (or more) and are evaluated again
 
 
-def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_class: type,
+def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, backend: str, config_class: type,
                  test_annotation_path: str) -> dict:
     """mAP (all-point and VOC07), COCO AP (and by object size) and per-class AP of the run's final weights on
     the test images, with get_map.py's code and settings; the per-image records the paired bootstrap and the
     reliability diagrams need (``eval_images.npz``); the confidence term at init; the Focal Loss paper's
-    Figure 4 CDFs and the easy negatives' share of the confidence loss, at initialisation and trained."""
+    Figure 4 CDFs and the easy negatives' share of the confidence loss, at initialisation and trained.
+    ``backend`` is the engine that scores (get_map.py's setting); the confidence samples come from PyTorch."""
     from utils.eval.evaluation import predict_with_ground_truth, score_detections
+    from utils.infer.backends import on_backend
     from utils.infer.detector import YOLO
     from utils.infer.postprocess import PostprocessSettings
     from utils.data.voc import line_image_path
@@ -232,9 +234,10 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_cl
     checkpoint = run_dir / "last_epoch_weights.pth"
     detector = YOLO(model_path=str(checkpoint), postprocess_settings=PostprocessSettings(confidence=0.001, nms_iou=0.5),
                     device=device)
+    scorer = on_backend(detector, backend=backend)
     names = detector.class_names
     gt, predictions = predict_with_ground_truth(  # get_map.py's evaluator and rules
-        detector=detector, image_paths=[line_image_path(line) for line in test_lines], class_names=names)
+        detector=scorer, image_paths=[line_image_path(line) for line in test_lines], class_names=names)
     dets = {image_id: predictions.dets.get(image_id, []) for image_id in gt}
     results = score_detections(gt=gt, dets=dets, class_names=names, coco=True)
     coco = results["coco"]
@@ -248,7 +251,7 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, config_cl
         "format": EVAL_FORMAT, "test_annotation_path": test_annotation_path,
         "map": results["map"], "map_voc07": results["map_voc07"], "coco_ap": coco["AP"], "coco_ap50": coco["AP50"],
         "coco": coco, "per_class_ap": {name: v["ap"] for name, v in results["per_class"].items()},
-        "scored_in": detector.precision,
+        "scored_in": f"{scorer.precision} on {scorer.engine}",
         "final_train": {k: last.get(f"train_{k}") for k in ("loss_loc", "loss_conf", "loss_cls")},
         "train_seconds": round(sum(row.get("seconds", 0.0) for row in history), 1),
         "config": {k: saved["config"].get(k) for k in ("focal_loss", "focal_alpha", "focal_gamma", "focal_cls",

@@ -208,12 +208,13 @@ class Run:
         return frozen, self.config.freeze_batch_size if frozen else self.config.unfreeze_batch_size
 
     def evaluate_map(self) -> dict:
+        from utils.infer.backends import on_backend
         from utils.infer.detector import YOLO
         from utils.infer.postprocess import PostprocessSettings
 
-        detector = YOLO.from_model(self.inference_net, config=self.run_config,
-                                   postprocess_settings=PostprocessSettings(confidence=0.001, nms_iou=0.5),
-                                   device=str(self.device))
+        detector = on_backend(YOLO.from_model(self.inference_net, config=self.run_config,
+                                              postprocess_settings=PostprocessSettings(confidence=0.001, nms_iou=0.5),
+                                              device=str(self.device)), backend=self.config.eval_backend)
         if self.dataset is not None:  # ground truth from the val records, not from files beside the images
             source = {"records": self.dataset.records("val")}
         else:
