@@ -1,5 +1,6 @@
 """Every speed figure of the project in one table: forward (416, batch 1), end-to-end detection (preprocess,
-forward, decode, NMS of a 640x480 BCCD image), network + decoding against OpenCV's DNN module on the same darknet
+forward, decode, NMS of a 640x480 BCCD image) on PyTorch, ONNX Runtime and OpenVINO (its default precision and
+f32), network + decoding against OpenCV's DNN module on the same darknet
 files, training step (416, batch 4: forward, loss, backward, SGD) for YOLOv4 and YOLOv4-tiny, and the loss
 forward (batch 16, 100 boxes per image, YOLOv4 geometry, 20 classes) against a per-image-vectorised baseline of
 the same algorithm (benchmarks/parity_loss.py), with boxes 4 to 300 px wide uniformly ("loss": large boxes,
@@ -12,11 +13,14 @@ Each figure is measured twice:
 - warm: all variants of a figure in this process, interleaved (A, B, C, A, B, C, ...) so that load from other
   processes hits them alike; median, interquartile range, and the speed-up against the figure's baseline as the
   median of per-round ratios.
-Random weights (objectness prior 0.01); timings, not accuracy. With CUDA present it also prints training
+Forward rows also give the GFLOP/s reached (the network's convolution GFLOP per image over the median time) as a
+share of this CPU's matmul peak, measured in the same run (benchmarks/cpu_peak.py); the CPU's name and flags head
+the output. Random weights (objectness prior 0.01); timings, not accuracy. With CUDA present it also prints training
 images/s (YOLOv4, 416, batch 16 and 32), inference images/s at batch 1 and 32, and the loss on the GPU.
 
     python benchmarks/bench_speed.py [--figures="['forward','detect','opencv','train','loss','loss_small']"]
 """
+import functools
 import json
 import resource
 import statistics
@@ -35,6 +39,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_opencv import opencv_forward, random_darknet_pair  # noqa: E402
+from cpu_peak import conv_gflop, cpu_line, matmul_peaks, peak_share  # noqa: E402
 from parity_loss import parity_reference_loss  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -43,6 +48,7 @@ from nets.yolo_training import YOLOLoss  # noqa: E402
 from utils.core.config import resolve_config, run_cli, settings_of  # noqa: E402
 from utils.core.device import cpu_has_native_bf16, resolve_precision  # noqa: E402
 from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
+from utils.infer.backends import auto_backend, openvino_installed  # noqa: E402
 from utils.infer.preprocess import preprocess_image  # noqa: E402
 from utils.train.trainer import training_amp  # noqa: E402
 from yolo import YOLO  # noqa: E402
@@ -61,14 +67,20 @@ CLASSES = 20
 IMAGE = REPO / "VOCdevkit" / "VOC2007" / "JPEGImages" / "BloodImage_00000.jpg"
 # Variants per figure; the first is the baseline the speed-ups are relative to.
 VARIANTS = {
-    "forward": ["fp32 unfolded", "fp32 folded+CL", "bf16 folded+CL", "onnxruntime"],
-    "detect": ["fp32 unfolded", "fp32 folded+CL", "bf16 folded+CL", "onnxruntime"],
+    "forward": ["fp32 unfolded", "fp32 folded+CL", "bf16 folded+CL", "onnxruntime", "openvino auto", "openvino f32"],
+    "detect": ["fp32 unfolded", "fp32 folded+CL", "bf16 folded+CL", "onnxruntime", "openvino auto", "openvino f32"],
     "opencv": ["OpenCV DNN", "project"],
     "train": ["fp32", "bf16 autocast + CL"],
     "loss": ["parity reference", "YOLOLoss"],
     "loss_small": ["parity reference", "YOLOLoss"],
 }
 LOSS_FIGURES = ("loss", "loss_small")
+OPENVINO_PRECISION = {"openvino auto": "auto", "openvino f32": "fp32"}
+
+
+def variants_of(figure: str) -> list[str]:
+    """The figure's variants that can run here (the OpenVINO rows need the openvino package)."""
+    return [v for v in VARIANTS[figure] if v not in OPENVINO_PRECISION or openvino_installed()]
 
 
 def net_and_config(model: str) -> tuple[torch.nn.Module, dict]:
@@ -94,8 +106,10 @@ def detector_for(model: str, variant: str, *, device: torch.device = torch.devic
     net, config = net_and_config(model)
     options = {"fp32 unfolded": dict(precision="fp32", optimize=False), "fp32 folded+CL": dict(precision="fp32"),
                "bf16 folded+CL": dict(precision="bf16"), "fp16 folded+CL": dict(precision="fp16"),
-               "onnxruntime": dict(precision="fp32")}[variant]
+               "onnxruntime": dict(precision="fp32")}.get(variant, dict(precision="fp32"))
     detector = YOLO.from_model(net.eval(), config=config, device=device, **options)
+    if variant in OPENVINO_PRECISION:
+        return detector.openvino_detector(precision=OPENVINO_PRECISION[variant])
     return detector.onnx_detector() if variant == "onnxruntime" else detector
 
 
@@ -240,7 +254,7 @@ def fresh_figures(spec: str, count: int, config: dict) -> dict:
 
 def warm_figures(figure: str, model: str, count: int) -> dict[str, list[float]]:
     """All variants of one figure interleaved after one warm-up call each; seconds per call per variant."""
-    cases = {variant: make_case(figure, model, variant) for variant in VARIANTS[figure]}
+    cases = {variant: make_case(figure, model, variant) for variant in variants_of(figure)}
     times = {variant: [] for variant in cases}
     with torch.set_grad_enabled(figure == "train"):
         for fn in cases.values():
@@ -266,9 +280,11 @@ def variant_note(figure: str, variant: str) -> str:
     if figure == "opencv":
         precision = resolve_precision("auto", torch.device("cpu"))
         return f"project ({precision} folded+CL, default)" if variant == "project" else f"OpenCV {cv2.__version__} DNN"
-    if figure in ("forward", "detect"):
-        default = {"fp32": "fp32 folded+CL", "bf16": "bf16 folded+CL"}[resolve_precision("auto", torch.device("cpu"))]
-        return f"{variant} (default)" if variant == default else variant
+    if figure in ("forward", "detect"):  # what backend=auto and precision=auto run
+        default = ("openvino auto" if auto_backend(torch.device("cpu"))[0] == "openvino"
+                   else f"{resolve_precision('auto', torch.device('cpu'))} folded+CL")
+        name = f"{variant} = {variant_precision(variant)}" if variant == "openvino auto" else variant
+        return f"{name} (default)" if variant == default else name
     if figure == "train":
         # what train.py's defaults (fp16=True, amp_dtype='auto', channels_last=None) give on this CPU
         amp = training_amp(SimpleNamespace(fp16=True, amp_dtype="auto", channels_last=None), torch.device("cpu"))
@@ -277,7 +293,17 @@ def variant_note(figure: str, variant: str) -> str:
     return variant
 
 
-def print_rows(figure: str, model: str, warm: dict[str, list[float]], fresh_results: dict[str, dict]) -> None:
+@functools.lru_cache(maxsize=None)
+def variant_precision(variant: str) -> str:
+    """What a forward / detect variant computes in: OpenVINO's default is read from the compiled network."""
+    if variant == "openvino auto":
+        return detector_for("yolov4-tiny", variant).precision
+    return "bf16" if variant.startswith("bf16") else "fp32"
+
+
+def print_rows(figure: str, model: str, warm: dict[str, list[float]], fresh_results: dict[str, dict],
+               *, gflop: float | None, peaks: dict[str, float]) -> None:
+    """One table row per variant; forward rows with their GFLOP/s and share of the matmul peak."""
     base = VARIANTS[figure][0]
     for variant, times in warm.items():
         median = statistics.median(times) * 1e3
@@ -286,8 +312,10 @@ def print_rows(figure: str, model: str, warm: dict[str, list[float]], fresh_resu
         cold = fresh_results.get(variant)
         cold_text = (f"{cold['first_ms']:.1f} | {cold['median_ms']:.1f} | {cold['peak_rss_gib']:.2f}" if cold
                      else "- | - | -")
+        share = (peak_share(gflop=gflop, seconds=median / 1e3, precision=variant_precision(variant), peaks=peaks)
+                 if gflop else "-")
         print(f"| {label(figure, model)} | {variant_note(figure, variant)} | {cold_text} | {median:.1f} "
-              f"({q1 * 1e3:.1f}-{q3 * 1e3:.1f}) | {paired:.2f}x |", flush=True)
+              f"({q1 * 1e3:.1f}-{q3 * 1e3:.1f}) | {paired:.2f}x | {share} |", flush=True)
 
 
 def device_interleaved(cases: dict, rounds: int, device: torch.device) -> dict[str, float]:
@@ -356,18 +384,25 @@ def main(argv: list[str] | None = None) -> None:
     if config["one"]:
         print(json.dumps(measure_one(config["one"], config["reps"])))
         return
+    print(cpu_line())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native CPU bf16: {cpu_has_native_bf16()}")
+    peaks = matmul_peaks()
+    print("matmul peak (2048^3, best of 5): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    gflops = {model: conv_gflop(net_and_config(model)[0], input_hw=(INPUT, INPUT)) for model in config["models"]}
+    print("forward GFLOP per image (convolutions): " + ", ".join(f"{k} {v:.1f}" for k, v in gflops.items()))
     for figure in LOSS_FIGURES:
         if figure in config["figures"]:
             print(f"{figure} parity check: {check_loss_parity(small_boxes=figure == 'loss_small')}")
     print("\n| figure | variant | fresh: first call ms | fresh: median ms | fresh: peak RSS GiB | warm: median ms "
-          "(IQR) | warm speed-up vs first variant |\n|---|---|---|---|---|---|---|")
+          "(IQR) | warm speed-up vs first variant | warm GFLOP/s (share of matmul peak) |\n"
+          "|---|---|---|---|---|---|---|---|")
     for figure in config["figures"]:
         for model in (config["models"] if figure not in LOSS_FIGURES else ["yolov4"]):
             count = config["train_reps"] if figure == "train" else config["reps"]
             fresh_results = ({variant: fresh_figures(f"{figure}/{model}/{variant}", count, config)
-                              for variant in VARIANTS[figure]} if config["fresh"] else {})
-            print_rows(figure, model, warm_figures(figure, model, count), fresh_results)
+                              for variant in variants_of(figure)} if config["fresh"] else {})
+            print_rows(figure, model, warm_figures(figure, model, count), fresh_results,
+                       gflop=gflops.get(model) if figure == "forward" else None, peaks=peaks)
     if torch.cuda.is_available():
         cuda_figures(config["cuda_rounds"], torch.device("cuda"))
 

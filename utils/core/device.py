@@ -15,18 +15,32 @@ AUTO_CPU_BF16 = True
 
 
 @lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(model name, instruction-set flags) of the CPU, from /proc/cpuinfo; ("unknown", no flags) where that cannot
+    be read: only Linux exposes them in a standard place."""
+    if not sys.platform.startswith("linux"):
+        return "unknown", frozenset()
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return "unknown", frozenset()
+    fields = {}
+    for line in lines:  # the first processor's block is enough: the fields repeat per core
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields.get("model name", "unknown"), frozenset(fields.get("flags", "").split())
+
+
+@lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True where oneDNN can run bf16 convolutions in hardware (AVX512-BF16 or AMX-BF16).
 
     Without those instructions bf16 is emulated and slower than fp32, so 'auto' must not pick it there.
-    Only Linux exposes the CPU flags in a standard place; elsewhere this answers False (fp32 stays the default).
+    Where the CPU flags cannot be read (not Linux) this answers False (fp32 stays the default).
     """
-    if not torch.backends.mkldnn.is_available() or not sys.platform.startswith("linux"):
+    if not torch.backends.mkldnn.is_available():
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
-    except OSError:
-        return False
+    flags = cpu_info()[1]
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
