@@ -12,6 +12,7 @@ and plots to ``results_dir``.
     python compare_focal.py --select_on=val --sweep="init_lr=0.05,0.2"  # choose on val; the test images unread
     python compare_focal.py --config=configs/voc_yolov4.toml --classes_path=model_data/my_classes.txt \
         --VOCdevkit_path=path/to/VOCdevkit --anchors_path=auto   # your data: your classes, k-means anchors
+    python compare_focal.py --dataset=datasets/my_yolo --classes_path=None --anchors_path=auto  # YOLO txt / COCO json
     python compare_focal.py --grid=True                       # gamma x alpha ablation (Focal Loss paper, Table 1)
     python compare_focal.py --sweep="init_lr=0.05,0.2"        # every arm at each value of any train.py setting
     python compare_focal.py --devices=0,1                     # one run per GPU at once
@@ -38,7 +39,7 @@ family: bool = False  # replace the arms by every named arm against bce; several
 seeds: int = 1  # runs per arm, seeds seed, seed+1, ...
 seed: int = 11  # first seed
 sweep: str = ""  # "key=v1,v2;key2=v3,v4": every arm at every combination of these train.py settings
-test_annotation_path: str = "2007_test.txt"  # images the runs are scored on (VOC layout: XMLs beside them)
+test_annotation_path: str = "2007_test.txt"  # images the runs are scored on (XMLs beside them); unused with --dataset
 # "val": score on the recipe's val_annotation_path instead, never reading the test images, to choose a recipe or
 # sweep values; the runs then train on <year>_train.txt where the recipe trains on <year>_trainval.txt
 select_on: Literal["test", "val"] = "test"
@@ -79,24 +80,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import voc_annotation
     from utils.compare import experiment, family, run_folders, selection
     from utils.data.voc import read_annotation_lines
+    from utils.train.data_source import read_dataset
 
     cfg, base, train_settings = parse_settings(sys.argv[1:] if argv is None else list(argv))
     arm_list = family.planned_arms(cfg=cfg, default_arms=experiment.resolve_arms(arms))
+    dataset = read_dataset(base) if base.dataset else None  # every file checked before any run
     base, scoring = selection.scoring_split(base=base, select_on=cfg["select_on"],
-                                            test_annotation_path=cfg["test_annotation_path"])
-    run_folders.prepare_annotations(config=base, test_annotation_path=scoring.annotation_path,
-                                    voc_path=cfg["VOCdevkit_path"], make_annotations=voc_annotation.main)
-    selection.check_held_out(base=base, scoring=scoring)
+                                            test_annotation_path=cfg["test_annotation_path"], dataset=dataset)
+    if dataset is None:
+        run_folders.prepare_annotations(config=base, test_annotation_path=scoring.annotation_path,
+                                        voc_path=cfg["VOCdevkit_path"], make_annotations=voc_annotation.main)
+    selection.check_held_out(base=base, scoring=scoring, dataset=dataset)
     runs = experiment.plan_runs(arms=arm_list, sweep=experiment.parse_sweep(cfg["sweep"], train_settings),
                                 seeds=[cfg["seed"] + i for i in range(cfg["seeds"])])
     out_dir = Path(cfg["results_dir"])
     configs = run_configs(runs=runs, base=base, out_dir=out_dir, on_changed=cfg["on_changed"],
                           config_class=train.TrainConfig)
     progress = experiment.Progress(runs, base.unfreeze_epoch)
-    scored_lines = read_annotation_lines(scoring.annotation_path)  # read now: a bad file stops before training
+    # read now: a bad file stops before training
+    scored_lines = (dataset.annotation_file(scoring.split).lines if dataset is not None
+                    else read_annotation_lines(scoring.annotation_path))
     evaluations, to_evaluate, to_train = pending_runs(runs=runs, configs=configs, progress=progress,
-                                                      epochs=base.unfreeze_epoch,
-                                                      test_annotation_path=scoring.annotation_path)
+                                                      epochs=base.unfreeze_epoch, test_annotation_path=scoring.source)
     if cfg["print_commands"]:
         return write_commands(jobs=to_train, out_dir=out_dir)
     devices = [d.strip() for d in cfg["devices"].split(",") if d.strip()]
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for run, run_dir in to_evaluate:
         evaluations[run.name] = experiment.evaluate_run(
             run_dir=run_dir, test_lines=scored_lines, device=cfg["eval_device"], backend=cfg["eval_backend"],
-            config_class=train.TrainConfig, test_annotation_path=scoring.annotation_path)
+            config_class=train.TrainConfig,
+            test_annotation_path=scoring.source, records=dataset.records(scoring.split) if dataset else None)
         print(f"[compare] {run.name}: {scoring.split} mAP@0.5 {evaluations[run.name]['map']:.4f}")
     return write_report(cfg=cfg, runs=runs, run_dirs={name: Path(c.save_dir) for name, c in configs.items()},
                         evaluations=evaluations, out_dir=out_dir, scoring=scoring)
@@ -119,6 +125,7 @@ def parse_settings(argv: list[str]) -> tuple[dict, object, dict]:
     import train
     from utils.compare.experiment import resolve_arms
     from utils.core.config import settings_of_class
+    from utils.train.settings import with_default_classes
 
     own_settings, train_settings = settings_of(globals()), settings_of_class(train.TrainConfig)
     mine, for_train = split_argv(argv, own_settings, train_settings)
@@ -132,7 +139,8 @@ def parse_settings(argv: list[str]) -> tuple[dict, object, dict]:
         unknown = [k for k in arm if k != "name" and k not in train_settings]
         if "name" not in arm or unknown:
             raise ConfigError(f"arm {arm}: needs a 'name'; unknown train.py settings {unknown}")
-    base = resolve_settings(train.TrainConfig, ([f"--config={cfg['config']}"] if cfg["config"] else []) + for_train)
+    recipe_argv = [f"--config={cfg['config']}"] if cfg["config"] else []
+    base = with_default_classes(resolve_settings(train.TrainConfig, recipe_argv + for_train))
     check_models(cfg=cfg, base=base, train_settings=train_settings)
     return cfg, base, train_settings
 

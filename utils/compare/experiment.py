@@ -219,25 +219,27 @@ EVAL_FORMAT = 4  # eval.json of earlier versions lack the scoring precision (or 
 
 
 def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, backend: str, config_class: type,
-                 test_annotation_path: str) -> dict:
+                 test_annotation_path: str, records: list | None = None) -> dict:
     """mAP (all-point and VOC07), COCO AP (and by object size) and per-class AP of the run's final weights on
-    the test images, with get_map.py's code and settings; the per-image records the paired bootstrap and the
-    reliability diagrams need (``eval_images.npz``); the confidence term at init; the Focal Loss paper's
-    Figure 4 CDFs and the easy negatives' share of the confidence loss, at initialisation and trained.
+    the test images (``test_lines``; ground truth from the XMLs beside them, or from a dataset split's ``records``;
+    ``test_annotation_path`` names them, for reuse), with get_map.py's code and settings; the per-image records the
+    paired bootstrap and the reliability diagrams need (``eval_images.npz``); the confidence term at init; the Focal
+    Loss paper's Figure 4 CDFs and the easy negatives' share of the confidence loss, at initialisation and trained.
     ``backend`` is the engine that scores (get_map.py's setting); the confidence samples come from PyTorch."""
+    from utils.data.voc import line_image_path
     from utils.eval.evaluation import predict_with_ground_truth, score_detections
     from utils.infer.backends import on_backend
     from utils.infer.detector import YOLO
     from utils.infer.postprocess import PostprocessSettings
-    from utils.data.voc import line_image_path
 
     checkpoint = run_dir / "last_epoch_weights.pth"
     detector = YOLO(model_path=str(checkpoint), postprocess_settings=PostprocessSettings(confidence=0.001, nms_iou=0.5),
                     device=device)
     scorer = on_backend(detector, backend=backend)
     names = detector.class_names
-    gt, predictions = predict_with_ground_truth(  # get_map.py's evaluator and rules
-        detector=scorer, image_paths=[line_image_path(line) for line in test_lines], class_names=names)
+    paths = None if records is not None else [line_image_path(line) for line in test_lines]
+    gt, predictions = predict_with_ground_truth(detector=scorer, class_names=names, image_paths=paths,
+                                                records=records)  # get_map.py's evaluator and rules
     dets = {image_id: predictions.dets.get(image_id, []) for image_id in gt}
     results = score_detections(gt=gt, dets=dets, class_names=names, coco=True)
     coco = results["coco"]
@@ -272,7 +274,8 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, backend: 
 
 
 def reusable_evaluation(run_dir: Path, test_annotation_path: str) -> dict | None:
-    """The run's eval.json when it is of this version and scored on these test images."""
+    """The run's eval.json when it is of this version and scored on these test images (an annotation file or a
+    dataset split, see selection.Scoring.source)."""
     try:
         evaluation = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
     except FileNotFoundError:

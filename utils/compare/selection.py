@@ -6,6 +6,9 @@ Scoring on the validation images means nothing when the runs trained on them, an
 on train + val (``2007_trainval.txt``). So with ``select_on="val"`` a training file named ``<year>_trainval.txt``
 is replaced, for the runs, by ``<year>_train.txt`` beside it (made from the VOCdevkit when missing), and any
 training file that still shares an image with the validation file is refused, naming both files.
+
+With a dataset (train.py's ``dataset``: a VOC devkit, YOLO txt or COCO json) the runs train on its "train" split and
+are scored on its "test" split, or with ``select_on="val"`` on its "val" split; train and val may share no image.
 """
 import dataclasses
 import re
@@ -19,8 +22,15 @@ SPLIT_WORDS = {"test": "test", "val": "validation"}
 @dataclasses.dataclass(frozen=True)
 class Scoring:
     split: str  # "test" or "val"
-    annotation_path: str  # the images the runs are scored on
+    annotation_path: str  # the images the runs are scored on ("" when they are a dataset's split)
     train_note: str = ""  # how the runs' training file was changed for this split ("" when it was not)
+    dataset_split: str = ""  # the dataset split scored on, named as Dataset.split_name names it ("" for a file)
+
+    @property
+    def source(self) -> str:
+        """What the runs are scored on: the annotation file or the dataset split (eval.json is reused only for the
+        same)."""
+        return self.dataset_split or self.annotation_path
 
     @property
     def images(self) -> str:
@@ -31,7 +41,7 @@ class Scoring:
         """The line summary.md adds when scoring on the validation images ("" for the test images)."""
         if self.split == "test":
             return ""
-        return (f"Scored on the validation split ({self.annotation_path}; --select_on=val, for choosing a recipe or "
+        return (f"Scored on the validation split ({self.source}; --select_on=val, for choosing a recipe or "
                 "sweep values): the test images were not read, so these figures are not the test result."
                 + (f" {self.train_note}" if self.train_note else ""))
 
@@ -42,9 +52,13 @@ def train_split_of(path: str) -> str:
     return str(Path(path).with_name(f"{match.group(1)}_train.txt")) if match else path
 
 
-def scoring_split(*, base, select_on: str, test_annotation_path: str) -> tuple[object, Scoring]:
+def scoring_split(*, base, select_on: str, test_annotation_path: str, dataset=None) -> tuple[object, Scoring]:
     """(the train.py settings every run starts from, the scoring): unchanged for ``select_on="test"``; for
-    "val" scored on ``base.val_annotation_path``, with a train + val training file replaced by the train split."""
+    "val" scored on ``base.val_annotation_path``, with a train + val training file replaced by the train split.
+    With ``dataset`` (utils.data.dataset.Dataset, read from base.dataset) scored on its split ``select_on``."""
+    if dataset is not None:
+        dataset.records(select_on)  # a dataset without that split stops here, naming the splits it has
+        return base, Scoring(split=select_on, annotation_path="", dataset_split=dataset.split_name(select_on))
     if select_on == "test":
         return base, Scoring(split="test", annotation_path=test_annotation_path)
     train_path = train_split_of(base.train_annotation_path)
@@ -57,11 +71,20 @@ def scoring_split(*, base, select_on: str, test_annotation_path: str) -> tuple[o
             Scoring(split="val", annotation_path=base.val_annotation_path, train_note=note))
 
 
-def check_held_out(*, base, scoring: Scoring) -> None:
-    """With validation scoring, no validation image may be a training image (compared as resolved paths)."""
+def check_held_out(*, base, scoring: Scoring, dataset=None) -> None:
+    """With validation scoring, no validation image may be a training image (compared as resolved paths); with
+    ``dataset``, of its "val" and "train" splits."""
     from utils.data.voc import read_annotation_lines, shared_images
 
     if scoring.split != "val":
+        return
+    if dataset is not None:
+        shared = shared_images(lines=dataset.annotation_file("val").lines,
+                               others=dataset.annotation_file("train").lines)
+        if shared:
+            raise ConfigError(f"--select_on=val: the val and train splits of {dataset.root} ({dataset.format}) share "
+                              f"{len(shared)} image(s) (e.g. {shared[0]}); scores on training images would not say "
+                              "how a recipe does on new ones: give the dataset a val split without training images")
         return
     shared = shared_images(lines=read_annotation_lines(scoring.annotation_path),
                            others=read_annotation_lines(base.train_annotation_path))
