@@ -1,7 +1,10 @@
-"""Evaluate a trained detector on a VOC image set: VOC mAP (all-point and 11-point) and COCO AP.
+"""Evaluate a trained detector on a VOC image set, or a split of a dataset: VOC mAP (all-point and 11-point) and
+COCO AP.
 
 Edit the settings below or override them (``--config=FILE``, ``--key=value``):
-`python get_map.py --map_mode=3 --MINOVERLAP=0.75`.
+`python get_map.py --map_mode=3 --MINOVERLAP=0.75`; `python get_map.py --dataset=datasets/my_coco --split=val`.
+With ``dataset`` (a VOC devkit, YOLO txt or COCO json) the images and ground truth are those of its split; on a
+COCO json, COCO AP is pycocotools' on that json itself (detections mapped to its image and category ids).
 Text files in map_out_path: ground-truth/<id>.txt and detection-results/<id>.txt (pixel xyxy);
 results.json holds the numbers. Modes 1 and 2 write one half of the text files and evaluate
 when the other half is already there. Images without an XML (or with one listing no objects) are
@@ -36,8 +39,11 @@ backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"  # auto: O
 batch_size: int = 8  # images per forward pass (each letterboxed to the input size)
 score_threshold: float = 0.5  # operating point for the per-class precision / recall / F1
 map_vis: bool = False  # also save images with gt (green) and detections >= score_threshold (red) drawn
-VOCdevkit_path: str = "VOCdevkit"  # dataset root in VOC layout
+VOCdevkit_path: str = "VOCdevkit"  # dataset root in VOC layout (unused with dataset)
 image_set_path: str = "VOC2007/ImageSets/Main/test.txt"  # image ids to evaluate, relative to VOCdevkit_path
+dataset: str = ""  # a VOC devkit, YOLO-txt or COCO-json dataset: evaluate its split (replaces the two above)
+dataset_format: Literal["auto", "voc", "yolo", "coco"] = "auto"  # the dataset's format; auto: detected from its files
+split: str = "test"  # the dataset's split to evaluate: train, val or test
 map_out_path: str = "map_out"  # output folder for text files, results.json and plots
 
 
@@ -109,9 +115,13 @@ def _given_classes(cfg: dict) -> list[str] | None:
     return get_classes(cfg["classes_path"])
 
 
-def _image_set(cfg: dict, *, mode: int) -> tuple[Path, list[str], dict[str, Path]]:
+def _image_set(cfg: dict, *, mode: int, dataset=None) -> tuple[Path | None, list[str], dict[str, Path]]:
     """The image set file; its image ids (modes 0-2, else none); their image files (modes 0 / 1, and mode 2 with
-    map_vis, else none)."""
+    map_vis, else none). With ``dataset``: no file, the ids and files of its split."""
+    if dataset is not None:
+        records = sorted(dataset.records(cfg["split"]), key=lambda record: record.image_id)
+        image_paths = {record.image_id: Path(record.image_path) for record in records} if mode in (0, 1, 2) else {}
+        return None, list(image_paths), image_paths
     set_file = Path(cfg["VOCdevkit_path"]) / cfg["image_set_path"]
     image_ids = _read_lines(set_file, "image set") if mode in (0, 1, 2) else []
     needs_images = mode in (0, 1) or (mode == 2 and cfg["map_vis"])
@@ -138,13 +148,18 @@ def _build_detector(cfg: dict):
     return detector
 
 
-def _predict(cfg: dict, *, image_paths: dict[str, Path], out_dir: Path) -> tuple[dict, dict, list[str]]:
+def _predict(cfg: dict, *, image_paths: dict[str, Path], out_dir: Path, dataset=None) -> tuple[dict, dict, list[str]]:
     """Modes 0 / 1: detections of every image, written to detection-results/ (and unreadable images to
-    skipped-images.txt). Returns (detections, unreadable images, the detector's class names)."""
+    skipped-images.txt). Returns (detections, unreadable images, the detector's class names). A detector whose
+    classes are not the ``dataset``'s is refused before any image is read."""
     from utils.eval.evaluation import predict_images, unreadable_note
     from utils.eval.utils_map import DETECTION_DIR, write_detection_files, write_skipped_images
+    from utils.infer.pipeline import check_dataset_classes
 
     detector = _build_detector(cfg)
+    if dataset is not None:
+        check_dataset_classes(detector.class_names, dataset_names=dataset.class_names, dataset=dataset.root,
+                              source=f"model_path {cfg['model_path']}")
     predictions = predict_images(detector=detector, image_paths=image_paths, progress=True)
     dets, unreadable = predictions.dets, predictions.unreadable
     if unreadable and not dets:
@@ -158,14 +173,20 @@ def _predict(cfg: dict, *, image_paths: dict[str, Path], out_dir: Path) -> tuple
     return dets, unreadable, list(detector.class_names)
 
 
-def _ground_truth(*, year_dir: Path, image_ids: list[str], unreadable: dict, class_names: list[str] | None,
-                  out_dir: Path | None) -> dict:
-    """The readable images' objects from their XMLs; written to ground-truth/ unless ``out_dir`` is None."""
-    from utils.eval.evaluation import read_ground_truth
+def _ground_truth(*, year_dir: Path | None, image_ids: list[str], unreadable: dict, class_names: list[str] | None,
+                  out_dir: Path | None, records: list | None = None) -> dict:
+    """The readable images' objects from their XMLs, or from the dataset ``records`` when given (class ids
+    indexing ``class_names``); written to ground-truth/ unless ``out_dir`` is None."""
+    from utils.eval.evaluation import read_ground_truth, records_ground_truth
     from utils.eval.utils_map import GROUND_TRUTH_DIR, write_ground_truth_files
 
-    xml_paths = {i: year_dir / "Annotations" / f"{i}.xml" for i in image_ids if i not in unreadable}
-    gt, left_out = read_ground_truth(xml_paths=xml_paths, class_names=class_names)
+    if records is not None:
+        wanted = set(image_ids) - set(unreadable)
+        gt = records_ground_truth([r for r in records if r.image_id in wanted], class_names=class_names)
+        gt, left_out = {i: gt[i] for i in sorted(gt)}, 0
+    else:
+        xml_paths = {i: year_dir / "Annotations" / f"{i}.xml" for i in image_ids if i not in unreadable}
+        gt, left_out = read_ground_truth(xml_paths=xml_paths, class_names=class_names)
     if left_out:
         print(f"note: {left_out} ground-truth objects of classes outside {class_names} were left out")
     if out_dir is not None:
@@ -225,9 +246,9 @@ def _read_back(*, out_dir: Path, image_ids: list[str]) -> tuple[dict, dict, dict
 
 
 def _evaluate_files(cfg: dict, *, mode: int, out_dir: Path, image_ids: list[str],
-                    class_names: list[str] | None) -> dict:
+                    class_names: list[str] | None, dataset=None) -> dict:
     """Scores what the text files hold, so that every mode agrees with mode 3; plots (mode 0), results.json and
-    the table."""
+    the table. COCO AP (modes 0 / 4) of a COCO-json ``dataset`` against its json (_coco_on_json)."""
     from utils.eval.evaluation import score_detections
     from utils.eval.utils_map import GROUND_TRUTH_DIR, write_results_json
 
@@ -239,8 +260,11 @@ def _evaluate_files(cfg: dict, *, mode: int, out_dir: Path, image_ids: list[str]
                         f"map_mode 2 (or 0) again")
     if class_names is None:
         class_names = sorted({b.class_name for boxes in [*gt_files.values(), *det_files.values()] for b in boxes})
+    on_json = mode in (0, 4) and dataset is not None and dataset.format == "coco"
     results = score_detections(gt=gt_files, dets=det_files, class_names=class_names, iou_threshold=cfg["MINOVERLAP"],
-                               score_threshold=cfg["score_threshold"], coco=mode in (0, 4))
+                               score_threshold=cfg["score_threshold"], coco=mode in (0, 4) and not on_json)
+    if on_json:
+        results["coco"] = _coco_on_json(dataset, split=cfg["split"], image_ids=list(gt_files), dets=det_files)
     results.update(images=len(gt_files), background_images=sum(not boxes for boxes in gt_files.values()),
                    unreadable=unreadable)
     if mode == 0:
@@ -255,6 +279,31 @@ def _evaluate_files(cfg: dict, *, mode: int, out_dir: Path, image_ids: list[str]
     return results
 
 
+def _coco_on_json(dataset, *, split: str, image_ids: list[str], dets: dict) -> dict:
+    """COCO AP of the detections of ``image_ids`` against the split's own json (pycocotools on that file), the
+    images and classes mapped back to the json's image ids and category ids."""
+    from utils.eval.coco_eval import coco_ap_against_json
+
+    json_ids = {record.image_id: record.source_id for record in dataset.records(split)}
+    outside = [i for i in image_ids if i not in json_ids]
+    if outside:
+        raise UserError(f"{len(outside)} evaluated images are not in {dataset.coco_json[split]}, e.g. "
+                        f"'{outside[0]}'; run map_mode 0 (or 1 and 2) with this dataset and split")
+    print(f"COCO AP against {dataset.coco_json[split]} (pycocotools on the dataset's own json)")
+    return coco_ap_against_json(json_path=dataset.coco_json[split], dets=dets,
+                                json_image_ids={i: json_ids[i] for i in image_ids},
+                                category_ids=dict(zip(dataset.class_names, dataset.category_ids)))
+
+
+def _read_dataset(cfg: dict):
+    """The dataset of ``dataset`` (read and checked; its names against classes_path when given), or None."""
+    if not cfg["dataset"]:
+        return None
+    from utils.data.dataset import load_dataset
+
+    return load_dataset(cfg["dataset"], dataset_format=cfg["dataset_format"], classes_path=cfg["classes_path"])
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     """Run the configured mode; returns the results dict (None when nothing could be evaluated)."""
     from utils.eval.utils_map import DETECTION_DIR, GROUND_TRUTH_DIR
@@ -266,14 +315,16 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise ConfigError(f"map_out_path {out_dir}: is a file, not a folder; choose a folder name")
     if mode in (3, 4):
         _check_text_folders(out_dir)
-    class_names = _given_classes(cfg)
-    set_file, image_ids, image_paths = _image_set(cfg, mode=mode)
+    dataset = _read_dataset(cfg)
+    class_names = list(dataset.class_names) if dataset is not None else _given_classes(cfg)
+    set_file, image_ids, image_paths = _image_set(cfg, mode=mode, dataset=dataset)
     dets, gt, unreadable = {}, {}, {}
     if mode in (0, 1):
-        dets, unreadable, class_names = _predict(cfg, image_paths=image_paths, out_dir=out_dir)
+        dets, unreadable, class_names = _predict(cfg, image_paths=image_paths, out_dir=out_dir, dataset=dataset)
     if mode in (0, 2) or (mode == 1 and cfg["map_vis"]):
-        gt = _ground_truth(year_dir=set_file.parents[2], image_ids=image_ids, unreadable=unreadable,
-                           class_names=class_names, out_dir=out_dir if mode != 1 else None)
+        gt = _ground_truth(year_dir=set_file.parents[2] if set_file else None, image_ids=image_ids,
+                           unreadable=unreadable, class_names=class_names, out_dir=out_dir if mode != 1 else None,
+                           records=dataset.records(cfg["split"]) if dataset is not None else None)
     if cfg["map_vis"] and image_paths:
         _save_visualisations(image_paths=image_paths, gt=gt, dets=dets, out_dir=out_dir / "images-optional",
                              min_score=cfg["score_threshold"])
@@ -281,7 +332,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(f"{out_dir} lacks the {'ground truth' if mode == 1 else 'detections'}; run mode "
               f"{2 if mode == 1 else 1}, then mode 3 or 4, to get results.json")
         return None
-    return _evaluate_files(cfg, mode=mode, out_dir=out_dir, image_ids=image_ids, class_names=class_names)
+    return _evaluate_files(cfg, mode=mode, out_dir=out_dir, image_ids=image_ids, class_names=class_names,
+                           dataset=dataset)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,10 @@ video_save_path: str = ""  # video: write the drawn video here (.mp4 or .avi); "
 video_fps: float | None = None  # video: frame rate of the saved video; None = the input's (25 if a camera gives none)
 test_interval: int = 100  # fps: number of timed detections
 fps_image_path: str = "VOCdevkit/VOC2007/JPEGImages/BloodImage_00000.jpg"  # fps image (and heatmap's default)
-dir_origin_path: str = "img/"  # dir_predict: folder of images to detect
+dir_origin_path: str = "img/"  # dir_predict: folder of images to detect (unless dataset is given)
+dataset: str = ""  # dir_predict: detect the images of this dataset's split instead (VOC devkit, YOLO txt, COCO json)
+dataset_format: Literal["auto", "voc", "yolo", "coco"] = "auto"  # the dataset's format; auto: detected from its files
+split: str = "test"  # dir_predict with dataset: the split whose images are detected (train, val or test)
 dir_save_path: str = "img_out/"  # dir_predict: drawn images and detections.json go here
 heatmap_save_path: str = "img_out/heatmap.png"  # heatmap: output image
 onnx_save_path: str = "model_data/models.onnx"  # export_onnx writes it, predict_onnx reads it
@@ -240,19 +243,38 @@ def run_fps(cfg: dict) -> dict:
     return stats
 
 
+def dataset_images(cfg: dict) -> tuple[str, list[Path], list[str]]:
+    """dir_predict with a dataset: (how messages name the split, its image files, the dataset's class names)."""
+    from utils.data.dataset import load_dataset
+
+    dataset = load_dataset(cfg["dataset"], dataset_format=cfg["dataset_format"], classes_path=cfg["classes_path"])
+    records = dataset.records(cfg["split"])
+    if not records:
+        raise UserError(f"{dataset.split_name(cfg['split'])}: holds no images")
+    return dataset.split_name(cfg["split"]), [Path(r.image_path) for r in records], list(dataset.class_names)
+
+
 def run_dir_predict(cfg: dict) -> dict:
-    """Every image of dir_origin_path: drawn copies and detections.json in dir_save_path. An unreadable image is
-    reported and skipped; the others are still processed."""
+    """Every image of dir_origin_path (or of a dataset's split): drawn copies and detections.json in dir_save_path.
+    An unreadable image is reported and skipped; the others are still processed."""
     from tqdm import tqdm
 
-    origin = Path(cfg["dir_origin_path"])
-    if not origin.is_dir():
+    from utils.infer.pipeline import check_dataset_classes
+
+    origin, dataset_names = Path(cfg["dir_origin_path"]), None
+    if cfg["dataset"]:
+        origin, paths, dataset_names = dataset_images(cfg)
+    elif not origin.is_dir():
         raise FileNotFoundError(f"image folder not found: {origin}")
-    paths = sorted(p for p in origin.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        paths = sorted(p for p in origin.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ValueError(f"image folder {origin}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
     out_dir = output_folder(cfg["dir_save_path"], setting="dir_save_path")
     detector = build_detector(cfg)
+    if dataset_names is not None:
+        check_dataset_classes(detector.class_names, dataset_names=dataset_names, dataset=cfg["dataset"],
+                              source=f"model_path {cfg['model_path']}")
     images, skipped = {}, {}
     step = detector.batch_size
     for start in tqdm(range(0, len(paths), step), desc=f"dir_predict, {step} images per batch"):

@@ -73,6 +73,16 @@ def class_names_for(*, classes_path: str | None, stored: list[str] | None, sourc
     return given
 
 
+def check_dataset_classes(model_names: list[str], *, dataset_names: list[str], dataset: str, source: str) -> None:
+    """A model runs on a dataset only when it predicts the dataset's classes, name for name in the same order (a
+    class id means a name); else a UserError naming both lists. ``dataset`` and ``source`` name the two."""
+    if list(model_names) == list(dataset_names):
+        return
+    raise UserError(f"{source} was trained on the classes {_listing(list(model_names))}, but dataset {dataset} names "
+                    f"{_listing(list(dataset_names))}; use a model trained on this dataset (its class ids would "
+                    f"relabel the dataset's objects)")
+
+
 def check_class_count(class_names: list[str], *, classes_source: str, model_classes: int | None,
                       source: str) -> None:
     """A model that stores no class names (a published state_dict, a darknet file, a foreign ONNX file) takes the
