@@ -244,7 +244,7 @@ def shapes_compare_argv(root: Path, *extra: str, train_file: str = "2007_train.t
 
 
 # History keys that measure time or CPU use: they differ between runs that are otherwise bit-identical.
-TIMING_KEYS = ("seconds", "data_seconds", "step_seconds", "cpu_seconds", "cpu_cores", "machine_busy")
+TIMING_KEYS = ("seconds", "data_seconds", "step_seconds", "cpu_seconds", "cpu_cores", "machine_busy", "machine_steal")
 
 
 def timeless(rows: list[dict]) -> list[dict]:

@@ -8,24 +8,37 @@ import time
 import pytest
 
 from utils.core import cpu_usage
-from utils.core.cpu_usage import busy_share, live_children_cpu_seconds, machine_ticks, process_tree_cpu_seconds
+from utils.core.cpu_usage import (
+    MachineTicks,
+    busy_share,
+    descendants,
+    live_children_cpu_seconds,
+    machine_ticks,
+    process_tree_cpu_seconds,
+    runnable_threads,
+)
 
 
-def stat_line(*, pid: int, name: str, ppid: int, utime: int, stime: int, cutime: int, cstime: int) -> str:
+def stat_line(*, pid: int, name: str, ppid: int, utime: int = 0, stime: int = 0, cutime: int = 0, cstime: int = 0,
+              state: str = "S") -> str:
     """A /proc/<pid>/stat line as the kernel writes it (fields 1-17, then a few more)."""
-    return (f"{pid} ({name}) S {ppid} {pid} {pid} 0 -1 4194304 100 0 0 0 {utime} {stime} {cutime} {cstime} "
+    return (f"{pid} ({name}) {state} {ppid} {pid} {pid} 0 -1 4194304 100 0 0 0 {utime} {stime} {cutime} {cstime} "
             "20 0 1 0 12345 1000000 200 18446744073709551615\n")
 
 
 def test_machine_ticks_and_busy_share_by_hand(tmp_path):
-    (tmp_path / "stat").write_text("cpu  100 5 50 800 45 0 0 0 0 0\ncpu0 50 2 25 400 20 0 0 0 0 0\nintr 1\n")
-    assert machine_ticks(proc=tmp_path) == (155, 1000)  # idle 800 + iowait 45 are not busy
-    (tmp_path / "stat").write_text("cpu  160 5 80 830 45 3 2 0 0 0\n")
+    (tmp_path / "stat").write_text("cpu  100 5 50 800 45 0 0 10 0 0\ncpu0 50 2 25 400 20 0 0 5 0 0\nintr 1\n")
+    start = machine_ticks(proc=tmp_path)  # idle 800 + iowait 45 are not busy, steal 10 is counted apart
+    assert start == MachineTicks(busy=155, steal=10, total=1010)
+    (tmp_path / "stat").write_text("cpu  160 5 80 830 45 3 2 30 0 0\n")
     later = machine_ticks(proc=tmp_path)
-    assert later == (250, 1125)
-    assert busy_share((155, 1000), later) == pytest.approx(95 / 125)
-    assert busy_share((155, 1000), (155, 1000)) is None  # no time passed
+    assert later == MachineTicks(busy=250, steal=30, total=1155)
+    assert busy_share(start, later) == pytest.approx(95 / 145)
+    assert busy_share(start, later, field="steal") == pytest.approx(20 / 145)
+    assert busy_share(start, start) is None  # no time passed
     assert busy_share(None, later) is None
+    (tmp_path / "stat").write_text("cpu  1 2 3 4\n")  # an old kernel: no iowait and later fields
+    assert machine_ticks(proc=tmp_path) == MachineTicks(busy=6, steal=0, total=10)
     (tmp_path / "stat").write_text("intr 1\n")
     assert machine_ticks(proc=tmp_path) is None
     assert machine_ticks(proc=tmp_path / "absent") is None
@@ -43,6 +56,24 @@ def test_live_children_are_summed_from_their_stat_files(tmp_path, monkeypatch):
     assert live_children_cpu_seconds(pid=7, proc=tmp_path) == pytest.approx((30 + 10 + 5 + 5 + 1 + 2 + 3 + 4) / 100)
     assert live_children_cpu_seconds(pid=99, proc=tmp_path) == 0.0
     assert live_children_cpu_seconds(pid=7, proc=tmp_path / "absent") is None
+
+
+def test_descendants_and_their_runnable_threads(tmp_path):
+    # 1 -> 7 -> (10, 11 -> 20); 12 belongs to 8. Threads: 7 has two (one running), 10 one waiting for a core,
+    # 11 one sleeping, 20 two running; 12 running but outside the tree.
+    tree = {7: (1, "RS"), 10: (7, "R"), 11: (7, "S"), 20: (11, "RR"), 12: (8, "R"), 8: (1, "S")}
+    for pid, (ppid, states) in tree.items():
+        (tmp_path / str(pid) / "task").mkdir(parents=True)
+        (tmp_path / str(pid) / "stat").write_text(stat_line(pid=pid, name="python3", ppid=ppid, state=states[0]))
+        for offset, state in enumerate(states):
+            tid = pid * 100 + offset
+            (tmp_path / str(pid) / "task" / str(tid)).mkdir()
+            (tmp_path / str(pid) / "task" / str(tid) / "stat").write_text(
+                stat_line(pid=tid, name="python3", ppid=ppid, state=state))
+    assert sorted(descendants(7, proc=tmp_path)) == [10, 11, 20]
+    assert descendants(20, proc=tmp_path) == []
+    assert runnable_threads([7, *descendants(7, proc=tmp_path)], proc=tmp_path) == 1 + 1 + 0 + 2
+    assert runnable_threads([99], proc=tmp_path) == 0  # ended
 
 
 def _burn(seconds: float, report, release) -> None:

@@ -1,5 +1,6 @@
 """How busy the CPU is: the CPU seconds of this process and its child processes (DataLoader workers included while
-they run), the cores this process may use, and the whole machine's busy share from /proc/stat.
+they run), the cores this process may use, the whole machine's busy and stolen shares from /proc/stat, and how many
+threads of a process tree want a core (run or wait to run) at a moment.
 
 A child's CPU time reaches ``os.times()`` only once it has ended and been waited for, so the CPU of live children
 (persistent DataLoader workers) is read from /proc/<pid>/stat on Linux. Elsewhere the live children are not counted
@@ -10,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 PROC = Path("/proc")
 
@@ -64,9 +66,15 @@ def process_tree_cpu_seconds() -> float:
     return times.user + times.system + times.children_user + times.children_system + (live or 0.0)
 
 
-def machine_ticks(*, proc: Path = PROC) -> tuple[int, int] | None:
-    """(busy, total) CPU time of the whole machine since boot in clock ticks, summed over its cores (/proc/stat's
-    ``cpu`` line; idle and iowait count as not busy); None where it cannot be read."""
+class MachineTicks(NamedTuple):
+    """CPU time of the whole machine since boot in clock ticks, summed over its cores."""
+    busy: int  # user, nice, system, irq, softirq: work done on this machine
+    steal: int  # time a virtual machine's cores were given to other guests by the hypervisor
+    total: int  # everything, idle and iowait included
+
+
+def machine_ticks(*, proc: Path = PROC) -> MachineTicks | None:
+    """The machine's CPU ticks from /proc/stat's ``cpu`` line; None where it cannot be read."""
     try:
         with open(proc / "stat", encoding="ascii") as file:
             first = file.readline().split()
@@ -74,17 +82,51 @@ def machine_ticks(*, proc: Path = PROC) -> tuple[int, int] | None:
         return None
     if not first or first[0] != "cpu" or len(first) < 5:
         return None
-    values = [int(value) for value in first[1:9]]  # user nice system idle iowait irq softirq steal
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
+    values = [int(value) for value in first[1:9]] + [0] * (9 - len(first))  # user nice system idle iowait irq
+    steal = values[7]  # softirq steal (guest time is counted within user and nice)
+    return MachineTicks(busy=sum(values) - values[3] - values[4] - steal, steal=steal, total=sum(values))
 
 
-def busy_share(start: tuple[int, int] | None, end: tuple[int, int] | None) -> float | None:
-    """The machine's busy fraction (0 to 1) between two ``machine_ticks`` readings; None when either is missing
-    or no time passed."""
-    if start is None or end is None or end[1] <= start[1]:
+def busy_share(start: MachineTicks | None, end: MachineTicks | None, *, field: str = "busy") -> float | None:
+    """The machine's busy (or, with ``field="steal"``, stolen) fraction of its CPU time, 0 to 1, between two
+    ``machine_ticks`` readings; None when either is missing or no time passed."""
+    if start is None or end is None or end.total <= start.total:
         return None
-    return (end[0] - start[0]) / (end[1] - start[1])
+    return (getattr(end, field) - getattr(start, field)) / (end.total - start.total)
+
+
+def descendants(pid: int, *, proc: Path = PROC) -> list[int]:
+    """The live processes below ``pid`` (children, their children, ...), from the parent pids in /proc."""
+    children: dict[str, list[int]] = {}
+    try:
+        names = [name for name in os.listdir(proc) if name.isdigit()]
+    except OSError:
+        return []
+    for name in names:
+        fields = _stat_fields(int(name), proc=proc)
+        if fields is not None and len(fields) > 1:
+            children.setdefault(fields[1], []).append(int(name))
+    found, queue = [], [pid]
+    while queue:
+        below = children.get(str(queue.pop()), [])
+        found += below
+        queue += below
+    return found
+
+
+def runnable_threads(pids: list[int], *, proc: Path = PROC) -> int:
+    """Threads of the processes ``pids`` in state R (running, or runnable and waiting for a core): how many cores
+    these processes would use at this moment on a machine of their own."""
+    count = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(proc / str(pid) / "task")
+        except OSError:  # ended meanwhile
+            continue
+        for task in tasks:
+            fields = _stat_fields(int(task), proc=proc / str(pid) / "task")
+            count += fields is not None and fields[:1] == ["R"]
+    return count
 
 
 @dataclass
@@ -92,7 +134,7 @@ class CpuMeter:
     """CPU use from its creation to ``read()``: of this process tree and of the whole machine."""
     wall_start: float = 0.0
     cpu_start: float = 0.0
-    machine_start: tuple[int, int] | None = None
+    machine_start: MachineTicks | None = None
 
     @classmethod
     def start(cls) -> "CpuMeter":
@@ -100,9 +142,11 @@ class CpuMeter:
 
     def read(self) -> dict:
         """{"cpu_seconds": this process tree's CPU seconds, "cpu_cores": those per wall second (2.0 = two cores
-        busy throughout), "machine_busy": the whole machine's busy fraction or None where unknown}."""
+        busy throughout), "machine_busy" and "machine_steal": the whole machine's busy and stolen fractions, None
+        where unknown}."""
         wall = max(time.perf_counter() - self.wall_start, 1e-9)
         cpu = process_tree_cpu_seconds() - self.cpu_start
-        busy = busy_share(self.machine_start, machine_ticks())
+        now = machine_ticks()
+        shares = {f"machine_{field}": busy_share(self.machine_start, now, field=field) for field in ("busy", "steal")}
         return {"cpu_seconds": round(cpu, 2), "cpu_cores": round(cpu / wall, 3),
-                "machine_busy": None if busy is None else round(busy, 4)}
+                **{key: None if share is None else round(share, 4) for key, share in shares.items()}}

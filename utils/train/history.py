@@ -106,8 +106,10 @@ def shown(value: float | None, spec: str = ".4f") -> str:
 def epoch_line(row: dict, *, total: int, cores: int) -> str:
     """The line printed after each epoch: the training loss and its terms, val loss, mAP, lr and seconds; then the
     seconds the training loop waited for batches (data) and spent in steps, and the CPU the run used (its process
-    and loader workers, in cores of the ``cores`` it may use) and the share of the whole machine busy."""
+    and loader workers, in cores of the ``cores`` it may use) and the shares of the whole machine busy and stolen."""
     busy = "" if row.get("machine_busy") is None else f", machine {row['machine_busy']:.0%} busy"
+    if (row.get("machine_steal") or 0) >= 0.005:  # cores the hypervisor lent to other guests
+        busy += f" + {row['machine_steal']:.0%} stolen"
     return (f"epoch {row['epoch']}/{total}  train loss {row['train_loss']:.4f} (loc {row['train_loss_loc']:.4f} "
             f"conf {row['train_loss_conf']:.4f} cls {row['train_loss_cls']:.4f})  val loss {shown(row['val_loss'])}  "
             f"map {shown(row['map'])}  lr {row['lr']:.2e}  {row['seconds']:.1f}s  (data {row['data_seconds']:.1f}s "
