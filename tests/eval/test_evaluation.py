@@ -93,7 +93,8 @@ def test_get_map_scores_background_images_and_skips_an_unreadable_one(tmp_path, 
     make_voc_with_traps(tmp_path / "VOCdevkit")
     monkeypatch.setitem(sys.modules, "yolo", types.SimpleNamespace(YOLO=SizeScoredDetector))
     map_out = tmp_path / "map_out"
-    results = get_map.main(["--map_mode=0", f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}", f"--map_out_path={map_out}"])
+    results = get_map.main(["--map_mode=0", f"--VOCdevkit_path={tmp_path / 'VOCdevkit'}", f"--map_out_path={map_out}",
+                            "--backend=torch"])
     out = capsys.readouterr().out
     assert "skipped 1 unreadable image(s)" in out and "bad.jpg" in out
     assert results["map"] == pytest.approx(EXPECTED_MAP) and results["map_voc07"] == pytest.approx(EXPECTED_MAP07)

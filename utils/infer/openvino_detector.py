@@ -7,6 +7,7 @@ The network is exported once to ONNX in memory (BatchNorm folded, fp32; ``traced
 """
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -36,6 +37,17 @@ def openvino_module():
     return openvino
 
 
+@functools.cache
+def openvino_core():
+    """The process's one OpenVINO Core, shared by every detector and kept to the end.
+
+    Each Core that loads the CPU plugin points the calling thread's signal stack (sigaltstack) at a buffer of its
+    own and, when released, puts back the stack it found, which may be the buffer of a Core released before it.
+    The next signal handled on that thread (SIGCHLD when a child process ends, with torch's DataLoader handler in
+    place) then kills the process with SIGSEGV. One Core never released leaves no such buffer behind."""
+    return openvino_module().Core()
+
+
 class OpenVinoYOLO(BaseDetector):
     """``source``'s network run by OpenVINO on the CPU; class names, input shape, letterbox, NMS settings and batch
     size are taken from ``source`` (a ``YOLO``), which also decodes the outputs.
@@ -53,12 +65,11 @@ class OpenVinoYOLO(BaseDetector):
         if precision == "fp16":
             raise ValueError("precision 'fp16' needs a CUDA device; OpenVINO runs on the CPU here: use 'bf16' or "
                              "'fp32'")
-        openvino = openvino_module()
         self.source = source
         self.class_names, self.input_shape = list(source.class_names), list(source.input_shape)
         self.letterbox_image, self.postprocess_settings = source.letterbox_image, source.postprocess_settings
         self.batch_size = source.batch_size
-        self._core = openvino.Core()
+        self._core = openvino_core()
         hint = PRECISION_HINTS.get(precision)
         # One inference stream with torch's thread count: the same share of the CPU as the PyTorch detector.
         self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
