@@ -65,6 +65,7 @@ class OpenVinoYOLO(BaseDetector):
         if precision == "fp16":
             raise ValueError("precision 'fp16' needs a CUDA device; OpenVINO runs on the CPU here: use 'bf16' or "
                              "'fp32'")
+        openvino_module()  # a UserError saying how to install it, also when a Core was made before
         self.source = source
         self.class_names, self.input_shape = list(source.class_names), list(source.input_shape)
         self.letterbox_image, self.postprocess_settings = source.letterbox_image, source.postprocess_settings
