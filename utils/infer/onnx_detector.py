@@ -162,8 +162,12 @@ class OnnxYOLO(BaseDetector):
         providers = ["CPUExecutionProvider"]
         if resolve_device(device).type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        options = onnxruntime.SessionOptions()
+        # Idle threads would otherwise spin after each run, taking the cores from the NMS that follows and from
+        # any other engine in the process (bench_speed.py's interleaved rows ran up to 1.7x slower after it).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+            self.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as err:  # onnxruntime raises its own unrelated exception types for unreadable files
             raise ValueError(f"ONNX model {onnx_path}: cannot be read ({type(err).__name__}: {err})") from err
         metadata = self.session.get_modelmeta().custom_metadata_map
