@@ -142,6 +142,7 @@ def test_the_trainer_gets_the_xml_boxes_from_every_format(formats, trained):
         assert config["class_names"] == list(SHAPES_CLASSES) and config["classes_path"] is None
         saved = json.loads((root / f"logs_{fmt}" / "config.json").read_text())
         assert saved["dataset"] == str(paths[fmt]) and saved["class_names"] == list(SHAPES_CLASSES)
+        assert saved["dataset_read_as"] == fmt
 
 
 def test_the_evaluator_scores_the_val_records_of_every_format(formats, trained):

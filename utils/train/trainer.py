@@ -130,6 +130,8 @@ class Run:
         self.amp = training_amp(config, self.device)
         self.run_config = {**dataclasses.asdict(config), **dataclasses.asdict(self.spec),  # what checkpoints store
                            "trained_on": hardware_line(self.device, self.amp)}
+        if self.dataset is not None:  # the format read, also when dataset_format is "auto"
+            self.run_config["dataset_read_as"] = self.dataset.format
         self.save_dir = Path(config.save_dir)
         self.net = self.training_network()
         self.optimizer = build_optimizer(self.net, optimizer_type=config.optimizer_type, lr=config.init_lr,
