@@ -8,15 +8,8 @@ import time
 import pytest
 
 from utils.core import cpu_usage
-from utils.core.cpu_usage import (
-    MachineTicks,
-    busy_share,
-    descendants,
-    live_children_cpu_seconds,
-    machine_ticks,
-    process_tree_cpu_seconds,
-    runnable_threads,
-)
+from utils.core.cpu_usage import (MachineTicks, busy_share, descendants, live_children_cpu_seconds, machine_ticks,
+                                  process_tree_cpu_seconds, runnable_threads)
 
 
 def stat_line(*, pid: int, name: str, ppid: int, utime: int = 0, stime: int = 0, cutime: int = 0, cstime: int = 0,

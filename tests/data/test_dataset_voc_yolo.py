@@ -7,16 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
-    CLASSES,
-    REPO,
-    TINY_YOLO,
-    TINY_YOLO_NAMES,
-    TINY_YOLO_YAML,
-    write_shapes_voc,
-    write_tiny_yolo,
-    write_truncated_jpeg,
-)
+from conftest import (CLASSES, REPO, TINY_YOLO, TINY_YOLO_NAMES, TINY_YOLO_YAML, write_shapes_voc, write_tiny_yolo,
+                      write_truncated_jpeg)
 
 import voc_annotation
 from utils.core import textfile

@@ -31,14 +31,8 @@ from utils.train.checkpoints import due, restore, save_checkpoints, save_interru
 from utils.train.conf_at_init import calibrate_conf_term
 from utils.train.data_source import class_names_of, classes_source, read_dataset, train_annotation, training_files
 from utils.train.ema import ModelEMA
-from utils.train.engine import (
-    AmpSettings,
-    LoopTimes,
-    NonFiniteLossError,
-    RunningMeans,
-    train_one_epoch,
-    validation_loss,
-)
+from utils.train.engine import (AmpSettings, LoopTimes, NonFiniteLossError, RunningMeans, train_one_epoch,
+                                validation_loss)
 from utils.train.history import LossHistory, epoch_line
 from utils.train.loaders import PhaseLoaders
 from utils.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
