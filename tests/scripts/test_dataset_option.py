@@ -260,6 +260,10 @@ def test_predict_detects_a_splits_images_and_refuses_other_classes(formats, trai
     with pytest.raises(SystemExit, match=r"trained on the classes circle, square, but dataset .*other names disc, box"):
         predict.main([*common, f"--dataset={other}", f"--dir_save_path={tmp_path / 'out2'}"])
     assert not (tmp_path / "out2" / "detections.json").exists()
+    (other / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [square, circle]\n")
+    with pytest.raises(SystemExit, match=r"names the same classes in another order \(square, circle\); pass "
+                                         r"--classes_path with a classes file listing them in the model's order"):
+        predict.main([*common, f"--dataset={other}", f"--dir_save_path={tmp_path / 'out2'}"])
 
 
 def test_compare_on_a_dataset_scores_its_test_split_reuses_runs_and_selects_on_val(formats, tmp_path, capsys):

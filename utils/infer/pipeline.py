@@ -78,6 +78,10 @@ def check_dataset_classes(model_names: list[str], *, dataset_names: list[str], d
     class id means a name); else a UserError naming both lists. ``dataset`` and ``source`` name the two."""
     if list(model_names) == list(dataset_names):
         return
+    if sorted(model_names) == sorted(dataset_names):  # e.g. a VOC devkit without classes file: its names sorted
+        raise UserError(f"{source} was trained on the classes {_listing(list(model_names))}, dataset {dataset} names "
+                        f"the same classes in another order ({_listing(list(dataset_names))}); pass --classes_path "
+                        f"with a classes file listing them in the model's order")
     raise UserError(f"{source} was trained on the classes {_listing(list(model_names))}, but dataset {dataset} names "
                     f"{_listing(list(dataset_names))}; use a model trained on this dataset (its class ids would "
                     f"relabel the dataset's objects)")
