@@ -12,9 +12,11 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # get_map.py on the BCCD test images with the main job's recipe checkpoints (yolov4-tiny, 480x640; bce / focal
 # seed 11, 2 epochs) on a CPU without native bf16: PyTorch fp32 0.1938 / 0.0057; OpenVINO f32 (its default on such
 # CPUs) the same to every printed digit; OpenVINO bf16 (its default on CPUs with AVX512-BF16 / AMX; emulated on
-# the gate CPU) +0.0004 / -0.0004, PyTorch bf16 +0.0008 / -0.0004. Speed: README, "Which inference path you
-# get". ONNX Runtime is slower than PyTorch there, so auto never picks it. On CUDA PyTorch runs (OpenVINO is a CPU
-# engine here).
+# the gate CPU) +0.0004 / -0.0004, PyTorch bf16 +0.0008 / -0.0004. On an AMD EPYC with AVX2 only, the same two
+# runs trained there scored equal to all digits with OpenVINO (f32) and PyTorch fp32. Speed (README, "Benchmarks"):
+# ONNX Runtime is slower than PyTorch on the Intel CPU and, on the AMD one, slower than OpenVINO on YOLOv4 (1.06x
+# vs 1.79x PyTorch fp32) and level with it on YOLOv4-tiny, so auto does not pick it. On CUDA PyTorch runs
+# (OpenVINO is a CPU engine here).
 _announced: set[str] = set()
 
 
