@@ -9,7 +9,7 @@ side, ``parallel=2``) for ``epochs`` epochs into a temporary folder and prints
 - per run, the seconds its training loops waited for batches (data) and spent in steps, and the cores it used.
 
 With ``--ref=<git revision>`` the same job first runs on that revision, checked out in a temporary git worktree,
-so one session gives the figures before and after a change on the same machine. Revisions older than the per-epoch
+so one call gives the figures before and after a change on the same machine. Revisions older than the per-epoch
 timing show "-" there.
 
     python benchmarks/bench_utilisation.py                       # one epoch of the main job on this checkout
