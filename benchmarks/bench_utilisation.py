@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from utils.core.config import ConfigError, resolve_config, run_cli, settings_of  # noqa: E402
 from utils.core.cpu_usage import busy_share, descendants, machine_ticks, runnable_threads, usable_cores  # noqa: E402
+from utils.train.history import shown  # noqa: E402
 
 epochs: int = 1  # epochs per run (compare_focal.py --unfreeze_epoch); the recipe trains 26
 ref: str = ""  # a git revision to run first, in a temporary worktree, for before/after figures; "" = this checkout only
@@ -121,10 +122,6 @@ def run_figures(runs_dir: Path) -> dict[str, dict]:
             "data_share": None if data is None or step is None else round(data / max(data + step, 1e-9), 4),
             "cpu_cores": None if cpu is None or not seconds else round(cpu / seconds, 3)}
     return figures
-
-
-def shown(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def report(job: dict, *, label: str, interval: float) -> str:
