@@ -78,13 +78,13 @@ def check_dataset_classes(model_names: list[str], *, dataset_names: list[str], d
     class id means a name); else a UserError naming both lists. ``dataset`` and ``source`` name the two."""
     if list(model_names) == list(dataset_names):
         return
+    trained_on = f"{source} was trained on the classes {_listing(list(model_names))}"
     if sorted(model_names) == sorted(dataset_names):  # e.g. a VOC devkit without classes file: its names sorted
-        raise UserError(f"{source} was trained on the classes {_listing(list(model_names))}, dataset {dataset} names "
-                        f"the same classes in another order ({_listing(list(dataset_names))}); pass --classes_path "
-                        f"with a classes file listing them in the model's order")
-    raise UserError(f"{source} was trained on the classes {_listing(list(model_names))}, but dataset {dataset} names "
-                    f"{_listing(list(dataset_names))}; use a model trained on this dataset (its class ids would "
-                    f"relabel the dataset's objects)")
+        raise UserError(f"{trained_on}, dataset {dataset} names the same classes in another order "
+                        f"({_listing(list(dataset_names))}); pass --classes_path with a classes file listing them in "
+                        f"the model's order")
+    raise UserError(f"{trained_on}, but dataset {dataset} names {_listing(list(dataset_names))}; use a model trained "
+                    f"on this dataset (its class ids would relabel the dataset's objects)")
 
 
 def check_class_count(class_names: list[str], *, classes_source: str, model_classes: int | None,
