@@ -235,6 +235,21 @@ def test_yaml_with_bom_and_crlf_works_and_is_noted(tmp_path):
     assert f"note: data.yaml {root / 'data.yaml'}: a UTF-8 byte-order mark (removed) and Windows line ends" in log[0]
 
 
+def test_label_files_with_crlf_are_counted_in_one_note(tmp_path):
+    root = write_tiny_yolo(tmp_path / "tiny")
+    edited = 0
+    for path in (root / "labels").rglob("*.txt"):  # as a labelling tool on Windows saves them
+        if b"\n" in path.read_bytes():
+            path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+            edited += 1
+    log = []
+    dataset = read_yolo_dataset(root, classes_path=None, log=log.append)
+    assert edited >= 2 and not any("note: label file" in line for line in log)  # not one line per file
+    assert (f"label files with a byte-order mark or Windows / old Mac line ends (removed, read as plain line ends): "
+            f"{edited}") in "\n".join(log)
+    assert sum(len(r.boxes_xyxy) for records in dataset.splits.values() for r in records) > 0
+
+
 def test_names_as_a_dict_and_nc(tmp_path):
     root = write_tiny_yolo(tmp_path / "tiny", yaml_text="train: images/train\nval: images/val\nnc: 2\n"
                                                         "names: {1: square, 0: circle}\n")

@@ -113,4 +113,5 @@ def test_map_out_text_files_with_bom_and_crlf_score_as_plain_ones(tmp_path, caps
     assert got["per_class"]["cat"]["n_gt"] == 0  # 'difficult' read without its CR
     out = capsys.readouterr().out
     assert "a.txt: a UTF-8 byte-order mark (removed) and Windows line ends" in out
+    assert "(and 1 more ground-truth files of" in out and "b.txt: a UTF-8" not in out  # one line for the folder
     assert "1 unreadable images listed" in out

@@ -83,7 +83,9 @@ def read_yolo_dataset(root: Path, *, classes_path: str | None, log=print) -> Dat
         records, where=dataset.split_name(split))]
     texts = {"no_label": "images without a label file (background)", "empty_label": "empty label files "
              "(background)", "polygon": "polygon lines read as their bounding boxes", "not_image": "files in the "
-             "image folders that are not images (ignored)", "orphan_labels": "label files without an image (ignored)"}
+             "image folders that are not images (ignored)", "orphan_labels": "label files without an image (ignored)",
+             "label_text": "label files with a byte-order mark or Windows / old Mac line ends (removed, read as plain "
+             "line ends)"}
     met = "; ".join(f"{text}: {notes[key]}" for key, text in texts.items() if notes[key])
     if met and not problems:
         log(f"note: dataset {display_path(root)} (yolo): {met}")
@@ -258,7 +260,9 @@ def _read_image(image: Path, *, class_names: list[str], tally: BoxTally, problem
         notes["no_label"] += 1
     else:
         try:
-            lines = read_text_lines(label, what="label file")
+            # One label file per image: their byte-order marks and CR line ends are counted in the dataset's note,
+            # not said once per file.
+            lines = read_text_lines(label, what="label file", log=lambda _: notes.update(["label_text"]))
         except UserError as exc:
             problems.append(str(exc))
             return None

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from utils.core.textfile import read_text_lines
+from utils.core.textfile import display_path, read_text_lines
 
 GROUND_TRUTH_DIR = "ground-truth"
 DETECTION_DIR = "detection-results"
@@ -311,11 +311,14 @@ def _parse_floats(*, tokens: list[str], path: Path, lineno: int) -> list[float]:
 def _read_box_files(folder: Path, parse_tokens, *, what: str) -> dict[str, list]:
     """``<image_id>.txt`` files of ``folder`` sorted by image id -> {image_id: [parse_tokens(tokens, where)]}; read
     as users' text files are (a byte-order mark and CRLF removed with a note, bytes that are not UTF-8 named)."""
-    records = {}
+    records, noted = {}, []
     for path in sorted(folder.glob("*.txt")):
-        lines = read_text_lines(path, what=what)
+        lines = read_text_lines(path, what=what, log=noted.append)  # one file per image: said once for all below
         records[path.stem] = [parse_tokens(line.split(), (path, lineno, line.strip()))
                               for lineno, line in enumerate(lines, start=1) if line.split()]
+    if noted:
+        print(noted[0] + (f" (and {len(noted) - 1} more {what}s of {display_path(folder)} alike)" if len(noted) > 1
+                          else ""))
     return records
 
 
