@@ -35,7 +35,9 @@ letterbox_image: bool = True  # keep the aspect ratio with gray padding, as in v
 device: str = "auto"  # auto | cpu | cuda | cuda:1
 precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CPUs with native bf16, else fp32
 fp16: bool = False  # older spelling of precision="fp16" (CUDA only)
-backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"  # auto: OpenVINO on the CPU when installed
+# auto: OpenVINO on the CPU, but PyTorch on CUDA and, at precision auto, on CPUs with native bf16 (README, "Engine")
+backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
+torch_compile: bool = False  # PyTorch engine: torch.compile the network; ~20 s once per input shape, then faster calls
 batch_size: int = 8  # dir_predict: images per forward pass
 crop: bool = False  # predict: also save every detection as an image in <save_dir>/crop/<image name>/
 count: bool = False  # predict: print the number of detections per class
@@ -103,7 +105,8 @@ def build_detector(cfg: dict, *, allow_onnx: bool = True):
     detector = YOLO(model_path=cfg["model_path"], classes_path=cfg["classes_path"], anchors_path=cfg["anchors_path"],
                     anchors_mask=cfg["anchors_mask"], input_shape=cfg["input_shape"], model=cfg["model"],
                     letterbox_image=cfg["letterbox_image"], postprocess_settings=postprocess_settings(cfg),
-                    device=cfg["device"], fp16=cfg["fp16"], precision=cfg["precision"], cfg_path=cfg["cfg_path"])
+                    device=cfg["device"], fp16=cfg["fp16"], precision=cfg["precision"], cfg_path=cfg["cfg_path"],
+                    torch_compile=cfg["torch_compile"])
     if allow_onnx:
         detector = on_backend(detector, backend=cfg["backend"], precision=cfg["precision"])
     detector.batch_size = max(1, cfg["batch_size"])

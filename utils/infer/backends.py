@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import torch
 
+from utils.core.device import cpu_has_native_bf16
+
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-# auto picks the fastest engine installed whose mAP stays within 0.002 of PyTorch fp32: OpenVINO on the CPU. Gate:
-# get_map.py on the BCCD test images with the main job's recipe checkpoints (yolov4-tiny, 480x640; bce / focal
-# seed 11, 2 epochs) on a CPU without native bf16: PyTorch fp32 0.1938 / 0.0057; OpenVINO f32 (its default on such
-# CPUs) the same to every printed digit; OpenVINO bf16 (its default on CPUs with AVX512-BF16 / AMX; emulated on
-# the gate CPU) +0.0004 / -0.0004, PyTorch bf16 +0.0008 / -0.0004. On an AMD EPYC with AVX2 only, the same two
-# runs trained there scored equal to all digits with OpenVINO (f32) and PyTorch fp32. Speed (README, "Benchmarks"):
-# ONNX Runtime is slower than PyTorch on the Intel CPU and, on the AMD one, slower than OpenVINO on YOLOv4 (1.06x
-# vs 1.79x PyTorch fp32) and level with it on YOLOv4-tiny, so auto does not pick it. On CUDA PyTorch runs
-# (OpenVINO is a CPU engine here).
+# auto picks the fastest engine installed whose mAP stays within 0.002 of PyTorch fp32 (the gate: get_map.py on the
+# 72 BCCD test images with the main job's checkpoints, yolov4-tiny at 480x640, benchmarks/bench_precision.py; the
+# figures are in the README, "Which inference path you get"):
+# - CPU without native bf16: OpenVINO, whose default there is f32: the same mAP as PyTorch fp32 to every digit and
+#   1.5-1.8x its speed (PyTorch's bf16 is emulated and slow there).
+# - CPU with native bf16 (AVX512-BF16 / AMX), precision auto: PyTorch bf16. OpenVINO's default there is bf16, the
+#   fastest engine (1.6x PyTorch bf16 on YOLOv4-tiny, 4x on YOLOv4), but it moved the 26-epoch BCE checkpoint's mAP
+#   by +0.0021 (PyTorch bf16: +0.0005); OpenVINO f32 keeps the mAP but is slower than PyTorch bf16 on YOLOv4-tiny.
+#   With an explicit precision (fp32 or bf16) OpenVINO is the faster engine at that precision, so auto runs it.
+# - CUDA: PyTorch (OpenVINO is a CPU engine here). ONNX Runtime is never faster than both of the others.
 _announced: set[str] = set()
 
 
@@ -28,13 +31,17 @@ def openvino_installed() -> bool:
     return True
 
 
-def auto_backend(device: torch.device) -> tuple[str, str]:
-    """(engine, why) for ``backend='auto'`` on ``device``."""
+def auto_backend(device: torch.device, *, precision: str = "auto") -> tuple[str, str]:
+    """(engine, why) for ``backend='auto'`` on ``device`` with the user's ``precision`` setting (before 'auto' is
+    resolved)."""
     if device.type != "cpu":
         return "torch", f"the device is {device}; OpenVINO runs on the CPU only"
     if not openvino_installed():
         return "torch", "OpenVINO is not installed; pip install openvino for the faster CPU engine"
-    return "openvino", "the fastest CPU engine in this project's benchmarks, mAP within 0.002 of PyTorch fp32"
+    if precision == "auto" and cpu_has_native_bf16():
+        return "torch", ("bf16 on this CPU; OpenVINO's bf16 is faster but moved the main job's mAP by more than 0.002; "
+                         "--backend=openvino to use it anyway")
+    return "openvino", "the fastest CPU engine in this project's benchmarks at this precision, mAP within 0.002 of fp32"
 
 
 def on_backend(detector, *, backend: str, precision: str = "auto"):
@@ -45,7 +52,7 @@ def on_backend(detector, *, backend: str, precision: str = "auto"):
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     engine = backend
     if backend == "auto":
-        engine, why = auto_backend(detector.device)
+        engine, why = auto_backend(detector.device, precision=precision)
         message = f"backend auto: {engine} ({why})"
         if message not in _announced:
             _announced.add(message)
