@@ -33,7 +33,7 @@ from utils.core.device import DTYPES, resolve_device, resolve_precision
 from utils.core.model_files import (DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, MODEL_DATA, check_anchors_mask,
                                     get_anchors, get_classes)
 from utils.infer.checkpoint import checkpoint_variant, is_project_checkpoint, load_weights, read_model_file
-from utils.infer.folding import InferenceCache, inference_copy
+from utils.infer.folding import InferenceCache, inference_copy, require_compiler
 from utils.infer.onnx_detector import DecodedYOLO, OnnxYOLO, export_decoded_onnx
 from utils.infer.openvino_detector import OpenVinoYOLO
 from utils.infer.pipeline import BaseDetector, check_class_count, class_names_for, input_hw
@@ -80,7 +80,8 @@ class YOLO(BaseDetector):
     settings, except the class names a checkpoint of this project stores: a ``classes_path`` must list the same
     names (another dataset's file of the same length would relabel every detection); a checkpoint without stored
     names takes the classes file as given, if its head predicts as many classes. ``postprocess_settings`` holds the
-    NMS settings (confidence, nms_iou, nms_type, max_det, multi_label)."""
+    NMS settings (confidence, nms_iou, nms_type, max_det, multi_label). ``torch_compile`` runs the inference copy
+    through torch.compile (utils/infer/folding.compiled_copy): faster calls after a compilation per input shape."""
 
     engine = "PyTorch"
 
@@ -89,7 +90,7 @@ class YOLO(BaseDetector):
                  model: str | None = None, letterbox_image: bool = True,
                  postprocess_settings: PostprocessSettings = DEFAULT_POSTPROCESS, device: str = "auto",
                  fp16: bool = False, strict: bool = True, precision: str = "auto", optimize: bool = True,
-                 cfg_path: str | None = None):
+                 cfg_path: str | None = None, torch_compile: bool = False):
         _refuse_folder(model_path)
         checkpoint = read_model_file(model_path, cfg_path=cfg_path)  # a darknet .weights file needs its cfg_path
         config = checkpoint["config"] if is_project_checkpoint(checkpoint) else {}
@@ -118,18 +119,20 @@ class YOLO(BaseDetector):
         self._setup(net, model_name=model_name, class_names=class_names, anchors=anchors, anchors_mask=anchors_mask,
                     input_shape=input_shape or config.get("input_shape") or DEFAULT_INPUT_SHAPE,
                     scale_x_y=config.get("scale_x_y"), device=resolve_device(device), fp16=fp16,
-                    precision=precision, optimize=optimize, source=f"checkpoint {model_path}")
+                    precision=precision, optimize=optimize, torch_compile=torch_compile,
+                    source=f"checkpoint {model_path}")
         self.letterbox_image, self.postprocess_settings = bool(letterbox_image), postprocess_settings
 
     @classmethod
     def from_model(cls, net: nn.Module, *, config: dict[str, Any], letterbox_image: bool = True,
                    postprocess_settings: PostprocessSettings = DEFAULT_POSTPROCESS,
                    device: str | torch.device | None = None, fp16: bool = False, precision: str = "auto",
-                   optimize: bool = True) -> YOLO:
+                   optimize: bool = True, torch_compile: bool = False) -> YOLO:
         """Wraps an in-memory model (e.g. during training). ``config`` needs class_names, anchors, anchors_mask and
         input_shape (scale_x_y and model optional). The model stays on its device unless ``device`` is given, and
         detection restores its train/eval mode afterwards. With ``optimize`` detection runs a folded copy that is
-        rebuilt whenever the model's weights changed, so it always reflects the current weights."""
+        rebuilt whenever the model's weights changed, so it always reflects the current weights (and, with
+        ``torch_compile``, compiled again: for a model being trained that costs a compilation per evaluation)."""
         missing = [key for key in REQUIRED_CONFIG if config.get(key) is None]
         if missing:
             raise ValueError(f"YOLO.from_model: config lacks {missing}")
@@ -141,13 +144,14 @@ class YOLO(BaseDetector):
         self._setup(net, model_name=config.get("model"), class_names=config["class_names"], anchors=config["anchors"],
                     anchors_mask=config["anchors_mask"], input_shape=config["input_shape"],
                     scale_x_y=config.get("scale_x_y"), device=target, fp16=fp16, precision=precision,
-                    optimize=optimize, source="YOLO.from_model config")
+                    optimize=optimize, torch_compile=torch_compile, source="YOLO.from_model config")
         self.letterbox_image, self.postprocess_settings = bool(letterbox_image), postprocess_settings
         return self
 
     def _setup(self, net: nn.Module, *, model_name: str | None, class_names: list[str], anchors: list[list[float]],
                anchors_mask: list[list[int]], input_shape: int | list[int], scale_x_y: list[float] | None,
-               device: torch.device, fp16: bool, precision: str, optimize: bool, source: str) -> None:
+               device: torch.device, fp16: bool, precision: str, optimize: bool, torch_compile: bool,
+               source: str) -> None:
         num_levels = len(net.heads) if hasattr(net, "heads") else len(anchors_mask)
         check_anchors_mask(anchors_mask, num_anchors=len(anchors), num_levels=num_levels, source=source)
         self.model_name = model_name
@@ -162,7 +166,11 @@ class YOLO(BaseDetector):
         self.compute_dtype = DTYPES[self.precision]
         self.optimize = bool(optimize)
         self.net = net.to(device)
-        self._inference_net = InferenceCache(dtype=self.compute_dtype, channels_last=True)
+        if torch_compile and not self.optimize:
+            raise ValueError("torch_compile needs optimize=True: it compiles the inference copy")
+        if torch_compile:
+            require_compiler(device)
+        self._inference_net = InferenceCache(dtype=self.compute_dtype, channels_last=True, compile=torch_compile)
         self._anchors_px = torch.tensor(self.anchors, dtype=torch.float32, device=device)  # (num_anchors, 2)
 
     @contextlib.contextmanager
@@ -177,7 +185,8 @@ class YOLO(BaseDetector):
     def raw_outputs(self, images_bchw: np.ndarray) -> list[Tensor]:
         """Head outputs (B, A * (5 + C), H, W) per level, coarsest first, float32.
 
-        optimize=True: the inference copy (BatchNorm folded, channels_last, weights in the compute dtype).
+        optimize=True: the inference copy (BatchNorm folded, channels_last, weights in the compute dtype), through
+        torch.compile with ``torch_compile``.
         optimize=False: the module itself in eval mode, with autocast for a reduced precision.
         """
         images = torch.from_numpy(images_bchw).to(self.device)  # (B, 3, H, W)
