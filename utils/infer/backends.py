@@ -16,10 +16,11 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # - CPU without native bf16: OpenVINO, whose default there is f32: the same mAP as PyTorch fp32 to every digit and
 #   1.5-1.8x its speed (PyTorch's bf16 is emulated and slow there).
 # - CPU with native bf16 (AVX512-BF16 / AMX), precision auto: PyTorch bf16. OpenVINO's default there is bf16, the
-#   fastest engine (1.6x PyTorch bf16 on YOLOv4-tiny, 4x on YOLOv4), but it moved the 26-epoch BCE checkpoint's mAP
+#   fastest engine (1.5-1.8x PyTorch bf16 on YOLOv4-tiny, 3-4x on YOLOv4), but it moved the 26-epoch BCE mAP
 #   by +0.0021 (PyTorch bf16: +0.0005); OpenVINO f32 keeps the mAP but is slower than PyTorch bf16 on YOLOv4-tiny.
 #   With an explicit precision (fp32 or bf16) OpenVINO is the faster engine at that precision, so auto runs it.
-# - CUDA: PyTorch (OpenVINO is a CPU engine here). ONNX Runtime is never faster than both of the others.
+# - CUDA: PyTorch (OpenVINO is a CPU engine here). ONNX Runtime is not picked: at best it tied OpenVINO (YOLOv4-tiny
+#   end to end on an AMD CPU without bf16) and it is slower than PyTorch bf16 where bf16 is native.
 _announced: set[str] = set()
 
 
