@@ -46,7 +46,8 @@ class ExpMish(nn.Module):
     aten's mish is a single unfused kernel that took 56 % of YOLOv4's bf16 forward on an AMX CPU (more than all its
     convolutions; benchmarks/profile_bf16.py); compiled, this form becomes one loop with the neighbouring
     element-wise work. Above x = 20, n / (n + 2) is 1 in fp32, so the exponential is clamped there (no overflow).
-    Eager it is slower than aten's mish: only ``compiled_copy`` uses it."""
+    Eager it makes several passes over memory and rounds its intermediates to the tensor's dtype (bf16), so only
+    ``compiled_copy`` uses it (inductor computes the fused loop in fp32)."""
 
     def forward(self, x: Tensor) -> Tensor:
         exp_x = torch.exp(x.clamp(max=20.0))
