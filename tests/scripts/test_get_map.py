@@ -153,7 +153,7 @@ def test_get_map_mode0_with_stub_detector(tmp_path, monkeypatch):
         "model_path": "logs/best_epoch_weights.pth", "classes_path": None, "anchors_path": None, "anchors_mask": None,
         "model": None, "input_shape": None, "letterbox_image": True,
         "postprocess_settings": PostprocessSettings(confidence=0.001, nms_iou=0.5, nms_type="nms", multi_label=False),
-        "device": "auto", "precision": "auto", "cfg_path": None}
+        "device": "auto", "precision": "auto", "cfg_path": None, "torch_compile": False}
     # The same-score tie is ranked in sorted image order: img_a TP, img_b FP -> recall 1/2, precision 1 then 1/2.
     assert results["map"] == pytest.approx(0.5) and results["map_voc07"] == pytest.approx(6 / 11)
     saved = json.loads((map_out / "results.json").read_text())
