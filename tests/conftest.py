@@ -23,6 +23,7 @@ from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 from nets.yolo import build_model, init_weights  # noqa: E402
+from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
 from utils.eval.utils_map import DetBox, GTBox  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -84,6 +85,12 @@ def trained_like_net(model: str, seed: int = 0) -> nn.Module:
         for head in net.heads:
             head.pred.bias.view(net.anchors_per_level, -1)[:, 4].fill_(-1.0)
     return net.eval()
+
+
+def detector_config(model: str, *, input_shape: list[int]) -> dict:
+    """What ``YOLO.from_model`` needs for a ``trained_like_net``: CLASSES, the model's default anchors and mask."""
+    return {"model": model, "class_names": CLASSES, "anchors": get_anchors(str(DEFAULT_ANCHORS_PATH[model])),
+            "anchors_mask": DEFAULT_ANCHORS_MASK[model], "input_shape": input_shape}
 
 
 def free_port() -> int:

@@ -3,12 +3,11 @@ outputs as the eager copy; a clear error without a C++ compiler."""
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, trained_like_net
+from conftest import detector_config, trained_like_net
 from torch import nn
 
 import predict
 from utils.core.config import UserError, resolve_config, settings_of
-from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors
 from utils.infer import folding
 from utils.infer.folding import ExpMish
 from yolo import YOLO
@@ -28,14 +27,9 @@ def test_exp_mish_is_mish():
     assert ((got.double() - expected).abs() <= 1e-6 * (1 + x.double().abs())).all()
 
 
-def config_for(model: str, input_shape: list[int]) -> dict:
-    return {"model": model, "class_names": CLASSES, "anchors": get_anchors(str(DEFAULT_ANCHORS_PATH[model])),
-            "anchors_mask": DEFAULT_ANCHORS_MASK[model], "input_shape": input_shape}
-
-
 def test_compiled_yolov4_gives_the_eager_outputs():
     net = trained_like_net("yolov4").eval()
-    config = config_for("yolov4", [64, 96])
+    config = detector_config("yolov4", input_shape=[64, 96])
     eager = YOLO.from_model(net, config=config, device="cpu", precision="fp32")
     compiled = YOLO.from_model(net, config=config, device="cpu", precision="fp32", torch_compile=True)
     images = np.random.default_rng(0).random((2, 3, 64, 96), dtype=np.float32)
@@ -53,7 +47,7 @@ def test_no_compiler_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(folding.shutil, "which", lambda name: None)
     path = tmp_path / "tiny.pth"
     torch.save({"model": trained_like_net("yolov4-tiny").state_dict(),
-                "config": config_for("yolov4-tiny", [64, 64])}, path)
+                "config": detector_config("yolov4-tiny", input_shape=[64, 64])}, path)
     cfg = resolve_config(settings_of(vars(predict)), [f"--model_path={path}", "--device=cpu", "--backend=torch",
                                                       "--torch_compile=True"])
     with pytest.raises(UserError, match="torch_compile=True: torch.compile needs a C.. compiler"):

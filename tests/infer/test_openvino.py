@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, REPO, VOC, ids, small_run, trained_like_net
+from conftest import CLASSES, REPO, VOC, detector_config, ids, small_run, trained_like_net
 from PIL import Image
 
 import get_map
 import predict
 import train
 from utils.core.config import UserError, resolve_config, settings_of
-from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors
 from utils.infer import backends
 from utils.infer.openvino_detector import OpenVinoYOLO
 from utils.infer.preprocess import preprocess_image
@@ -32,13 +31,8 @@ needs_openvino = pytest.mark.skipif(not backends.openvino_installed(), reason="t
 BCCD_IMAGE = REPO / "VOCdevkit" / "VOC2007" / "JPEGImages" / "BloodImage_00000.jpg"
 
 
-def config_for(model: str, *, input_shape: list[int]) -> dict:
-    return {"model": model, "class_names": CLASSES, "anchors": get_anchors(str(DEFAULT_ANCHORS_PATH[model])),
-            "anchors_mask": DEFAULT_ANCHORS_MASK[model], "input_shape": input_shape}
-
-
 def torch_detector(net, model: str, *, input_shape: list[int], **kwargs) -> YOLO:
-    return YOLO.from_model(net, config=config_for(model, input_shape=input_shape), device="cpu",
+    return YOLO.from_model(net, config=detector_config(model, input_shape=input_shape), device="cpu",
                            postprocess_settings=PostprocessSettings(confidence=0.05, nms_iou=0.5), **kwargs)
 
 
@@ -189,7 +183,7 @@ def test_get_map_openvino_scores_a_trained_run_as_torch_does(tmp_path):
 def checkpoint(tmp_path) -> Path:
     path = tmp_path / "tiny.pth"
     torch.save({"model": trained_like_net("yolov4-tiny").state_dict(),
-                "config": config_for("yolov4-tiny", input_shape=[64, 64])}, path)
+                "config": detector_config("yolov4-tiny", input_shape=[64, 64])}, path)
     return path
 
 
