@@ -27,11 +27,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_speed import net_and_config  # noqa: E402
 from cpu_peak import conv_gflop, cpu_line  # noqa: E402
 
-from nets.yolo import build_model, init_weights  # noqa: E402
 from utils.core.config import resolve_config, run_cli, settings_of  # noqa: E402
-from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
 from utils.infer.folding import compiled_copy, inference_copy  # noqa: E402
 from yolo import YOLO  # noqa: E402
 
@@ -65,13 +64,9 @@ def group_of(name: str) -> str:
 
 
 def build(model_name: str, *, input_size: int) -> tuple[torch.nn.Module, YOLO]:
-    torch.manual_seed(0)
-    classes = 20
-    net = build_model(model=model_name, num_classes=classes)
-    init_weights(net, obj_prior=0.01)
-    config = {"model": model_name, "class_names": [f"class{i}" for i in range(classes)],
-              "anchors": get_anchors(str(DEFAULT_ANCHORS_PATH[model_name])),
-              "anchors_mask": DEFAULT_ANCHORS_MASK[model_name], "input_shape": [input_size, input_size]}
+    """bench_speed.py's network and config (20 classes, objectness prior 0.01, seed 0) at ``input_size``."""
+    net, config = net_and_config(model_name)
+    config = {**config, "input_shape": [input_size, input_size]}
     return net.eval(), YOLO.from_model(net.eval(), config=config, device="cpu", precision="bf16")
 
 
