@@ -92,7 +92,8 @@ class InferenceCache:
         fingerprint = weights_fingerprint(net)
         if self._net is None or fingerprint != self._fingerprint:
             infer = inference_copy(net, dtype=self.dtype, channels_last=self.channels_last)
-            device = next(infer.parameters()).device
-            self._net = compiled_copy(infer, device=device) if self.compile else infer
+            if self.compile:
+                infer = compiled_copy(infer, device=next(infer.parameters()).device)
+            self._net = infer
             self._fingerprint = fingerprint
         return self._net
