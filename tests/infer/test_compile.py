@@ -53,3 +53,16 @@ def test_no_compiler_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="torch_compile=True: torch.compile needs a C.. compiler"):
         predict.build_detector(cfg)
     assert type(predict.build_detector({**cfg, "torch_compile": False})) is YOLO
+
+
+def test_compile_with_another_engine_is_said_not_ignored(monkeypatch, tmp_path, capsys):
+    path = tmp_path / "tiny.pth"
+    torch.save({"model": trained_like_net("yolov4-tiny").state_dict(),
+                "config": detector_config("yolov4-tiny", input_shape=[64, 64])}, path)
+    cfg = resolve_config(settings_of(vars(predict)), [f"--model_path={path}", "--device=cpu",
+                                                      "--backend=onnxruntime", "--torch_compile=True"])
+    predict.build_detector(cfg)
+    assert "note: torch_compile applies to the PyTorch engine; this detection runs on onnxruntime" in (
+        capsys.readouterr().out)
+    predict.build_detector({**cfg, "backend": "torch"})
+    assert "torch_compile applies" not in capsys.readouterr().out

@@ -58,6 +58,9 @@ def on_backend(detector, *, backend: str, precision: str = "auto"):
         if message not in _announced:
             _announced.add(message)
             print(message, flush=True)
+    if engine != "torch" and detector.torch_compile:  # compiling is the PyTorch engine's; say so, not ignore it
+        print(f"note: torch_compile applies to the PyTorch engine; this detection runs on {engine}, so nothing is "
+              f"compiled (--backend=torch to compile)", flush=True)
     if engine == "onnxruntime":
         return detector.onnx_detector()
     if engine == "openvino":

@@ -170,6 +170,7 @@ class YOLO(BaseDetector):
             raise ValueError("torch_compile needs optimize=True: it compiles the inference copy")
         if torch_compile:
             require_compiler(device)
+        self.torch_compile = bool(torch_compile)
         self._inference_net = InferenceCache(dtype=self.compute_dtype, channels_last=True, compile=torch_compile)
         self._anchors_px = torch.tensor(self.anchors, dtype=torch.float32, device=device)  # (num_anchors, 2)
 
