@@ -63,6 +63,22 @@ def test_best_by_val_loss_last_always_periodic_every_save_period(tmp_path):
     assert torch.load(tmp_path / best, weights_only=True)["metrics"] == rows[3]
 
 
+@pytest.mark.parametrize("links", [True, False], ids=["hard_link", "no_hard_links"])
+def test_periodic_checkpoint_keeps_its_epoch_after_last_moves_on(tmp_path, monkeypatch, links):
+    if not links:
+        def refuse(*args, **kwargs):
+            raise OSError(1, "Operation not permitted")
+        monkeypatch.setattr("os.link", refuse)
+    run = stand_in_run(tmp_path)
+    run_epochs(run, [row(e, train_loss=1.0 - e / 10, val_loss=0.5) for e in (1, 2, 3, 4)])
+    ep2, ep4, last = (tmp_path / name for name in ("ep002-loss0.800-val_loss0.500.pth",
+                                                    "ep004-loss0.600-val_loss0.500.pth", "last_epoch_weights.pth"))
+    assert torch.load(ep2, weights_only=True)["epoch"] == 2  # written at epoch 2, untouched by epochs 3 and 4
+    assert ep4.read_bytes() == last.read_bytes()
+    assert ep4.samefile(last) is links  # one file on disk, not two
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_best_by_map_when_evaluated(tmp_path):
     run = stand_in_run(tmp_path, eval_flag=True, save_period=3)
     rows = [row(1, train_loss=1.0, val_loss=0.2, map_value=None), row(2, train_loss=0.9, val_loss=0.9, map_value=0.3),

@@ -8,6 +8,7 @@ with, and ``train_model`` and ``ema`` (its update count) hold what resuming need
 """
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,26 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         cause = write_cause(err)
         if cause is None:
             raise
+        raise UserError(f"cannot save {path}: {cause}; {_WRITE_FIXES.get(cause, 'check the folder')} or pass another "
+                        "--save_dir (the files saved before are kept)") from err
+
+
+def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """``path`` becomes a copy of the finished file ``source``: a hard link where the file system has them (no second
+    write of hundreds of MB, no extra disk; ``source`` replaced later by save_atomic gets a new file, so the copy
+    keeps today's content), else a byte copy; through a temporary name, so ``path`` is never half written."""
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (some network and FAT file systems)
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        cause = write_cause(err)
         raise UserError(f"cannot save {path}: {cause}; {_WRITE_FIXES.get(cause, 'check the folder')} or pass another "
                         "--save_dir (the files saved before are kept)") from err
 

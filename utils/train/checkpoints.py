@@ -4,14 +4,15 @@ After each epoch, rank 0 (save_checkpoints, the whole policy):
 - ``best_epoch_weights.pth``: inference weights, config and the epoch's history row, whenever the score
   improves (val mAP with eval_flag, else minus the val loss; an epoch without that measurement is never best);
 - ``last_epoch_weights.pth``: everything an exact resume needs (resumable_checkpoint);
-- ``epNNN-lossX-val_lossY.pth``: a copy of it every ``save_period`` epochs and after the last;
+- ``epNNN-lossX-val_lossY.pth``: a copy of it (a hard link where possible) every ``save_period`` epochs and after
+  the last;
 - with ``save_darknet``, a darknet ``.weights`` + ``.cfg`` beside the best and the periodic checkpoints.
 Ctrl-C writes ``last_epoch_weights.pth`` where the epoch stopped (save_interrupted).
 """
 import torch
 
 from nets.darknet_weights import write_darknet_model
-from utils.infer.checkpoint import CHECKPOINT_FORMAT, save_atomic
+from utils.infer.checkpoint import CHECKPOINT_FORMAT, copy_atomic, save_atomic
 from utils.train.history import shown
 
 LAST = "last_epoch_weights.pth"
@@ -44,11 +45,10 @@ def save_checkpoints(run, *, epoch: int, row: dict) -> None:
                      "epoch": epoch + 1, "metrics": row}, run.save_dir / BEST)
         if config.save_darknet:
             _write_darknet(run, BEST)
-    checkpoint = resumable_checkpoint(run, epoch=epoch + 1, iteration=0)
-    save_atomic(checkpoint, run.save_dir / LAST)
+    save_atomic(resumable_checkpoint(run, epoch=epoch + 1, iteration=0), run.save_dir / LAST)
     if due(epoch, period=config.save_period, total=total):
         name = f"ep{epoch + 1:03d}-loss{row['train_loss']:.3f}-val_loss{shown(row['val_loss'], '.3f')}.pth"
-        save_atomic(checkpoint, run.save_dir / name)
+        copy_atomic(run.save_dir / LAST, run.save_dir / name)
         if config.save_darknet:
             _write_darknet(run, name)
 
