@@ -5,12 +5,15 @@ VOC AP sample, and a generated shapes dataset.
 Test files import these helpers from here (``from conftest import ...``), never from one another."""
 import contextlib
 import io
+import shutil
 import socket
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image, ImageDraw
 from torch import nn
@@ -31,6 +34,15 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a test of several seconds; still part of the default run")
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request) -> Iterator[Path]:
+    """A folder for a module's shared fixture, removed once the module's tests are done: the runs trained in it
+    leave hundreds of MB of checkpoints, which would otherwise pile up until the session ends."""
+    root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 VOC = REPO / "VOCdevkit" / "VOC2007"

@@ -16,8 +16,8 @@ from utils.eval.reliability import reliability_bins
 
 
 @pytest.fixture(scope="module")
-def mini_comparison(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("compare")
+def mini_comparison(module_tmp):
+    tmp = module_tmp
     for name, split, count in (("train", "train", 4), ("val", "val", 2), ("test", "test", 2)):
         (tmp / f"{name}.txt").write_text("\n".join(annotation_lines(ids(split, count))) + "\n")
     argv = [f"--results_dir={tmp / 'out'}", f"--train_annotation_path={tmp / 'train.txt'}",

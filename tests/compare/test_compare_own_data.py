@@ -25,10 +25,10 @@ def checkpoint_config(root, run: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(module_tmp):
     """YOLOv4-tiny through the BCCD recipe file with the user's data: commands first, run as a job array
     would, then collected by a second invocation."""
-    root = tmp_path_factory.mktemp("shapes_tiny")
+    root = module_tmp
     write_shapes_voc(root, images=12)
     argv = tool_argv(root, "--config=configs/bccd_tiny.toml", "--input_shape=[32,64]", f"--arms={MATCHED_ARMS}")
     compare_focal.main([*argv, "--print_commands=True"])

@@ -19,8 +19,8 @@ def shapes_argv(root, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def family_on_val(tmp_path_factory):
-    root = tmp_path_factory.mktemp("family_on_val")
+def family_on_val(module_tmp):
+    root = module_tmp
     write_shapes_voc(root, images=16)
     capture = pytest.MonkeyPatch()
     printed = []

@@ -23,8 +23,8 @@ def train_two_steps(tmp_path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def bce_conf_term(tmp_path_factory) -> float:
-    _, config = train_two_steps(tmp_path_factory.mktemp("bce"), *preset_argv("bce"))
+def bce_conf_term(module_tmp) -> float:
+    _, config = train_two_steps(module_tmp, *preset_argv("bce"))
     return config["conf_term_at_init"]
 
 

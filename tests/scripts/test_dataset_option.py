@@ -105,9 +105,8 @@ class ColourDetector:
 
 
 @pytest.fixture(scope="module")
-def formats(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
-    root = tmp_path_factory.mktemp("formats")
-    return root, write_formats(root)
+def formats(module_tmp) -> tuple[Path, dict[str, Path]]:
+    return module_tmp, write_formats(module_tmp)
 
 
 @pytest.fixture(scope="module")
