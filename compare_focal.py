@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     scored_lines = (dataset.annotation_file(scoring.split).lines if dataset is not None
                     else read_annotation_lines(scoring.annotation_path))
     evaluations, to_evaluate, to_train = pending_runs(runs=runs, configs=configs, progress=progress,
-                                                      epochs=base.unfreeze_epoch, test_annotation_path=scoring.source)
+                                                      epochs=base.unfreeze_epoch, test_annotation_path=scoring.source,
+                                                      eval_backend=cfg["eval_backend"])
     if cfg["print_commands"]:
         return write_commands(jobs=to_train, out_dir=out_dir)
     devices = [d.strip() for d in cfg["devices"].split(",") if d.strip()]
@@ -217,17 +218,18 @@ def run_configs(*, runs: list, base, out_dir: Path, on_changed: str, config_clas
     return configs
 
 
-def pending_runs(*, runs: list, configs: dict, progress, epochs: int,
-                 test_annotation_path: str) -> tuple[dict, list, list]:
+def pending_runs(*, runs: list, configs: dict, progress, epochs: int, test_annotation_path: str,
+                 eval_backend: str) -> tuple[dict, list, list]:
     """(evaluations reused from runs finished earlier, runs to evaluate, runs to train), each run folder's
-    run_config.json written."""
+    run_config.json written. An evaluation is reused when it scored the same test images on the same
+    ``eval_backend`` setting."""
     from utils.compare import experiment, run_folders
 
     evaluations, to_evaluate, to_train = {}, [], []
     for run in runs:
         run_dir = Path(configs[run.name].save_dir)
         run_folders.write_run_config(run_dir, configs[run.name])
-        evaluation = experiment.reusable_evaluation(run_dir, test_annotation_path)
+        evaluation = experiment.reusable_evaluation(run_dir, test_annotation_path, eval_backend=eval_backend)
         if evaluation is not None:
             print(f"[compare] {run.name}: finished earlier with the same settings, reused")
             evaluations[run.name] = evaluation
