@@ -22,8 +22,9 @@ import get_map
 import predict
 import train
 from utils.core.config import UserError, resolve_config, settings_of
+from utils.core.device import cpu_has_native_bf16
 from utils.infer import backends
-from utils.infer.openvino_detector import OpenVinoYOLO
+from utils.infer.openvino_detector import OpenVinoYOLO, output_convolutions
 from utils.infer.preprocess import preprocess_image
 from yolo import YOLO, PostprocessSettings
 
@@ -65,6 +66,32 @@ def test_raw_outputs_equal_torch_fp32_on_random_weights(model):
     detector = torch_detector(net, model, input_shape=[64, 96]).openvino_detector(precision="fp32")
     assert detector.precision == "fp32" and detector.engine == "OpenVINO"
     assert_raw_outputs_close(detector.raw_outputs(images), expected)
+
+
+@needs_openvino
+@pytest.mark.parametrize("model, levels", [("yolov4-tiny", 2), ("yolov4", 3)])
+def test_the_output_convolutions_are_the_heads_prediction_convolutions(model, levels):
+    detector = torch_detector(trained_like_net(model), model, input_shape=[64, 96]).openvino_detector(precision="fp32")
+    names = output_convolutions(detector._network())
+    # ONNX names nodes after the module path: nets/yolo.py's heads[i].pred, the 1x1 convolution of each level
+    assert sorted(names) == [f"/heads.{i}/pred/Conv/WithoutBiases" for i in range(levels)]
+
+
+@needs_openvino
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="OpenVINO runs bf16 only where the CPU computes it natively")
+def test_bf16_runs_every_convolution_in_bf16_but_the_prediction_convolutions():
+    net = trained_like_net("yolov4-tiny")
+    images = np.random.default_rng(1).random((1, 3, 64, 96), dtype=np.float32)
+    detector = torch_detector(net, "yolov4-tiny", input_shape=[64, 96]).openvino_detector(precision="bf16")
+    detector.raw_outputs(images)
+    compiled, _ = detector._compiled[(1, 3, 64, 96)]
+    ran_in = {op.get_friendly_name(): op.get_rt_info()["runtimePrecision"].astype(str)  # OpenVINO's own record
+              for op in compiled.get_runtime_model().get_ordered_ops()
+              if op.get_rt_info()["layerType"].astype(str) == "Convolution"}
+    assert len(ran_in) == 21  # yolov4-tiny's 21 convolutions, BatchNorm and activations fused into them
+    assert {name for name, precision in ran_in.items() if precision == "f32"} == {
+        "/heads.0/pred/Conv/WithoutBiases", "/heads.1/pred/Conv/WithoutBiases"}
+    assert {precision for precision in ran_in.values()} == {"f32", "bf16"}
 
 
 @needs_openvino
