@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import train
     import voc_annotation
     from utils.compare import experiment, family, run_folders, selection
+    from utils.core.device import resolve_device
     from utils.data.voc import read_annotation_lines
+    from utils.infer.backends import scoring_label
     from utils.train.data_source import read_dataset
 
     cfg, base, train_settings = parse_settings(sys.argv[1:] if argv is None else list(argv))
@@ -100,9 +102,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # read now: a bad file stops before training
     scored_lines = (dataset.annotation_file(scoring.split).lines if dataset is not None
                     else read_annotation_lines(scoring.annotation_path))
+    scored_in = scoring_label(resolve_device(cfg["eval_device"]), backend=cfg["eval_backend"])
     evaluations, to_evaluate, to_train = pending_runs(runs=runs, configs=configs, progress=progress,
                                                       epochs=base.unfreeze_epoch, test_annotation_path=scoring.source,
-                                                      eval_backend=cfg["eval_backend"])
+                                                      scored_in=scored_in)
     if cfg["print_commands"]:
         return write_commands(jobs=to_train, out_dir=out_dir)
     devices = [d.strip() for d in cfg["devices"].split(",") if d.strip()]
@@ -219,17 +222,17 @@ def run_configs(*, runs: list, base, out_dir: Path, on_changed: str, config_clas
 
 
 def pending_runs(*, runs: list, configs: dict, progress, epochs: int, test_annotation_path: str,
-                 eval_backend: str) -> tuple[dict, list, list]:
+                 scored_in: str) -> tuple[dict, list, list]:
     """(evaluations reused from runs finished earlier, runs to evaluate, runs to train), each run folder's
-    run_config.json written. An evaluation is reused when it scored the same test images on the same
-    ``eval_backend`` setting."""
+    run_config.json written. An evaluation is reused when it scored the same test images in the same engine and
+    precision (``scored_in``, backends.scoring_label)."""
     from utils.compare import experiment, run_folders
 
     evaluations, to_evaluate, to_train = {}, [], []
     for run in runs:
         run_dir = Path(configs[run.name].save_dir)
         run_folders.write_run_config(run_dir, configs[run.name])
-        evaluation = experiment.reusable_evaluation(run_dir, test_annotation_path, eval_backend=eval_backend)
+        evaluation = experiment.reusable_evaluation(run_dir, test_annotation_path, scored_in=scored_in)
         if evaluation is not None:
             print(f"[compare] {run.name}: finished earlier with the same settings, reused")
             evaluations[run.name] = evaluation

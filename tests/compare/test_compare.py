@@ -104,21 +104,23 @@ def test_second_invocation_skips_finished_runs(mini_comparison, capsys):
 def test_another_scoring_engine_scores_again(mini_comparison, capsys):
     out, argv, _ = mini_comparison
     eval_json = out / "runs" / "bce__seed11" / "eval.json"
-    assert json.loads(eval_json.read_text())["eval_backend"] == "auto"
-    compare_focal.main([*argv, "--eval_backend=torch"])
-    assert "reused" not in capsys.readouterr().out  # scored by auto's engine before: scored again, not reused
-    assert json.loads(eval_json.read_text())["eval_backend"] == "torch"
-    compare_focal.main([*argv, "--eval_backend=torch"])
+    compare_focal.main([*argv, "--eval_backend=onnxruntime"])
+    assert "reused" not in capsys.readouterr().out  # scored on another engine before: scored again, not reused
+    assert json.loads(eval_json.read_text())["scored_in"] == "fp32 on ONNX Runtime"
+    compare_focal.main([*argv, "--eval_backend=onnxruntime"])
     assert capsys.readouterr().out.count("finished earlier with the same settings, reused") == 2
 
 
-def test_an_eval_json_without_the_setting_counts_as_auto(tmp_path):
+def test_an_evaluation_is_reused_for_the_same_test_images_engine_and_precision(tmp_path):
     (tmp_path / "eval_images.npz").write_bytes(b"")
-    stored = {"format": compare.EVAL_FORMAT, "test_annotation_path": "test.txt", "map": 0.5}
+    stored = {"format": compare.EVAL_FORMAT, "test_annotation_path": "test.txt", "scored_in": "bf16 on PyTorch"}
     (tmp_path / "eval.json").write_text(json.dumps(stored))
-    assert compare.reusable_evaluation(tmp_path, "test.txt", eval_backend="auto") == stored
-    assert compare.reusable_evaluation(tmp_path, "test.txt", eval_backend="openvino") is None
-    assert compare.reusable_evaluation(tmp_path, "other.txt", eval_backend="auto") is None
+    assert compare.reusable_evaluation(tmp_path, "test.txt", scored_in="bf16 on PyTorch") == stored
+    assert compare.reusable_evaluation(tmp_path, "test.txt", scored_in="bf16 on OpenVINO") is None
+    assert compare.reusable_evaluation(tmp_path, "test.txt", scored_in="fp32 on PyTorch") is None
+    assert compare.reusable_evaluation(tmp_path, "other.txt", scored_in="bf16 on PyTorch") is None
+    (tmp_path / "eval.json").write_text(json.dumps({**stored, "format": compare.EVAL_FORMAT - 1}))
+    assert compare.reusable_evaluation(tmp_path, "test.txt", scored_in="bf16 on PyTorch") is None
 
 
 def test_grid_sweep_and_seeds_plan():

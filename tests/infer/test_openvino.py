@@ -253,3 +253,13 @@ def test_auto_falls_back_to_torch_without_openvino(checkpoint, capsys, monkeypat
     with pytest.raises(UserError, match="the openvino package is not installed; pip install openvino"):
         script_detector(checkpoint, "--backend=openvino")
     assert backends.auto_backend(torch.device("cuda"))[0] == "torch"  # OpenVINO is a CPU engine here
+
+
+@needs_openvino
+@pytest.mark.parametrize("backend, precision", [("auto", "auto"), ("torch", "auto"), ("torch", "fp32"),
+                                                ("openvino", "auto"), ("openvino", "fp32"), ("onnxruntime", "auto")])
+def test_scoring_label_names_what_the_detector_runs(checkpoint, backend, precision):
+    detector = backends.on_backend(YOLO(model_path=str(checkpoint), device="cpu", precision=precision),
+                                   backend=backend, precision=precision)
+    label = backends.scoring_label(torch.device("cpu"), backend=backend, precision=precision)
+    assert label == f"{detector.precision} on {detector.engine}"  # the oracle: the detector built for real

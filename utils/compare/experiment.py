@@ -215,7 +215,9 @@ def epochs_done(run_dir: Path) -> int:
     return read_checkpoint(checkpoint)["epoch"] if checkpoint.is_file() else 0
 
 
-EVAL_FORMAT = 4  # eval.json of earlier versions lack the scoring precision (or more) and are evaluated again
+# eval.json of earlier versions are evaluated again: 4 and before lack the scoring precision (or more) or scored in
+# OpenVINO's bf16 with bf16 prediction convolutions
+EVAL_FORMAT = 5
 
 
 def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, backend: str, config_class: type,
@@ -250,7 +252,7 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, backend: 
     samples = confidence_samples(detector=detector, config=saved["config"], test_lines=test_lines,
                                  config_class=config_class)
     evaluation = {
-        "format": EVAL_FORMAT, "test_annotation_path": test_annotation_path, "eval_backend": backend,
+        "format": EVAL_FORMAT, "test_annotation_path": test_annotation_path,
         "map": results["map"], "map_voc07": results["map_voc07"], "coco_ap": coco["AP"], "coco_ap50": coco["AP50"],
         "coco": coco, "per_class_ap": {name: v["ap"] for name, v in results["per_class"].items()},
         "scored_in": f"{scorer.precision} on {scorer.engine}",
@@ -273,17 +275,17 @@ def evaluate_run(*, run_dir: Path, test_lines: list[str], device: str, backend: 
     return evaluation
 
 
-def reusable_evaluation(run_dir: Path, test_annotation_path: str, *, eval_backend: str) -> dict | None:
+def reusable_evaluation(run_dir: Path, test_annotation_path: str, *, scored_in: str) -> dict | None:
     """The run's eval.json when it is of this version, scored on these test images (an annotation file or a
-    dataset split, see selection.Scoring.source) and with this ``eval_backend`` setting: another engine scores a
-    few detections differently (bf16 against fp32), so a changed setting scores again. Files written before the
-    setting was recorded count as scored with the default, 'auto'."""
+    dataset split, see selection.Scoring.source) and in ``scored_in`` (engine and precision, as
+    backends.scoring_label names them): another engine or precision scores a few detections differently, so a
+    changed --eval_backend, or 'auto' choosing another engine, scores again."""
     try:
         evaluation = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     ok = (evaluation.get("format") == EVAL_FORMAT and evaluation.get("test_annotation_path") == test_annotation_path
-          and evaluation.get("eval_backend", "auto") == eval_backend and (run_dir / "eval_images.npz").is_file())
+          and evaluation.get("scored_in") == scored_in and (run_dir / "eval_images.npz").is_file())
     return evaluation if ok else None
 
 

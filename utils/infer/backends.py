@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from utils.core.device import cpu_has_native_bf16
+from utils.core.device import cpu_has_native_bf16, resolve_precision
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # auto picks the fastest engine installed whose mAP stays within 0.002 of PyTorch fp32 (the gate: get_map.py on the
@@ -43,6 +43,20 @@ def auto_backend(device: torch.device, *, precision: str = "auto") -> tuple[str,
         return "torch", ("bf16 on this CPU; OpenVINO's bf16 is faster but moved the main job's mAP by more than 0.002; "
                          "--backend=openvino to use it anyway")
     return "openvino", "the fastest CPU engine in this project's benchmarks at this precision, mAP within 0.002 of fp32"
+
+
+def scoring_label(device: torch.device, *, backend: str, precision: str = "auto") -> str:
+    """"<precision> on <engine>", as a detector from ``on_backend`` names what it runs, for the user's ``backend``
+    and ``precision`` settings on ``device``, without building one: to tell whether earlier scores came from the
+    same engine and precision."""
+    engine = auto_backend(device, precision=precision)[0] if backend == "auto" else backend
+    if engine == "onnxruntime":
+        return "fp32 on ONNX Runtime"
+    if engine == "openvino":
+        from utils.infer.openvino_detector import openvino_precision
+
+        return f"{openvino_precision(precision)} on OpenVINO"
+    return f"{resolve_precision(precision, device)} on PyTorch"
 
 
 def on_backend(detector, *, backend: str, precision: str = "auto"):

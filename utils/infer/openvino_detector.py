@@ -60,6 +60,15 @@ def openvino_core():
     return openvino_module().Core()
 
 
+def openvino_precision(precision: str) -> str:
+    """The precision OpenVINO runs in on this CPU for the project's ``precision`` setting ('auto': OpenVINO's
+    default hint, bf16 where the CPU computes it natively, else fp32), in the project's names."""
+    hint = PRECISION_HINTS.get(precision)
+    if hint is None:
+        hint = openvino_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    return PRECISION_NAMES.get(hint, hint)
+
+
 def output_convolutions(model) -> list[str]:
     """Friendly names of the Convolution nodes that compute ``model``'s outputs (an ``openvino.Model``; for YOLO the
     heads' prediction convolutions), found by walking up from each output through the nodes between (bias Add,
@@ -124,8 +133,7 @@ class OpenVinoYOLO(BaseDetector):
         # One inference stream with torch's thread count: the same share of the CPU as the PyTorch detector.
         self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
                         **({"INFERENCE_PRECISION_HINT": hint} if hint else {})}
-        default = self._core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
-        self.precision = PRECISION_NAMES.get(hint or default, hint or default)
+        self.precision = openvino_precision(precision)
         self._model, self._fingerprint = None, None
         self._compiled: dict[tuple[int, ...], tuple] = {}  # (B, 3, H, W) -> (compiled model, its infer request)
         self.compilations = 0
