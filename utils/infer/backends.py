@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import torch
 
-from utils.core.device import cpu_has_native_bf16, resolve_precision
+from utils.core.device import resolve_precision
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # auto picks the fastest engine installed whose mAP stays within 0.002 of PyTorch fp32 (the gate: get_map.py on the
-# 72 BCCD test images with the main job's checkpoints, yolov4-tiny at 480x640, benchmarks/bench_precision.py; the
-# figures are in the README, "Which inference path you get"):
-# - CPU without native bf16: OpenVINO, whose default there is f32: the same mAP as PyTorch fp32 to every digit and
+# 72 BCCD test images with 26-epoch checkpoints of the main job and the family, yolov4-tiny at 480x640,
+# benchmarks/bench_precision.py; the figures are in the README, "Which inference path you get"). On a CPU that is
+# OpenVINO at every precision:
+# - CPU without native bf16: OpenVINO's default there is f32: the same mAP as PyTorch fp32 to every digit and
 #   1.5-1.8x its speed (PyTorch's bf16 is emulated and slow there).
-# - CPU with native bf16 (AVX512-BF16 / AMX), precision auto: PyTorch bf16. OpenVINO's default there is bf16, the
-#   fastest engine (1.5-1.8x PyTorch bf16 on YOLOv4-tiny, 3-4x on YOLOv4), but it moved the 26-epoch BCE mAP
-#   by +0.0021 (PyTorch bf16: +0.0005); OpenVINO f32 keeps the mAP but is slower than PyTorch bf16 on YOLOv4-tiny.
-#   With an explicit precision (fp32 or bf16) OpenVINO is the faster engine at that precision, so auto runs it.
+# - CPU with native bf16 (AVX512-BF16 / AMX): OpenVINO's default there is bf16, 1.5-1.8x PyTorch bf16 on
+#   YOLOv4-tiny and 3-4x on YOLOv4. With the heads' prediction convolutions in bf16 it moved the 26-epoch BCE
+#   mAP by +0.0021; they run in f32 (openvino_detector.keep_outputs_f32), and it stays within the gate.
 # - CUDA: PyTorch (OpenVINO is a CPU engine here). ONNX Runtime is not picked: at best it tied OpenVINO (YOLOv4-tiny
 #   end to end on an AMD CPU without bf16) and it is slower than PyTorch bf16 where bf16 is native.
 _announced: set[str] = set()
@@ -32,24 +32,20 @@ def openvino_installed() -> bool:
     return True
 
 
-def auto_backend(device: torch.device, *, precision: str = "auto") -> tuple[str, str]:
-    """(engine, why) for ``backend='auto'`` on ``device`` with the user's ``precision`` setting (before 'auto' is
-    resolved)."""
+def auto_backend(device: torch.device) -> tuple[str, str]:
+    """(engine, why) for ``backend='auto'`` on ``device``."""
     if device.type != "cpu":
         return "torch", f"the device is {device}; OpenVINO runs on the CPU only"
     if not openvino_installed():
         return "torch", "OpenVINO is not installed; pip install openvino for the faster CPU engine"
-    if precision == "auto" and cpu_has_native_bf16():
-        return "torch", ("bf16 on this CPU; OpenVINO's bf16 is faster but moved the main job's mAP by more than 0.002; "
-                         "--backend=openvino to use it anyway")
-    return "openvino", "the fastest CPU engine in this project's benchmarks at this precision, mAP within 0.002 of fp32"
+    return "openvino", "the fastest CPU engine in this project's benchmarks, mAP within 0.002 of fp32"
 
 
 def scoring_label(device: torch.device, *, backend: str, precision: str = "auto") -> str:
     """"<precision> on <engine>", as a detector from ``on_backend`` names what it runs, for the user's ``backend``
     and ``precision`` settings on ``device``, without building one: to tell whether earlier scores came from the
     same engine and precision."""
-    engine = auto_backend(device, precision=precision)[0] if backend == "auto" else backend
+    engine = auto_backend(device)[0] if backend == "auto" else backend
     if engine == "onnxruntime":
         return "fp32 on ONNX Runtime"
     if engine == "openvino":
@@ -67,7 +63,7 @@ def on_backend(detector, *, backend: str, precision: str = "auto"):
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     engine = backend
     if backend == "auto":
-        engine, why = auto_backend(detector.device, precision=precision)
+        engine, why = auto_backend(detector.device)
         message = f"backend auto: {engine} ({why})"
         if message not in _announced:
             _announced.add(message)
