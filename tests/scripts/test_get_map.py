@@ -103,6 +103,7 @@ class FakeDetector:
 
     class_names = ["RBC", "WBC"]
     device = torch.device("cpu")
+    torch_compile = False
     instances: list = []
 
     def __init__(self, **kwargs):

@@ -39,11 +39,14 @@ def val_image_paths(tmp_path: Path) -> list[str]:
 
 
 def reference_map(tmp_path: Path) -> dict:
-    """The saved weights evaluated here, in one process, through YOLO's checkpoint path."""
+    """The saved weights evaluated here, in one process, through YOLO's checkpoint path, on the engine the run's
+    eval_backend (auto) picks."""
+    from utils.infer.backends import on_backend
     from yolo import YOLO, PostprocessSettings
 
-    detector = YOLO(model_path=str(tmp_path / "logs" / "last_epoch_weights.pth"),
-                    postprocess_settings=PostprocessSettings(confidence=0.001, nms_iou=0.5), device="cpu")
+    detector = on_backend(YOLO(model_path=str(tmp_path / "logs" / "last_epoch_weights.pth"),
+                               postprocess_settings=PostprocessSettings(confidence=0.001, nms_iou=0.5), device="cpu"),
+                          backend="auto")
     return evaluate_voc_images(detector=detector, image_paths=val_image_paths(tmp_path), class_names=CLASSES)
 
 
