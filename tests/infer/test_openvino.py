@@ -23,7 +23,7 @@ import predict
 import train
 from utils.core.config import UserError, resolve_config, settings_of
 from utils.core.device import cpu_has_native_bf16
-from utils.infer import backends
+from utils.infer import backends, openvino_detector
 from utils.infer.openvino_detector import OpenVinoYOLO, output_convolutions
 from utils.infer.preprocess import preprocess_image
 from yolo import YOLO, PostprocessSettings
@@ -92,6 +92,23 @@ def test_bf16_runs_every_convolution_in_bf16_but_the_prediction_convolutions():
     assert {name for name, precision in ran_in.items() if precision == "f32"} == {
         "/heads.0/pred/Conv/WithoutBiases", "/heads.1/pred/Conv/WithoutBiases"}
     assert {precision for precision in ran_in.values()} == {"f32", "bf16"}
+
+
+@needs_openvino
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="OpenVINO runs bf16 only where the CPU computes it natively")
+def test_a_prediction_convolution_left_in_bf16_is_said(monkeypatch, capsys):
+    images = np.random.default_rng(1).random((1, 3, 64, 96), dtype=np.float32)
+    net = trained_like_net("yolov4-tiny")
+    torch_detector(net, "yolov4-tiny", input_shape=[64, 96]).openvino_detector(precision="bf16").raw_outputs(images)
+    assert "note:" not in capsys.readouterr().out  # the attribute taken: nothing to say
+    ignored = {**openvino_detector.KEEP_PRECISION, "value": "dynamic:bf16"}  # an entry the CPU plugin does not act on
+    monkeypatch.setattr(openvino_detector, "KEEP_PRECISION", ignored)
+    detector = torch_detector(net, "yolov4-tiny", input_shape=[64, 96]).openvino_detector(precision="bf16")
+    detector.raw_outputs(images)
+    detector.raw_outputs(np.concatenate([images, images]))  # a second compilation: said once
+    printed = capsys.readouterr().out
+    assert printed.count("ran the prediction convolutions in bf16") == 1
+    assert "/heads.0/pred/Conv/WithoutBiases" in printed and "--precision=fp32" in printed
 
 
 @needs_openvino
