@@ -43,8 +43,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         cause = write_cause(err)
         if cause is None:
             raise
-        raise UserError(f"cannot save {path}: {cause}; {_WRITE_FIXES.get(cause, 'check the folder')} or pass another "
-                        "--save_dir (the files saved before are kept)") from err
+        raise _save_failed(path, cause) from err
 
 
 def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -63,8 +62,13 @@ def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         cause = write_cause(err)
-        raise UserError(f"cannot save {path}: {cause}; {_WRITE_FIXES.get(cause, 'check the folder')} or pass another "
-                        "--save_dir (the files saved before are kept)") from err
+        raise _save_failed(path, cause) from err
+
+
+def _save_failed(path: Path, cause: str) -> UserError:
+    """The message of a failed checkpoint write: the file, the cause in plain words and what to do."""
+    return UserError(f"cannot save {path}: {cause}; {_WRITE_FIXES.get(cause, 'check the folder')} or pass another "
+                     "--save_dir (the files saved before are kept)")
 
 
 _WRITE_CAUSES = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
