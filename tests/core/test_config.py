@@ -29,6 +29,10 @@ def test_defaults_then_file_then_command_line(tmp_path):
     ("3", int, 3), ("1e-3", float, 0.001), ("4", float, 4.0), ("False", bool, False), ("yes", bool, True),
     ("[1, 2]", list[int], [1, 2]), ("None", float | None, None), ("0.5", float | None, 0.5),
     ("[[1,2],[3]]", list[list[int]] | None, [[1, 2], [3]]), ("a b", str, "a b"),
+    # JSON as users paste it into a shell: true/false/null inside containers
+    ('[{"name": "a", "mosaic": false, "lr": null}, "bce"]', list[str | dict],
+     [{"name": "a", "mosaic": False, "lr": None}, "bce"]),
+    ("[true, false]", list[bool], [True, False]),
 ])
 def test_values_are_parsed_to_the_declared_type(text, kind, expected):
     value = parse_value(text, kind, key="k")
@@ -41,6 +45,8 @@ def test_values_are_parsed_to_the_declared_type(text, kind, expected):
     (["--flag=maybe"], "--flag=maybe: expected bool"),
     (["--lr=fast"], "--lr=fast: expected float"),
     (["--shape=[1.5, 2]"], "expected list"),
+    (["--shape=[1, two]"], "expected list"),
+    (["--shape=[true, 2]"], "expected list"),
     (["--epochs"], "--key=value"),
     (["epochs=3"], "--key=value"),
     (["--mask=None", "--config=missing.toml"], "missing.toml: not found"),

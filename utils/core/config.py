@@ -121,14 +121,26 @@ def parse_value(text: str, kind: Any, *, key: str) -> Any:
                 return lowered in TRUE_WORDS
         elif k is str:
             return text
-        else:  # numbers and containers: a Python literal of the declared type
-            try:
-                value = ast.literal_eval(text.strip())
-            except (ValueError, SyntaxError):
-                continue
-            if _matches(value, k):
+        else:  # numbers and containers: a Python or JSON literal of the declared type
+            value = _literal(text.strip())
+            if value is not _NOT_A_LITERAL and _matches(value, k):
                 return k(value) if k in (int, float) else _normalise(value)
     raise ConfigError(f"--{key}={text}: expected {_type_name(kind)}")
+
+
+_NOT_A_LITERAL = object()
+
+
+def _literal(text: str) -> Any:
+    """A Python literal, or JSON (``true``/``false``/``null`` inside a list or dict, as shells users write it)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _NOT_A_LITERAL
 
 
 def _normalise(value: Any) -> Any:
