@@ -13,7 +13,7 @@ from torchvision.ops import box_iou
 import utils.infer.onnx_detector as onnx_detector_module
 from nets.yolo import build_model
 from utils.core.device import resolve_precision
-from utils.infer.folding import fold_batchnorm, inference_copy
+from utils.infer.folding import fold_batchnorm, inference_copy, weights_fingerprint
 from yolo import YOLO, PostprocessSettings, onnx_mismatch
 
 BCCD_IMAGES = sorted((REPO / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("BloodImage_0000*.jpg"))[:3]
@@ -126,6 +126,24 @@ def test_inference_copy_follows_weight_updates():
         net.heads[0].pred.bias.add_(1.0)  # what an optimizer step does: an in-place update
     after = detector.raw_outputs(batch)[0]
     assert torch.allclose(after - before, torch.ones_like(before), atol=1e-4)
+
+
+def test_weights_fingerprint_changes_with_every_kind_of_weight_update():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.Conv2d(4, 2, 1)))
+    seen = [weights_fingerprint(net)]
+    net.eval()(torch.rand(1, 3, 8, 8))
+    assert weights_fingerprint(net) == seen[0]  # an eval forward changes nothing
+    updates = [
+        lambda: net.train()(torch.rand(2, 3, 8, 8)),  # BatchNorm's running statistics
+        lambda: net[2][0].weight.mul_(2),  # an optimizer step, nested module
+        lambda: setattr(net[2][0], "bias", nn.Parameter(torch.zeros(2))),  # a replaced parameter
+        lambda: net.load_state_dict({k: v + 1 for k, v in net.state_dict().items()}),
+    ]
+    for update in updates:
+        with torch.no_grad():
+            update()
+        assert weights_fingerprint(net) not in seen
+        seen.append(weights_fingerprint(net))
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])

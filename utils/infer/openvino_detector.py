@@ -190,7 +190,9 @@ class OpenVinoYOLO(BaseDetector):
         (B, 3, H, W) float32 in [0, 1]."""
         images = np.ascontiguousarray(images_bchw, dtype=np.float32)
         compiled, request = self._compiled_for(tuple(images.shape))
-        results = request.infer({0: images})  # copies of the outputs (the request reuses its buffers)
+        # The request reads the array in place (no copy of the input); the outputs are copies, since the request
+        # reuses its buffers at the next call.
+        results = request.infer({0: images}, share_inputs=True)
         return [torch.from_numpy(results[output]) for output in compiled.outputs]
 
     def _forward(self, images_bchw: np.ndarray) -> list[Tensor]:
