@@ -98,14 +98,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out_dir = Path(cfg["results_dir"])
     configs = run_configs(runs=runs, base=base, out_dir=out_dir, on_changed=cfg["on_changed"],
                           config_class=train.TrainConfig)
-    progress = experiment.Progress(runs, base.unfreeze_epoch)
+    progress = experiment.Progress(runs, {name: config.unfreeze_epoch for name, config in configs.items()})
     # read now: a bad file stops before training
     scored_lines = (dataset.annotation_file(scoring.split).lines if dataset is not None
                     else read_annotation_lines(scoring.annotation_path))
     scored_in = scoring_label(resolve_device(cfg["eval_device"]), backend=cfg["eval_backend"])
     evaluations, to_evaluate, to_train = pending_runs(runs=runs, configs=configs, progress=progress,
-                                                      epochs=base.unfreeze_epoch, test_annotation_path=scoring.source,
-                                                      scored_in=scored_in)
+                                                      test_annotation_path=scoring.source, scored_in=scored_in)
     if cfg["print_commands"]:
         return write_commands(jobs=to_train, out_dir=out_dir)
     devices = [d.strip() for d in cfg["devices"].split(",") if d.strip()]
@@ -221,7 +220,7 @@ def run_configs(*, runs: list, base, out_dir: Path, on_changed: str, config_clas
     return configs
 
 
-def pending_runs(*, runs: list, configs: dict, progress, epochs: int, test_annotation_path: str,
+def pending_runs(*, runs: list, configs: dict, progress, test_annotation_path: str,
                  scored_in: str) -> tuple[dict, list, list]:
     """(evaluations reused from runs finished earlier, runs to evaluate, runs to train), each run folder's
     run_config.json written. An evaluation is reused when it scored the same test images in the same engine and
@@ -236,7 +235,7 @@ def pending_runs(*, runs: list, configs: dict, progress, epochs: int, test_annot
         if evaluation is not None:
             print(f"[compare] {run.name}: finished earlier with the same settings, reused")
             evaluations[run.name] = evaluation
-            progress.set_done(run.name, epochs, timed=False)
+            progress.set_done(run.name, configs[run.name].unfreeze_epoch, timed=False)
             continue
         done = experiment.epochs_done(run_dir)
         progress.set_done(run.name, done, timed=False)

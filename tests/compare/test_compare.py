@@ -257,11 +257,24 @@ def test_devices_run_one_process_per_gpu_each_seeing_only_its_gpu(tmp_path, monk
     jobs = [(r, tmp_path / r.name) for r in runs]
     for _, run_dir in jobs:
         run_dir.mkdir()
-    compare.train_in_subprocesses(jobs=jobs, parallel=1, progress=compare.Progress(runs, 1), devices=["0", "1"],
+    compare.train_in_subprocesses(jobs=jobs, parallel=1, progress=compare.Progress(runs, {r.name: 1 for r in runs}),
+                                  devices=["0", "1"],
                                   poll_seconds=0)
     assert [e["gpu"] for e in launched] == ["0", "1", "0"] or [e["gpu"] for e in launched] == ["0", "1", "1"]
     assert launched[1]["busy"] == {"0"}  # the second run started while the first held GPU 0
     assert all(e["command"][-1].startswith("--config=") for e in launched)
+
+
+def test_progress_counts_each_runs_own_epochs(capsys):
+    runs = compare.plan_runs(arms=[{"name": "short"}, {"name": "long", "unfreeze_epoch": 4}], sweep=[{}], seeds=[1])
+    progress = compare.Progress(runs, {"short__seed1": 2, "long__seed1": 4})
+    progress.set_done("long__seed1", 1, timed=False)  # resumed from an earlier epoch: not timed, but done
+    progress.set_done("short__seed1", 1)
+    progress.set_done("long__seed1", 4)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[:2] for line in lines] == [
+        ["[compare] short seed 1: epoch 1/2", "all runs 2/6 epochs"],
+        ["[compare] long seed 1: epoch 4/4", "all runs 5/6 epochs"]]
 
 
 def test_recipe_files_resolve_to_train_settings():

@@ -131,10 +131,11 @@ def _slug(value) -> str:
 
 
 class Progress:
-    """One overall line (run, seed, epoch, ETA) printed whenever a run finishes an epoch."""
+    """One overall line (run, seed, epoch, ETA) printed whenever a run finishes an epoch; ``epochs`` maps each run's
+    name to its number of epochs (arms and sweeps may change it)."""
 
-    def __init__(self, runs: list[RunSpec], epochs_per_run: int):
-        self.runs, self.epochs_per_run = {r.name: r for r in runs}, epochs_per_run
+    def __init__(self, runs: list[RunSpec], epochs: dict[str, int]):
+        self.runs, self.epochs = {r.name: r for r in runs}, epochs
         self.done = {r.name: 0 for r in runs}
         self.started, self.counted = time.time(), 0
 
@@ -147,11 +148,11 @@ class Progress:
         if not timed:
             return
         self.counted += new
-        total = len(self.runs) * self.epochs_per_run
+        total = sum(self.epochs[run] for run in self.runs)
         finished = sum(self.done.values())
         eta = (time.time() - self.started) / self.counted * (total - finished)
         run = self.runs[name]
-        print(f"[compare] {run.arm} seed {run.seed}: epoch {epochs}/{self.epochs_per_run} | "
+        print(f"[compare] {run.arm} seed {run.seed}: epoch {epochs}/{self.epochs[name]} | "
               f"all runs {finished}/{total} epochs | ETA {eta / 60:.1f} min", flush=True)
 
 
