@@ -65,7 +65,7 @@ def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
         raise _save_failed(path, cause) from err
 
 
-def _save_failed(path: Path, cause: str) -> UserError:
+def _save_failed(path: str | os.PathLike, cause: str) -> UserError:
     """The message of a failed checkpoint write: the file, the cause in plain words and what to do."""
     return UserError(f"cannot save {path}: {cause}; {_WRITE_FIXES.get(cause, 'check the folder')} or pass another "
                      "--save_dir (the files saved before are kept)")

@@ -177,9 +177,11 @@ class OpenVinoYOLO(BaseDetector):
     def _check_outputs_f32(self, compiled) -> None:
         """Says so, once, when this OpenVINO ran the prediction convolutions in bf16 after all (a version that no
         longer reads the attribute keep_outputs_f32 writes): the detections then move more against fp32."""
+        if self._warned:
+            return
         ran_in = runtime_precisions(compiled)
         slipped = [name for name in output_convolutions(self._model) if ran_in.get(name, "f32") != "f32"]
-        if slipped and not self._warned:
+        if slipped:
             self._warned = True
             print(f"note: OpenVINO {openvino_module().__version__} ran the prediction convolutions in bf16 "
                   f"({', '.join(slipped)}): mAP may move by about 0.002 against fp32; --precision=fp32 for fp32's "
