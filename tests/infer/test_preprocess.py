@@ -26,6 +26,21 @@ def test_letterbox_geometry_and_pixels_hand_computed():
     assert plain.resized_hw == (96, 64) and plain.offset_xy == (0, 0)
 
 
+def test_pixels_scaled_exactly_channel_first():
+    # A 2 x 4 (h x w) image into 4 x 4: scale 1, so no resampling; one gray row above and below (dy = 1). Every
+    # value is the pixel as float32 times float32(1 / 255), bit for bit, in a C-contiguous (3, H, W) array.
+    pixels = np.arange(24, dtype=np.uint8).reshape(2, 4, 3) * 10  # (h, w, rgb), 0..230
+    image_chw, info = preprocess_image(Image.fromarray(pixels), [4, 4], True)
+    assert info.offset_xy == (0, 1) and info.resized_hw == (2, 4)
+    expected = np.full((3, 4, 4), np.float32(128) * np.float32(1 / 255), dtype=np.float32)
+    for channel in range(3):
+        for row in range(2):
+            for col in range(4):
+                expected[channel, row + 1, col] = np.float32(pixels[row, col, channel]) * np.float32(1 / 255)
+    assert image_chw.dtype == np.float32 and image_chw.flags.c_contiguous
+    assert np.array_equal(image_chw.view(np.uint32), expected.view(np.uint32))
+
+
 def test_boxes_to_original_hand_computed_and_clipped():
     info = LetterboxInfo(image_hw=(100, 200), input_hw=(160, 160), resized_hw=(80, 160), offset_xy=(0, 40))
     pred_xyxy = np.array([[16.0, 48.0, 96.0, 88.0],  # -> (20, 10, 120, 60)
