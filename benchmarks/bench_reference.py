@@ -33,12 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_speed import CLASSES, INPUT, detector_config  # noqa: E402
 from cpu_peak import cpu_line  # noqa: E402
 
 from nets.compat import load_published_state_dict  # noqa: E402
 from nets.yolo import build_model  # noqa: E402
 from utils.core.config import resolve_config, settings_of  # noqa: E402
-from utils.core.model_files import DEFAULT_ANCHORS_MASK, DEFAULT_ANCHORS_PATH, get_anchors  # noqa: E402
+from utils.core.model_files import DEFAULT_ANCHORS_MASK  # noqa: E402
 from utils.infer.backends import on_backend  # noqa: E402
 from yolo import YOLO  # noqa: E402
 
@@ -50,10 +51,6 @@ block_warmup: int = 2  # untimed calls at the start of each block
 threads: int = 2  # CPU threads of torch (both sides) and of the project's engine
 seed: int = 0  # random weights
 designs: list[str] = ["interleaved", "warm_blocks", "two_processes"]
-
-NUM_CLASSES = 20  # the published checkpoints' (VOC)
-INPUT_SIZE = 416
-
 
 def reference_model(*, folder: str, model: str, seed: int) -> torch.nn.Module:
     """The reference's YoloBody from ``folder``, random weights from ``seed`` with BatchNorm statistics a trained
@@ -74,7 +71,7 @@ def reference_model(*, folder: str, model: str, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     mask = DEFAULT_ANCHORS_MASK[model]
     extra = {} if model == "yolov4" else {"phi": 0}  # tiny's attention-block switch; 0 = plain YOLOv4-tiny
-    net = reference_yolo.YoloBody(mask, NUM_CLASSES, pretrained=False, **extra)
+    net = reference_yolo.YoloBody(mask, CLASSES, pretrained=False, **extra)
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -86,12 +83,10 @@ def reference_model(*, folder: str, model: str, seed: int) -> torch.nn.Module:
 def project_detector(reference: torch.nn.Module, *, model: str):
     """(detector, network): this project's network holding the reference's weights, and its detector on the engine
     predict.py picks here."""
-    net = build_model(model=model, num_classes=NUM_CLASSES)
+    net = build_model(model=model, num_classes=CLASSES)
     load_published_state_dict(net, reference.state_dict(), model=model)
-    config = {"model": model, "class_names": [f"class{i}" for i in range(NUM_CLASSES)],
-              "anchors": get_anchors(str(DEFAULT_ANCHORS_PATH[model])), "anchors_mask": DEFAULT_ANCHORS_MASK[model],
-              "input_shape": [INPUT_SIZE, INPUT_SIZE]}
-    return on_backend(YOLO.from_model(net.eval(), config=config, device="cpu"), backend="auto"), net
+    detector = YOLO.from_model(net.eval(), config=detector_config(model), device="cpu")
+    return on_backend(detector, backend="auto"), net
 
 
 def seconds(call) -> float:
@@ -144,7 +139,7 @@ def two_processes(project_call, *, cfg: dict) -> list[tuple[float, float]]:
 
 def test_batch() -> np.ndarray:
     """(1, 3, 416, 416) float32 in [0, 1], the same in every process."""
-    return np.random.default_rng(0).random((1, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+    return np.random.default_rng(0).random((1, 3, INPUT, INPUT), dtype=np.float32)
 
 
 def report(design: str, pairs: list[tuple[float, float]]) -> dict:
@@ -187,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_difference = largest_difference(reference_call(), project_call())
     print(cpu_line())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {cfg['model']} forward "
-          f"{INPUT_SIZE}x{INPUT_SIZE} batch 1; project: {detector.precision} on {detector.engine}")
+          f"{INPUT}x{INPUT} batch 1; project: {detector.precision} on {detector.engine}")
     print(f"outputs against the reference, largest difference as a share of its largest value: this project's "
           f"network in fp32 {fp32_difference:.1e}, as run here ({detector.precision}) {run_difference:.1e}")
     for _ in range(3):

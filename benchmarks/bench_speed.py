@@ -83,14 +83,19 @@ def variants_of(figure: str) -> list[str]:
     return [v for v in VARIANTS[figure] if v not in OPENVINO_PRECISION or openvino_installed()]
 
 
+def detector_config(model: str) -> dict:
+    """What ``YOLO.from_model`` needs for a benchmark network: CLASSES placeholder class names, the model's default
+    anchors, an INPUT x INPUT input."""
+    return {"model": model, "class_names": [f"class{i}" for i in range(CLASSES)],
+            "anchors": get_anchors(str(DEFAULT_ANCHORS_PATH[model])), "anchors_mask": DEFAULT_ANCHORS_MASK[model],
+            "input_shape": [INPUT, INPUT]}
+
+
 def net_and_config(model: str) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(0)
     net = build_model(model=model, num_classes=CLASSES)
     init_weights(net, obj_prior=0.01)
-    config = {"model": model, "class_names": [f"class{i}" for i in range(CLASSES)],
-              "anchors": get_anchors(str(DEFAULT_ANCHORS_PATH[model])), "anchors_mask": DEFAULT_ANCHORS_MASK[model],
-              "input_shape": [INPUT, INPUT]}
-    return net, config
+    return net, detector_config(model)
 
 
 def train_levers(variant: str) -> tuple[bool, bool]:

@@ -257,9 +257,8 @@ def test_devices_run_one_process_per_gpu_each_seeing_only_its_gpu(tmp_path, monk
     jobs = [(r, tmp_path / r.name) for r in runs]
     for _, run_dir in jobs:
         run_dir.mkdir()
-    compare.train_in_subprocesses(jobs=jobs, parallel=1, progress=compare.Progress(runs, {r.name: 1 for r in runs}),
-                                  devices=["0", "1"],
-                                  poll_seconds=0)
+    progress = compare.Progress(runs, {r.name: 1 for r in runs})
+    compare.train_in_subprocesses(jobs=jobs, parallel=1, progress=progress, devices=["0", "1"], poll_seconds=0)
     assert [e["gpu"] for e in launched] == ["0", "1", "0"] or [e["gpu"] for e in launched] == ["0", "1", "1"]
     assert launched[1]["busy"] == {"0"}  # the second run started while the first held GPU 0
     assert all(e["command"][-1].startswith("--config=") for e in launched)
